@@ -1,0 +1,198 @@
+"""Exact attention-map statistics from q and k, computed in query chunks.
+
+Owns the numerical kernel: row entropy of ``A = softmax(q kᵀ · scale + mask)``, the number of
+allowed keys per row, key-pooled rows of ``A`` (for downsampled maps) and renormalized block
+("part") statistics. The full ``Nq × Nk`` matrix never exists: only ``chunk_rows × Nk`` at a time.
+Pure torch; knows nothing about models, layers or stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# Bytes of one float32 score chunk. Measured on a 2-core CPU (benchmarks/bench_stats.py): 2-4 MiB
+# keeps the chunk in cache between the passes (matmul, max, exp, sums); larger chunks are slower.
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class Part:
+    """A block of each query row: key j belongs to row r's block iff key_group[j] == query_group[r].
+
+    Rows whose query_group is -1 and keys whose key_group is -1 are outside every block.
+    """
+
+    name: str
+    query_group: torch.Tensor  # (Nq,) long
+    key_group: torch.Tensor  # (Nk,) long
+
+
+@dataclass
+class RowStats:
+    """Per-row results; shapes use Nr = number of rows computed (all, or the sampled subset)."""
+
+    entropy: torch.Tensor  # (B, H, Nr) nats; NaN for rows with no allowed key
+    n_keys: torch.Tensor  # (B, H|1, Nr) allowed keys per row (float)
+    key_pooled: torch.Tensor | None = None  # (B, H|1, Nr, Gk): A summed over each key cell
+    parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # parts[name] = {"entropy": (B,H,Nr), "n_keys": (B,H|1,Nr), "mass": (B,H,Nr),
+    #                "out_sq": (B,H,Nr) squared norm of the renormalized block output}
+
+
+def chunk_rows_for(batch_heads: int, n_keys: int, budget: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per chunk so that one float32 score chunk stays within ``budget`` bytes."""
+    return max(1, budget // max(1, 4 * batch_heads * n_keys))
+
+
+def _as_additive(mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        return out.masked_fill_(~mask, float("-inf"))
+    return mask.float()
+
+
+def _entropy_from_logits(s: torch.Tensor, has_inf: bool, p_out: torch.Tensor | None = None):
+    """In place on s (B,H,c,Nk) = logits. Returns (e, Z, entropy (B,H,c), lse (B,H,c)).
+
+    e = exp(s − rowmax) is unnormalized (p = e / Z); written into ``p_out`` when given, so the
+    caller can reuse one buffer across chunks (fresh allocations per chunk cost more than the math).
+    H = ln Z − Σ e·(s − rowmax) / Z. Fully masked rows give NaN entropy.
+    """
+    m = s.amax(dim=-1, keepdim=True)  # (B,H,c,1)
+    finite = torch.isfinite(m)
+    if has_inf:
+        m = torch.where(finite, m, torch.zeros_like(m))
+    s.sub_(m)
+    e = torch.exp(s, out=p_out) if p_out is not None else torch.exp(s)
+    if has_inf:
+        s.clamp_min_(-1e30)  # masked keys: e = 0 there, and 0 · (−1e30) = 0 instead of NaN
+    z = e.sum(dim=-1)
+    ent = torch.log(z) - torch.linalg.vecdot(e, s) / z
+    lse = torch.log(z) + m.squeeze(-1)
+    if has_inf:
+        bad = ~finite.squeeze(-1)
+        ent = ent.masked_fill(bad, float("nan"))
+        lse = lse.masked_fill(bad, float("-inf"))
+    return e, z, ent.clamp_min_(0.0), lse
+
+
+def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> torch.Tensor:
+    """Sum p (B,H,c,Nk) over the keys of each cell -> (B,H,c,Gk)."""
+    if grid is not None:
+        # Regular layout: keys are (frames, h, w) row-major and cells are (gy, gx) blocks.
+        f, h, w, gy, gx, offset = grid
+        B, H, c, _ = p.shape
+        v = p[..., offset : offset + f * h * w].reshape(B, H, c, f, gy, h // gy, gx, w // gx)
+        return v.sum(dim=(3, 5, 7)).reshape(B, H, c, gy * gx)
+    out = p.new_zeros(p.shape[:-1] + (n_cells + 1,))
+    idx = torch.where(key_cells < 0, n_cells, key_cells).to(p.device)
+    out.index_add_(-1, idx, p)
+    return out[..., :n_cells]
+
+
+def row_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+    rows: torch.Tensor | None = None,
+    key_cells: torch.Tensor | None = None,
+    n_key_cells: int = 0,
+    key_grid: tuple | None = None,
+    map_heads_mean: bool = True,
+    parts: tuple[Part, ...] = (),
+) -> RowStats:
+    """Exact row statistics of ``softmax(q kᵀ·scale + mask)``.
+
+    q: (B, H, Nq, D); k: (B, H, Nk, D); v: (B, H, Nk, Dv), needed only for part energies.
+    mask: bool (True = allowed) or additive float, broadcastable to (B, H, Nq, Nk).
+    rows: optional (Nr,) long subset of query rows (sampled mode).
+    key_cells: (Nk,) long cell index per key (-1 = not pooled) to return key-pooled rows;
+    key_grid: (frames, h, w, gy, gx, token_offset) fast path for a regular grid layout.
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[-2]
+    if rows is not None:
+        q = q[:, :, rows]
+    Nr = q.shape[-2]
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(B * H, Nk)
+    kt = k.float().transpose(-1, -2)  # (B,H,D,Nk)
+    want_pool = key_cells is not None or key_grid is not None
+    pool_h = 1 if map_heads_mean else H
+
+    add_mask = None
+    if mask is not None:
+        add_mask = _as_additive(mask)
+        while add_mask.dim() < 4:
+            add_mask = add_mask.unsqueeze(0)
+
+    ent = q.new_empty((B, H, Nr), dtype=torch.float32)
+    nk_h = H if (add_mask is not None and add_mask.shape[1] > 1) else 1
+    nkeys = q.new_full((B, nk_h, Nr), float(Nk), dtype=torch.float32)
+    pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool else None
+    part_out = {
+        pt.name: {
+            "entropy": q.new_empty((B, H, Nr), dtype=torch.float32),
+            "n_keys": q.new_empty((B, 1, Nr), dtype=torch.float32),
+            "mass": q.new_empty((B, H, Nr), dtype=torch.float32),
+            "out_sq": q.new_empty((B, H, Nr), dtype=torch.float32),
+        }
+        for pt in parts
+    }
+    row_ids = rows if rows is not None else torch.arange(Nq, device=q.device)
+
+    qs = q.float() * scale  # fold the scale into q once: one pass over (Nr, D) instead of (Nr, Nk)
+    n_buf = B * H * min(chunk_rows, Nr) * Nk
+    s_buf = torch.empty(n_buf, dtype=torch.float32, device=q.device)
+    e_buf = torch.empty(n_buf, dtype=torch.float32, device=q.device)
+    has_inf = add_mask is not None
+    for start in range(0, Nr, chunk_rows):
+        stop = min(Nr, start + chunk_rows)
+        c = stop - start
+        rid = row_ids[start:stop]
+        s = torch.matmul(qs[:, :, start:stop], kt, out=s_buf[: B * H * c * Nk].view(B, H, c, Nk))
+        m_chunk = None
+        if add_mask is not None:
+            m_chunk = add_mask[:, :, rid] if add_mask.shape[2] > 1 else add_mask
+            s.add_(m_chunk)
+            allowed = torch.isfinite(m_chunk).sum(-1).float()  # (B|1,H|1,c|1)
+            nkeys[:, :, start:stop] = allowed.expand(B, nk_h, c)
+        raw = s.clone() if parts else None
+        e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
+        ent[:, :, start:stop] = ent_c
+        if want_pool:
+            # Pool the unnormalized rows, then divide by Z: Gk ≪ Nk, so this is the cheap order.
+            pk = _pool_keys(e, key_cells, n_key_cells, key_grid) / z.unsqueeze(-1)
+            pooled[:, :, start:stop] = pk.mean(dim=1, keepdim=True) if map_heads_mean else pk
+        for pt in parts:
+            qg = pt.query_group.to(q.device)[rid][:, None]
+            inside = (pt.key_group.to(q.device)[None, :] == qg) & (qg >= 0)  # (c, Nk)
+            sb = raw.masked_fill(~inside, float("-inf"))
+            eb, zb, ent_b, lse_b = _entropy_from_logits(sb, True)
+            po = part_out[pt.name]
+            po["entropy"][:, :, start:stop] = ent_b
+            if m_chunk is not None:
+                n_in = (inside & torch.isfinite(m_chunk)).sum(-1).float().amax(dim=(0, 1))
+            else:
+                n_in = inside.sum(-1).float()
+            po["n_keys"][:, :, start:stop] = n_in
+            po["mass"][:, :, start:stop] = torch.exp(lse_b - lse).nan_to_num_(0.0)
+            if v is not None:
+                ob = (eb / zb.unsqueeze(-1)).nan_to_num_(0.0) @ v.float()  # (B,H,c,Dv)
+                po["out_sq"][:, :, start:stop] = ob.pow(2).sum(-1)
+            else:
+                po["out_sq"][:, :, start:stop] = float("nan")
+    return RowStats(entropy=ent, n_keys=nkeys, key_pooled=pooled, parts=part_out)
+
+
+def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
+    """Row entropy / ln(allowed keys), in [0, 1]; rows with one allowed key give 0, none give NaN."""
+    denom = torch.log(n_keys)
+    out = entropy / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.where(denom > 0, out, torch.where(n_keys > 0, torch.zeros_like(out), out * float("nan")))

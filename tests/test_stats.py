@@ -1,0 +1,166 @@
+"""The statistics kernel against an explicit softmax on random inputs."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capture.stats import Part, normalized, row_stats
+
+
+def explicit(q, k, scale, mask=None):
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            s = s.masked_fill(~mask, float("-inf"))
+        else:
+            s = s + mask.double()
+    a = torch.softmax(s, dim=-1)
+    logs = torch.where(a > 0, torch.log(a), torch.zeros_like(a))
+    return a, -(a * logs).sum(-1)
+
+
+def rand_qk(seed, B, H, Nq, Nk, D):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Nq, D, generator=g) * 2
+    k = torch.randn(B, H, Nk, D, generator=g)
+    v = torch.randn(B, H, Nk, D + 3, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+@pytest.mark.parametrize("nq,nk", [(12, 12), (9, 20), (20, 5)])
+def test_entropy_matches_explicit_softmax(chunk, nq, nk):
+    q, k, _ = rand_qk(chunk * 100 + nq, 2, 3, nq, nk, 8)
+    scale = 8**-0.5
+    _, h_ref = explicit(q, k, scale)
+    rs = row_stats(q, k, scale=scale, chunk_rows=chunk)
+    torch.testing.assert_close(rs.entropy.double(), h_ref, rtol=1e-4, atol=1e-5)
+    assert (rs.n_keys == nk).all()
+    assert (rs.entropy >= 0).all() and (rs.entropy <= math.log(nk) + 1e-5).all()
+
+
+@pytest.mark.parametrize("chunk", [2, 5, 100])
+def test_bool_and_additive_masks(chunk):
+    q, k, _ = rand_qk(7, 2, 2, 10, 14, 4)
+    g = torch.Generator().manual_seed(3)
+    bmask = torch.rand(2, 1, 10, 14, generator=g) > 0.4
+    bmask[..., 0] = True  # every row keeps at least one key
+    _, h_ref = explicit(q, k, 0.5, bmask)
+    rs = row_stats(q, k, scale=0.5, mask=bmask, chunk_rows=chunk)
+    torch.testing.assert_close(rs.entropy.double(), h_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rs.n_keys, bmask.sum(-1).float().expand(2, 1, 10))
+    # additive float mask with finite penalties and -inf
+    amask = torch.randn(1, 2, 1, 14, generator=g)
+    amask[..., 3] = float("-inf")
+    _, h_ref = explicit(q, k, 0.5, amask)
+    rs = row_stats(q, k, scale=0.5, mask=amask, chunk_rows=chunk)
+    torch.testing.assert_close(rs.entropy.double(), h_ref, rtol=1e-4, atol=1e-5)
+    assert (rs.n_keys == 13).all()
+
+
+def test_fully_masked_row_is_nan_not_zero():
+    q, k, _ = rand_qk(1, 1, 1, 3, 4, 4)
+    mask = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    mask[0, 0, 1] = False
+    rs = row_stats(q, k, scale=1.0, mask=mask)
+    assert torch.isnan(rs.entropy[0, 0, 1])
+    assert torch.isfinite(rs.entropy[0, 0, [0, 2]]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nq=st.integers(1, 17),
+    nk=st.integers(1, 17),
+    chunk=st.integers(1, 20),
+    seed=st.integers(0, 10_000),
+    temp=st.floats(0.05, 20.0),
+)
+def test_property_entropy_bounds_and_reference(nq, nk, chunk, seed, temp):
+    q, k, _ = rand_qk(seed, 1, 2, nq, nk, 5)
+    _, h_ref = explicit(q, k, temp)
+    rs = row_stats(q, k, scale=temp, chunk_rows=chunk)
+    torch.testing.assert_close(rs.entropy.double(), h_ref, rtol=1e-3, atol=1e-4)
+    hn = normalized(rs.entropy, rs.n_keys)
+    assert (hn >= 0).all() and (hn <= 1 + 1e-5).all()
+
+
+def test_identity_and_uniform_limits():
+    # Identity-like map: huge self-similarity -> H ~ 0; uniform: all logits equal -> H = ln N.
+    n = 16
+    q = torch.eye(n)[None, None] * 200.0
+    rs = row_stats(q, torch.eye(n)[None, None], scale=1.0)
+    assert normalized(rs.entropy, rs.n_keys).max() < 1e-6
+    rs = row_stats(torch.randn(1, 1, n, 4), torch.zeros(1, 1, n, 4), scale=1.0)
+    torch.testing.assert_close(normalized(rs.entropy, rs.n_keys), torch.ones(1, 1, n))
+
+
+@pytest.mark.parametrize("heads_mean", [True, False])
+@pytest.mark.parametrize("use_grid", [True, False])
+def test_key_pooling_matches_explicit(heads_mean, use_grid):
+    # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells (summed over frames)
+    f, h, w, gy, gx = 2, 4, 6, 2, 3
+    nk = f * h * w
+    q, k, _ = rand_qk(5, 2, 3, 10, nk, 8)
+    a, _ = explicit(q, k, 0.3)
+    y = torch.arange(h).repeat_interleave(w).repeat(f)
+    x = torch.arange(w).repeat(h * f)
+    cells = (y // (h // gy)) * gx + x // (w // gx)
+    onehot = torch.nn.functional.one_hot(cells, gy * gx).double()
+    ref = a @ onehot  # (B,H,Nq,G)
+    if heads_mean:
+        ref = ref.mean(1, keepdim=True)
+    grid = (f, h, w, gy, gx, 0) if use_grid else None
+    rs = row_stats(
+        q, k, scale=0.3, chunk_rows=3, key_cells=cells, n_key_cells=gy * gx, key_grid=grid,
+        map_heads_mean=heads_mean,
+    )
+    torch.testing.assert_close(rs.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(rs.key_pooled.sum(-1), torch.ones_like(rs.key_pooled.sum(-1)))
+
+
+def test_excluded_keys_are_not_pooled():
+    q, k, _ = rand_qk(9, 1, 2, 5, 8, 4)
+    a, _ = explicit(q, k, 1.0)
+    cells = torch.tensor([-1, -1, 0, 0, 1, 1, 2, 2])
+    rs = row_stats(q, k, scale=1.0, key_cells=cells, n_key_cells=3, chunk_rows=2)
+    ref = torch.stack([a[..., 2:4].sum(-1), a[..., 4:6].sum(-1), a[..., 6:8].sum(-1)], -1).mean(1, keepdim=True)
+    torch.testing.assert_close(rs.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_sampled_rows_equal_the_same_rows_of_exact():
+    q, k, _ = rand_qk(11, 2, 2, 30, 25, 6)
+    rows = torch.tensor([0, 4, 9, 29])
+    full = row_stats(q, k, scale=0.4)
+    sub = row_stats(q, k, scale=0.4, rows=rows, chunk_rows=3)
+    torch.testing.assert_close(sub.entropy, full.entropy[:, :, rows])
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 50])
+def test_parts_are_renormalized_blocks(chunk):
+    # 3 text tokens + 2 frames x 2x2 tokens; parts: own frame (spatial), same position (temporal)
+    T, F, P = 3, 2, 4
+    n = T + F * P
+    q, k, v = rand_qk(13, 2, 2, n, n, 6)
+    a_scores = (q.double() @ k.double().transpose(-1, -2)) * 0.7
+    frame = torch.tensor([-1] * T + [0] * P + [1] * P)
+    pos = torch.tensor([-1] * T + list(range(P)) * F)
+    parts = (Part("spatial", frame, frame), Part("temporal", pos, pos))
+    rs = row_stats(q, k, scale=0.7, v=v, chunk_rows=chunk, parts=parts)
+    a_full = torch.softmax(a_scores, -1)
+    for pt, groups in zip(parts, (frame, pos)):
+        inside = (groups[None, :] == groups[:, None]) & (groups[:, None] >= 0)
+        for r in range(T, n):
+            sel = inside[r]
+            ab = torch.softmax(a_scores[:, :, r, sel], -1)
+            h = -(ab * ab.log()).sum(-1)
+            got = rs.parts[pt.name]
+            torch.testing.assert_close(got["entropy"][:, :, r].double(), h, rtol=1e-4, atol=1e-5)
+            assert got["n_keys"][0, 0, r] == sel.sum()
+            torch.testing.assert_close(got["mass"][:, :, r].double(), a_full[:, :, r, sel].sum(-1), rtol=1e-4, atol=1e-6)
+            out = (ab.unsqueeze(-2) @ v[:, :, sel].double()).squeeze(-2)
+            torch.testing.assert_close(got["out_sq"][:, :, r].double(), out.pow(2).sum(-1), rtol=1e-4, atol=1e-5)
+        # text rows belong to no block
+        assert torch.isnan(rs.parts[pt.name]["entropy"][:, :, :T]).all()
