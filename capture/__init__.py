@@ -1,0 +1,29 @@
+"""attnlens capture: run a diffusers video pipeline with attention capture into a per-run Zarr store.
+
+Public API: ``trace`` (the capture context), ``load_pipeline`` (model presets), ``open_run`` and
+``Catalog`` (reading stores). Must not import dashboard or ieadapt.
+"""
+
+__version__ = "0.1.0"
+
+from .store import open_run  # noqa: E402  (torch-free)
+
+
+def __getattr__(name):
+    # torch-heavy parts load on first use, so `import capture.store` stays light for the dashboard
+    if name in ("trace", "Tracer", "CaptureConfig"):
+        from . import trace as _t
+
+        return getattr(_t, name)
+    if name == "load_pipeline":
+        from .models.presets import load_pipeline
+
+        return load_pipeline
+    if name == "Catalog":
+        from .catalog import Catalog
+
+        return Catalog
+    raise AttributeError(name)
+
+
+__all__ = ["trace", "Tracer", "CaptureConfig", "load_pipeline", "open_run", "Catalog", "__version__"]

@@ -1,0 +1,184 @@
+"""The cross-run catalog: DuckDB tables derived from the run stores of one trace root.
+
+Each complete run carries ``stats.parquet`` (long-form scalar statistics), written atomically by
+the process that owns the run; the catalog is an in-memory DuckDB database over those files and
+the runs' attributes, so it never has a file that two captures could both write, and it can always
+be rebuilt from the stores (``rebuild``). Tables:
+
+- ``runs``: one row per run directory (any status).
+- ``stats``: one row per (run, step, layer, branch, part, head) of complete runs.
+
+Must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from . import dims
+from .store import STORE_NAME, StoreError, list_run_dirs, open_run, read_attrs, trace_root
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.parquet"
+
+RUN_COLUMNS = [
+    "run", "status", "state", "model", "family", "prompt", "negative_prompt", "seed", "steps", "frames", "height",
+    "width", "guidance", "perturbation", "capture_mode", "layers_captured", "steps_captured", "created", "finished",
+    "seconds", "error", "sweep", "path",
+]
+STATS_COLUMNS = [
+    "run", dims.STEP, dims.TIMESTEP, dims.LAYER, dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART, dims.HEAD,
+    *dims.SCALAR_STATS, dims.PERTURBED,
+]
+
+
+def stats_frame(ds, run_id: str) -> pd.DataFrame:
+    """Long-form scalar statistics of one run's Dataset (rows with no value dropped)."""
+    if dims.ENTROPY not in ds:
+        return pd.DataFrame(columns=STATS_COLUMNS)
+    sub = ds[list(dims.SCALAR_STATS)].load()
+    df = sub.to_dataframe().reset_index()
+    df = df.dropna(subset=[dims.ENTROPY, dims.ENERGY], how="all")
+    df = df.rename(columns={dims.LAYER_KIND: "kind", dims.LAYER_BLOCK: "block"})
+    pert = ds[dims.PERTURBED].load().to_dataframe().reset_index()[[dims.STEP, dims.LAYER, dims.BRANCH, dims.PERTURBED]]
+    df = df.merge(pert, on=[dims.STEP, dims.LAYER, dims.BRANCH], how="left")
+    df.insert(0, "run", run_id)
+    for col in STATS_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
+    df = df[STATS_COLUMNS]
+    df[dims.PERTURBED] = df[dims.PERTURBED].fillna(0).astype("int8")
+    for c in (dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART):
+        df[c] = df[c].astype(str)
+    return df
+
+
+def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    con = duckdb.connect()
+    try:
+        con.register("df", df)
+        con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(tmp)}' (FORMAT parquet)")
+    finally:
+        con.close()
+    os.replace(tmp, path)
+
+
+def _sql_str(p) -> str:
+    return str(p).replace("'", "''")
+
+
+def write_run_table(run_dir: Path) -> Path:
+    """(Re)write <run>/stats.parquet from the run's store."""
+    run_dir = Path(run_dir)
+    ds = open_run(run_dir)
+    df = stats_frame(ds, ds.attrs.get("run_id", run_dir.name))
+    out = run_dir / STATS_FILE
+    _write_parquet_atomic(df, out)
+    return out
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def run_row(run_dir: Path) -> dict:
+    """One `runs` row from a run directory; unreadable stores give status 'unreadable'."""
+    row = dict.fromkeys(RUN_COLUMNS)
+    row.update(run=run_dir.name, path=str(run_dir))
+    try:
+        a = read_attrs(run_dir / STORE_NAME)
+    except StoreError as e:
+        row.update(status="unreadable", state="unreadable", error=str(e))
+        return row
+    status = a.get("status", "unknown")
+    state = status
+    if status == dims.RUNNING and a.get("host") == socket.gethostname() and not _pid_alive(a.get("pid")):
+        state = "interrupted"  # the writing process is gone: it will never complete
+    ptb = a.get("perturbation") or []
+    row.update(
+        run=a.get("run_id", run_dir.name), status=status, state=state, model=a.get("model"), family=a.get("family"),
+        prompt=a.get("prompt"), negative_prompt=a.get("negative_prompt"), seed=a.get("seed"),
+        steps=a.get("num_inference_steps"), frames=a.get("num_frames"), height=a.get("height"), width=a.get("width"),
+        guidance=a.get("guidance_scale"), perturbation=" ".join(p.get("spec", "") for p in ptb),
+        capture_mode=(a.get("capture") or {}).get("mode"), layers_captured=len(a.get("layers_selected") or []),
+        steps_captured=a.get("steps_captured"), created=a.get("created"), finished=a.get("finished"),
+        seconds=a.get("seconds"), error=a.get("error"), sweep=a.get("sweep"),
+    )
+    return row
+
+
+class Catalog:
+    """DuckDB over one trace root. ``query(sql)`` returns a DataFrame; see the module docstring."""
+
+    def __init__(self, root=None):
+        self.root = trace_root(root)
+        self.con = duckdb.connect()
+        self.refresh()
+
+    def refresh(self) -> None:
+        dirs = list_run_dirs(self.root)
+        runs = pd.DataFrame([run_row(d) for d in dirs], columns=RUN_COLUMNS)
+        for c in ("seed", "steps", "frames", "height", "width", "layers_captured", "steps_captured"):
+            runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("Int64")
+        runs["guidance"] = pd.to_numeric(runs["guidance"], errors="coerce")
+        runs["seconds"] = pd.to_numeric(runs["seconds"], errors="coerce")
+        self.con.execute("DROP VIEW IF EXISTS stats")
+        self.con.execute("DROP TABLE IF EXISTS runs")
+        self.con.register("_runs_df", runs)
+        self.con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
+        self.con.unregister("_runs_df")
+        complete = set(runs.loc[runs["status"] == dims.COMPLETE, "run"])
+        files = [str(d / STATS_FILE) for d in dirs if d.name in complete and (d / STATS_FILE).is_file()]
+        if files:
+            lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
+            self.con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+        else:
+            empty = stats_frame_empty()
+            self.con.register("_stats_empty", empty)
+            self.con.execute("CREATE VIEW stats AS SELECT * FROM _stats_empty")
+
+    def query(self, sql: str, params=None) -> pd.DataFrame:
+        return self.con.cursor().execute(sql, params or []).df()
+
+    def runs(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM runs ORDER BY created, run")
+
+    def rebuild(self) -> int:
+        """Rewrite stats.parquet of every complete run from its store. Returns how many."""
+        n = 0
+        for d in list_run_dirs(self.root):
+            try:
+                if read_attrs(d / STORE_NAME).get("status") == dims.COMPLETE:
+                    write_run_table(d)
+                    n += 1
+            except StoreError as e:
+                log.warning("skipping %s: %s", d.name, e)
+        self.refresh()
+        return n
+
+
+def stats_frame_empty() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="float64") for c in STATS_COLUMNS})
+    for c in ("run", dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART):
+        df[c] = df[c].astype(str)
+    for c in (dims.STEP, dims.LAYER, dims.HEAD):
+        df[c] = df[c].astype("int64")
+    return df
+
+
+def to_json(df: pd.DataFrame) -> str:
+    return json.dumps(json.loads(df.to_json(orient="records", date_format="iso")), indent=1)

@@ -1,0 +1,114 @@
+"""Layer inventory of a pipeline and layer selection by pattern.
+
+Names are the model's own qualified module names (``denoiser.named_modules()``). A selection is a
+comma-separated list of terms; a layer is selected when any term matches it:
+
+- a glob over the qualified name: ``down_blocks.*attn1``, ``*motion_modules*``, an exact name;
+- ``kind=temporal`` (spatial | temporal | cross | joint), ``block=up.1``;
+- ``all`` (every attention layer, cross-attention included), ``self`` (spatial + temporal + joint).
+
+The default selection is ``self``. A selection matching nothing is an error that names the
+closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import asdict, dataclass
+
+from . import dims
+from .models.families import Family
+
+DEFAULT_SELECTION = "self"
+
+
+class LayerSelectionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str  # qualified module name inside the denoiser
+    kind: str
+    block: str
+    heads: int
+    index: int  # position in the model's full attention-layer list
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def inventory(denoiser, family: Family) -> list[LayerInfo]:
+    out = []
+    for i, (name, mod, kind, block) in enumerate(family.attention_layers(denoiser)):
+        heads = int(getattr(mod, "heads", 0) or getattr(mod, "num_heads", 0))
+        out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=i))
+    return out
+
+
+def _term_matches(term: str, layer: LayerInfo) -> bool:
+    if term == "all":
+        return True
+    if term == "self":
+        return layer.kind in dims.SELF_KINDS
+    if "=" in term:
+        key, _, value = term.partition("=")
+        key, value = key.strip(), value.strip()
+        if key == "kind":
+            return layer.kind == value
+        if key == "block":
+            return fnmatch.fnmatchcase(layer.block, value)
+        raise LayerSelectionError(f"unknown selector {key!r} in {term!r}: use kind=, block= or a name glob")
+    return fnmatch.fnmatchcase(layer.name, term)
+
+
+def _check_term(term: str, layers: list[LayerInfo]) -> None:
+    if "=" in term:
+        key, _, value = term.partition("=")
+        if key.strip() == "kind" and value.strip() not in dims.KINDS:
+            raise LayerSelectionError(f"unknown layer kind {value.strip()!r}; kinds are {', '.join(dims.KINDS)}")
+
+
+def split_terms(selection: str | list[str] | None) -> list[str]:
+    if selection is None:
+        return [DEFAULT_SELECTION]
+    if isinstance(selection, str):
+        selection = [selection]
+    terms = [t.strip() for s in selection for t in s.split(",")]
+    return [t for t in terms if t]
+
+
+def select(layers: list[LayerInfo], selection: str | list[str] | None = None) -> list[LayerInfo]:
+    """Layers matching any term, in model order. Raises LayerSelectionError if a term matches none."""
+    terms = split_terms(selection)
+    if not terms:
+        raise LayerSelectionError("empty layer selection")
+    chosen = set()
+    for term in terms:
+        _check_term(term, layers)
+        hits = {l.name for l in layers if _term_matches(term, l)}
+        if not hits:
+            raise LayerSelectionError(f"layer pattern {term!r} matches no layer{near_misses(term, layers)}")
+        chosen |= hits
+    return [l for l in layers if l.name in chosen]
+
+
+def near_misses(term: str, layers: list[LayerInfo], n: int = 3) -> str:
+    names = [l.name for l in layers]
+    plain = term.replace("*", "").replace("?", "")
+    close = difflib.get_close_matches(plain, names, n=n, cutoff=0.4)
+    if not close:
+        close = [nm for nm in names if any(part and part in nm for part in plain.split("."))][:n] or names[:n]
+    return "; closest: " + ", ".join(close) if close else ""
+
+
+def resolve_names(layers: list[LayerInfo], names: list[str]) -> list[LayerInfo]:
+    """Exact qualified names -> layers; unknown names are an error naming the nearest valid ones."""
+    by_name = {l.name: l for l in layers}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        hints = "; ".join(f"{m!r} (closest: {', '.join(difflib.get_close_matches(m, by_name, n=3, cutoff=0.3)) or '-'})"
+                          for m in missing[:3])
+        raise LayerSelectionError(f"{len(missing)} unknown layer name(s): {hints}")
+    return [by_name[n] for n in names]

@@ -1,0 +1,1 @@
+"""Model presets and architecture families (the only code that names diffusers model internals)."""

@@ -1,0 +1,158 @@
+"""Attention-map perturbations: parsing specs and computing replaced outputs without N×N matrices.
+
+Spec grammar (several per run)::
+
+    KIND@LAYERS[:steps=A-B][:branch=cond|uncond][:text=1]
+    KIND = I | U | T=<factor>
+
+- ``I``: the identity map (each query keeps itself): output = V. Self-attention only.
+- ``U``: the uniform map over the allowed keys: output = mean of V over those keys.
+- ``T=f``: logits × f (f < 1 raises entropy, f > 1 lowers it), through SDPA's own ``scale``.
+
+``LAYERS`` uses the selection syntax of layers.py (no ``:`` inside). ``steps`` is an inclusive
+window of step indices. In joint text+video layers only video query rows (and, for I/U, video
+keys) are touched unless ``text=1``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+KINDS = ("I", "U", "T")
+
+
+class PerturbSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PerturbSpec:
+    kind: str
+    layers: str
+    factor: float | None = None
+    steps: tuple[int, int] | None = None  # inclusive
+    branch: str | None = None  # None = every branch
+    text: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "PerturbSpec":
+        m = re.fullmatch(r"\s*([IUT])(?:=([^@]+))?@([^:]+)((?::[^:]+)*)\s*", spec)
+        if not m:
+            raise PerturbSpecError(
+                f"bad perturbation {spec!r}: expected I@LAYERS, U@LAYERS or T=FACTOR@LAYERS, "
+                "optionally followed by :steps=A-B :branch=cond|uncond :text=1"
+            )
+        kind, factor, layers, opts = m.groups()
+        kw: dict = {}
+        if kind == "T":
+            try:
+                kw["factor"] = float(factor)
+            except (TypeError, ValueError):
+                raise PerturbSpecError(f"bad perturbation {spec!r}: T needs a numeric factor, e.g. T=0.5@...") from None
+            if not kw["factor"] >= 0:
+                raise PerturbSpecError(f"bad perturbation {spec!r}: temperature factor must be >= 0")
+        elif factor is not None:
+            raise PerturbSpecError(f"bad perturbation {spec!r}: only T takes a value")
+        for opt in filter(None, opts.split(":")):
+            key, _, val = opt.partition("=")
+            if key == "steps":
+                kw["steps"] = parse_steps(val)
+            elif key == "branch":
+                if val not in ("cond", "uncond"):
+                    raise PerturbSpecError(f"bad perturbation {spec!r}: branch must be cond or uncond")
+                kw["branch"] = val
+            elif key == "text":
+                kw["text"] = val in ("1", "true", "yes")
+            else:
+                raise PerturbSpecError(f"bad perturbation {spec!r}: unknown option {key!r}")
+        return cls(kind=kind, layers=layers.strip(), **kw)
+
+    def __str__(self) -> str:
+        s = self.kind + (f"={self.factor:g}" if self.factor is not None else "") + "@" + self.layers
+        if self.steps:
+            s += f":steps={self.steps[0]}-{self.steps[1]}"
+        if self.branch:
+            s += f":branch={self.branch}"
+        if self.text:
+            s += ":text=1"
+        return s
+
+    def active(self, step: int) -> bool:
+        return self.steps is None or self.steps[0] <= step <= self.steps[1]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["spec"] = str(self)
+        return d
+
+
+def parse_steps(text: str, n_steps: int | None = None) -> tuple[int, int]:
+    """'A-B' (inclusive) or 'A' -> (A, B). Raises on negative, reversed or out-of-range windows."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text or "")
+    if not m:
+        raise PerturbSpecError(f"bad step window {text!r}: expected A-B with 0 <= A <= B, e.g. 0-10")
+    a = int(m.group(1))
+    b = int(m.group(2)) if m.group(2) is not None else a
+    if b < a:
+        raise PerturbSpecError(f"bad step window {text!r}: end before start")
+    if n_steps is not None and a >= n_steps:
+        raise PerturbSpecError(f"step window {text!r} starts after the last step ({n_steps - 1})")
+    return a, b
+
+
+def _allowed(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Mask -> float 0/1 weights of allowed keys (broadcastable to (B,H,Nq,Nk)), or None."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return mask.to(like.dtype)
+    return torch.isfinite(mask).to(like.dtype)
+
+
+def identity_output(v: torch.Tensor, nq: int) -> torch.Tensor:
+    """Output of the identity map: each query row takes its own value row."""
+    if v.shape[-2] != nq:
+        raise PerturbSpecError(f"I needs queries and keys to be the same tokens ({nq} queries vs {v.shape[-2]} keys)")
+    return v.clone()
+
+
+def uniform_output(v: torch.Tensor, nq: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Output of the uniform map over allowed keys: (B,H,Nq,Dv), no Nq×Nk matrix beyond the mask."""
+    w = _allowed(mask, v)
+    if w is None:
+        mean = v.mean(dim=-2, keepdim=True)
+        return mean.expand(*v.shape[:-2], nq, v.shape[-1]).clone()
+    w = w.expand(*w.shape[:-2], w.shape[-2], v.shape[-2])
+    num = torch.matmul(w, v)  # rows of w: (.., Nq|1, Nk)
+    den = w.sum(-1, keepdim=True).clamp_min(1)
+    out = num / den
+    return out.expand(*v.shape[:-2], nq, v.shape[-1]).clone()
+
+
+def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.Tensor | None, text: int) -> torch.Tensor:
+    """The layer output with ``spec`` applied to every batch item (the caller picks branches).
+
+    text: number of leading text tokens (joint layers); their rows and keys are left alone unless
+    spec.text. ``orig`` is the unperturbed output, needed only to keep text rows.
+    """
+    nq = q.shape[-2]
+    T = 0 if spec.text else text
+    if spec.kind == "T":
+        out = sdpa(q, k, v, attn_mask=mask, scale=scale * spec.factor)
+    elif spec.kind == "I":
+        out = identity_output(v, nq)
+    else:
+        if T:
+            vm = None if mask is None else mask[..., T:]
+            vid = uniform_output(v[..., T:, :], nq, vm)
+            out = vid
+        else:
+            out = uniform_output(v, nq, mask)
+    if T:
+        if orig is None:
+            orig = sdpa(q, k, v, attn_mask=mask, scale=scale)
+        out = torch.cat([orig[..., :T, :], out[..., T:, :]], dim=-2)
+    return out.to(v.dtype)

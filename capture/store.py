@@ -1,0 +1,243 @@
+"""One Zarr v3 store per run: writing it step by step, and opening it as an xarray.Dataset.
+
+Layout of a trace root::
+
+    <root>/runs/<run_id>/trace.zarr     the store (xarray-readable, named dims from dims.py)
+    <root>/runs/<run_id>/video.gif      the generated video for viewing (+ video.mp4 if ffmpeg)
+    <root>/runs/<run_id>/stats.parquet  long-form scalar statistics, written when complete
+
+A run's status goes running -> complete | failed in the group attributes. Each run directory is
+written by exactly one process, so concurrent captures into one root never share a file.
+Must not import torch (the dashboard reads stores through this module).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import dims
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "ATTNLENS_ROOT"
+DEFAULT_ROOT = Path("data") / "traces"
+RUNS_DIR = "runs"
+STORE_NAME = "trace.zarr"
+
+SCALAR_DIMS = (dims.STEP, dims.LAYER, dims.BRANCH, dims.PART, dims.HEAD)
+LAYER_COORDS = (
+    dims.LAYER_NAME, dims.LAYER_KIND, dims.LAYER_BLOCK, dims.N_QUERY, dims.N_KEY, dims.N_HEADS, "map_gy", "map_gx",
+)
+COORDS_ATTR = " ".join((dims.TIMESTEP,) + LAYER_COORDS)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be read or written as a run."""
+
+
+def trace_root(root: str | os.PathLike | None = None) -> Path:
+    """The trace root: the argument, else $ATTNLENS_ROOT, else data/traces."""
+    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def new_run_id() -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{now}-{secrets.token_hex(3)}"
+
+
+def run_dir(root, run_id: str) -> Path:
+    return trace_root(root) / RUNS_DIR / run_id
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_safe(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _str_array(values) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=np.dtypes.StringDType())
+
+
+class RunWriter:
+    """Writes one run: attributes at start, one step at a time, the video and status at the end."""
+
+    def __init__(self, root, attrs: dict, run_id: str | None = None):
+        self.run_id = run_id or new_run_id()
+        self.dir = run_dir(root, self.run_id)
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self.path = self.dir / STORE_NAME
+        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        base = {
+            "run_id": self.run_id,
+            "status": dims.RUNNING,
+            "created": _now(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        self.attrs = {**base, **_json_safe(attrs)}
+        self.group.attrs.update(self.attrs)
+        self.arrays: dict[str, zarr.Array] = {}
+        self.n_steps = 0
+
+    # -- structure, created at the first step once layer shapes and branches are known -------------
+    def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int) -> None:
+        g = self.group
+        nl, nb, np_ = len(layers), len(branches), len(dims.PARTS)
+        G = grid * grid
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr warns that string dtypes are not in the v3 core spec
+            g.create_array(dims.LAYER_NAME, data=_str_array(l["name"] for l in layers), dimension_names=[dims.LAYER])
+            g.create_array(dims.LAYER_KIND, data=_str_array(l["kind"] for l in layers), dimension_names=[dims.LAYER])
+            g.create_array(dims.LAYER_BLOCK, data=_str_array(l["block"] for l in layers), dimension_names=[dims.LAYER])
+            g.create_array(dims.BRANCH, data=_str_array(branches), dimension_names=[dims.BRANCH])
+            g.create_array(dims.PART, data=_str_array(dims.PARTS), dimension_names=[dims.PART])
+        for key, name in ((dims.N_QUERY, "n_query"), (dims.N_KEY, "n_key"), (dims.N_HEADS, "heads"),
+                          ("map_gy", "gy"), ("map_gx", "gx")):
+            g.create_array(key, data=np.array([l[name] for l in layers], dtype="int32"), dimension_names=[dims.LAYER])
+        g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER])
+        g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD])
+
+        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, shards=None):
+            self.arrays[name] = g.create_array(
+                name, shape=(0,) + shape, chunks=(1,) + chunks, shards=shards, dtype=dtype, fill_value=fill,
+                dimension_names=[dims.STEP, *dim_names], attributes={"coordinates": COORDS_ATTR},
+            )
+
+        arr(dims.STEP, (), (), [], dtype="int32", fill=-1)
+        self.arrays[dims.STEP].attrs.clear()
+        arr(dims.TIMESTEP, (), (), [], dtype="float64")
+        self.arrays[dims.TIMESTEP].attrs.clear()
+        for name in dims.SCALAR_STATS:
+            arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:])
+        arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0)
+        if self.attrs.get("capture", {}).get("maps", True):
+            # one shard per step (one file), one chunk per layer inside it: written once per step,
+            # read one (step, layer) map at a time
+            arr(dims.MAP_SPATIAL, (nl, nb, G, G), (1, nb, G, G), [dims.LAYER, dims.BRANCH, dims.QUERY, dims.KEY],
+                shards=(1, nl, nb, G, G))
+            arr(dims.MAP_TEMPORAL, (nl, nb, frames, frames), (1, nb, frames, frames),
+                [dims.LAYER, dims.BRANCH, dims.QUERY_FRAME, dims.KEY_FRAME], shards=(1, nl, nb, frames, frames))
+            arr(dims.ENTROPY_MAP, (nl, nb, frames, grid, grid), (1, nb, frames, grid, grid),
+                [dims.LAYER, dims.BRANCH, dims.FRAME, dims.GRID_Y, dims.GRID_X], shards=(1, nl, nb, frames, grid, grid))
+        self.shape_info = {"grid": grid, "frames": frames, "heads": heads, "branches": branches}
+
+    def write_step(self, step: int, timestep: float, layers: list[dict], branches: list[str], results: list[dict],
+                   perturbed: np.ndarray, grid: int, frames: int) -> None:
+        """results[i] holds numpy arrays for layer i (see layout.Accumulator.result)."""
+        if not self.arrays:
+            heads = max(l["heads"] for l in layers)
+            self._create(layers, branches, heads, grid, frames)
+        i = self.n_steps
+        for a in self.arrays.values():
+            a.resize((i + 1,) + a.shape[1:])
+        self.arrays[dims.STEP][i] = step
+        self.arrays[dims.TIMESTEP][i] = float(timestep)
+        nl, nb = len(layers), len(branches)
+        heads = self.shape_info["heads"]
+        for name in dims.SCALAR_STATS:
+            block = np.full((nl, nb, len(dims.PARTS), heads), np.nan, dtype="float32")
+            for li, r in enumerate(results):
+                if r is not None:
+                    v = r[name]
+                    block[li, :, :, : v.shape[-1]] = v
+            self.arrays[name][i] = block
+        self.arrays[dims.PERTURBED][i] = perturbed.astype("int8")
+        if dims.MAP_SPATIAL in self.arrays:
+            G = grid * grid
+            ms = np.full((nl, nb, G, G), np.nan, dtype="float32")
+            mt = np.full((nl, nb, frames, frames), np.nan, dtype="float32")
+            em = np.full((nl, nb, frames, grid, grid), np.nan, dtype="float32")
+            for li, (r, lay) in enumerate(zip(results, layers)):
+                if r is None:
+                    continue
+                gy, gx = lay["gy"], lay["gx"]
+                g2 = gy * gx
+                if r.get(dims.MAP_SPATIAL) is not None:
+                    ms[li, :, :g2, :g2] = r[dims.MAP_SPATIAL]
+                f = r[dims.MAP_TEMPORAL].shape[-1]
+                mt[li, :, :f, :f] = r[dims.MAP_TEMPORAL]
+                fe = r[dims.ENTROPY_MAP].shape[1]
+                em[li, :, :fe, :gy, :gx] = r[dims.ENTROPY_MAP].reshape(nb, fe, gy, gx)
+            self.arrays[dims.MAP_SPATIAL][i] = ms
+            self.arrays[dims.MAP_TEMPORAL][i] = mt
+            self.arrays[dims.ENTROPY_MAP][i] = em
+        self.n_steps += 1
+
+    def write_video(self, frames: np.ndarray, fps: int = 8) -> None:
+        """frames: (F, H, W, 3) uint8."""
+        from .video import save_video
+
+        self.group.create_array(
+            dims.VIDEO, data=frames, chunks=frames.shape, dimension_names=[dims.VIDEO_FRAME, dims.PIXEL_Y, dims.PIXEL_X, dims.CHANNEL],
+        )
+        save_video(frames, self.dir, fps=fps)
+
+    def set_attrs(self, **attrs) -> None:
+        self.attrs.update(_json_safe(attrs))
+        self.group.attrs.update(_json_safe(attrs))
+
+    def complete(self, **attrs) -> None:
+        self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
+        zarr.consolidate_metadata(str(self.path))
+        from .catalog import write_run_table
+
+        write_run_table(self.dir)
+
+    def fail(self, error: BaseException | str) -> None:
+        msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        try:
+            self.set_attrs(status=dims.FAILED, finished=_now(), error=msg, steps_captured=self.n_steps)
+        except Exception:  # the store itself may be what broke; never mask the original error
+            log.exception("could not mark run %s as failed", self.run_id)
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """Group attributes of a run store, read straight from zarr.json (fast; no zarr import cost)."""
+    p = Path(path)
+    if p.name != STORE_NAME:
+        p = p / STORE_NAME
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"unreadable run store {p}: {e}") from None
+    return meta.get("attributes", {})
+
+
+def open_run(path: str | os.PathLike, *, require_complete: bool = False):
+    """The run's store as an xarray.Dataset (lazy). Raises StoreError with a one-line reason."""
+    import xarray as xr
+
+    p = Path(path)
+    if p.name != STORE_NAME:
+        p = p / STORE_NAME
+    attrs = read_attrs(p)
+    status = attrs.get("status")
+    if require_complete and status != dims.COMPLETE:
+        raise StoreError(f"run {attrs.get('run_id', p.parent.name)} is {status}, not complete")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(str(p), consolidated=None, zarr_format=3)
+    except Exception as e:  # noqa: BLE001 - any backend failure is a broken store to the user
+        raise StoreError(f"unreadable run store {p}: {type(e).__name__}: {e}") from None
+    return ds
+
+
+def list_run_dirs(root) -> list[Path]:
+    d = trace_root(root) / RUNS_DIR
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir())

@@ -1,0 +1,408 @@
+"""The capture API: ``with trace(pipe, root=..., layers=...) as tr: pipe(...)``.
+
+Inside the context every pipeline call becomes one run in the trace root: the selected attention
+layers are intercepted (statistics, maps, perturbations), step and timestep come from the
+pipeline's public ``callback_on_step_end`` (chained with any callback the caller passes), and the
+run store is written step by step. On exit, also after an exception, every hook is removed and
+the pipeline is exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import dims, hooks
+from .layers import LayerInfo, LayerSelectionError, inventory, select
+from .layout import Accumulator, Layout, kernel_args, make_layout
+from .models.families import Geometry, family_of
+from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
+from .stats import DEFAULT_CHUNK_BYTES, chunk_rows_for, row_stats
+from .store import RunWriter, open_run
+
+log = logging.getLogger(__name__)
+
+DEFINITIONS = {
+    dims.ENTROPY: "mean over query rows (and videos) of H_r = -sum_j A_rj ln A_rj, A = softmax(q k^T scale + mask); nats",
+    dims.ENTROPY_NORM: "mean over rows of H_r / ln(number of allowed keys of row r); 0 = identity-like, 1 = uniform",
+    dims.ENERGY: "sum over query rows of ||(A V)_r||^2 (attention output before the output projection), per video",
+    dims.VALUE_ENERGY: "sum over key rows of ||V_j||^2, per video (so energy / value_energy is comparable across layers)",
+    dims.MASS: "mean over rows of the share of the row's attention mass inside the part (1 for part 'all')",
+    "part": "all: every query row (video rows only in joint layers); spatial: keys of the query's own frame, "
+    "renormalized; temporal: keys at the query's position in every frame, renormalized; text: text query rows",
+    dims.MAP_SPATIAL: "head-averaged A pooled onto a y x grid of query cells and key cells (mean over queries in a "
+    "cell, sum over keys in a cell; each row sums to 1), averaged over frames and videos",
+    dims.MAP_TEMPORAL: "head-averaged A between frames (sum over keys in a frame), averaged over positions",
+    dims.ENTROPY_MAP: "head-averaged row entropy pooled (mean) onto latent frame x y x grid cells",
+    dims.PERTURBED: "1 where a perturbation replaced this layer's output; statistics are those of the original map",
+}
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    layers: tuple[str, ...] = ("self",)
+    every: int = 1  # capture every k-th step
+    steps: tuple[int, int] | None = None  # inclusive window of captured steps
+    maps: bool = True
+    grid: int = 8  # maps pool onto at most grid x grid cells
+    sample_rows: int | None = None  # sampled mode: this many evenly spaced query rows per map
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError("--every must be >= 1")
+        if self.grid < 1:
+            raise ValueError("map grid must be >= 1")
+        if self.sample_rows is not None and self.sample_rows < 1:
+            raise ValueError("sampled rows must be >= 1")
+
+    def captures(self, step: int) -> bool:
+        if self.steps is not None and not (self.steps[0] <= step <= self.steps[1]):
+            return False
+        return step % self.every == 0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["mode"] = "sampled" if self.sample_rows else "exact"
+        return d
+
+
+def _versions() -> dict:
+    import diffusers
+    import transformers
+    import zarr
+
+    from . import __version__
+
+    return {
+        "attnlens": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__, "zarr": zarr.__version__, "python": platform.python_version(),
+    }
+
+
+def _jsonable(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
+        return list(v)
+    return None
+
+
+def _call_record(pipe, args, kwargs) -> dict:
+    """Explicit call arguments merged with the pipeline's defaults (JSON-able values only)."""
+    sig = inspect.signature(type(pipe).__call__)
+    bound = sig.bind_partial(pipe, *args, **kwargs)
+    rec = {}
+    for name, p in sig.parameters.items():
+        if name in ("self", "callback_on_step_end", "callback_on_step_end_tensor_inputs"):
+            continue
+        val = bound.arguments.get(name, p.default)
+        if val is inspect.Parameter.empty:
+            continue
+        j = _jsonable(val)
+        if j is not None or val is None:
+            rec[name] = j
+        elif name == "generator":
+            gens = val if isinstance(val, list) else [val]
+            rec["seed"] = int(gens[0].initial_seed()) if hasattr(gens[0], "initial_seed") else None
+        else:
+            rec[name] = f"<{type(val).__name__}>"
+    return rec
+
+
+class Tracer:
+    """Context manager returned by :func:`trace`. See the module docstring."""
+
+    def __init__(self, pipe, *, root=None, config: CaptureConfig | None = None, perturb=(), model: str | None = None,
+                 attrs: dict | None = None, on_step: Callable[[int, int], None] | None = None):
+        self.pipe = pipe
+        self.root = root
+        self.config = config or CaptureConfig()
+        self.specs = [s if isinstance(s, PerturbSpec) else PerturbSpec.parse(s) for s in perturb]
+        self.model = model
+        self.extra_attrs = attrs or {}
+        self.on_step = on_step
+        self.run_ids: list[str] = []
+        self.run_dirs: list = []
+        self._active = False
+        self.family = family_of(pipe)
+        self.denoiser = self.family.denoiser(pipe)
+        self.inventory: list[LayerInfo] = inventory(self.denoiser, self.family)
+        self.layers = select(self.inventory, list(self.config.layers))
+        self._ptb_layers: dict[str, list[PerturbSpec]] = {}
+        for spec in self.specs:
+            for layer in select(self.inventory, spec.layers):
+                if spec.kind == "I" and layer.kind == "cross":
+                    raise PerturbSpecError(f"I needs self-attention; {layer.name} is cross-attention ({spec})")
+                self._ptb_layers.setdefault(layer.name, []).append(spec)
+        self._captured = {l.name: i for i, l in enumerate(self.layers)}
+        self._hooked = [l for l in self.inventory if l.name in self._captured or l.name in self._ptb_layers]
+        if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
+            raise TypeError(f"{type(pipe).__name__} has no callback_on_step_end; attnlens needs it for steps")
+
+    # -- context ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Tracer":
+        if self._active:
+            raise RuntimeError("this tracer is already active")
+        self._stack = contextlib.ExitStack()
+        try:
+            modules = dict(self.denoiser.named_modules())
+            for layer in self._hooked:
+                mod = modules[layer.name]
+                hooks.register(mod, hooks.AttentionLayerHook(layer.name, self._on_sdpa), hooks.LAYER_HOOK)
+                self._stack.callback(hooks.remove, mod, hooks.LAYER_HOOK)
+            hooks.register(self.denoiser, hooks.DenoiserInputHook(self._on_denoiser), hooks.DENOISER_HOOK)
+            self._stack.callback(hooks.remove, self.denoiser, hooks.DENOISER_HOOK)
+            self._stack.enter_context(hooks.native_attention_backend())
+            self._stack.enter_context(_wrapped_call(self.pipe, self._call))
+        except BaseException:
+            self._stack.close()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active = False
+        self._stack.close()
+
+    # -- results ---------------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        if not self.run_ids:
+            raise RuntimeError("no pipeline call was traced yet")
+        return self.run_ids[-1]
+
+    def dataset(self, run_id: str | None = None):
+        """The run's store as an xarray.Dataset (the last run by default)."""
+        rid = run_id or self.run_id
+        return open_run(self.run_dirs[self.run_ids.index(rid)])
+
+    # -- one pipeline call = one run ---------------------------------------------------------------
+    def _call(self, call_original, args, kwargs):
+        record = _call_record(self.pipe, args, kwargs)
+        prompt = record.get("prompt")
+        n_prompts = len(prompt) if isinstance(prompt, list) else 1
+        self._n_videos = n_prompts * int(record.get("num_videos_per_prompt") or 1)
+        attrs = {
+            "model": self.model or getattr(self.pipe.config, "_name_or_path", None) or type(self.pipe).__name__,
+            "pipeline": type(self.pipe).__name__,
+            "family": self.family.name,
+            "prompt": prompt if isinstance(prompt, str) else (prompt[0] if prompt else None),
+            "negative_prompt": record.get("negative_prompt"),
+            "seed": record.get("seed"),
+            "height": record.get("height"),
+            "width": record.get("width"),
+            "num_frames": record.get("num_frames"),
+            "num_inference_steps": record.get("num_inference_steps"),
+            "guidance_scale": record.get("guidance_scale"),
+            "scheduler": {"class": type(self.pipe.scheduler).__name__, "config": dict(self.pipe.scheduler.config)},
+            "call": record,
+            "capture": self.config.as_dict(),
+            "perturbation": [s.as_dict() for s in self.specs],
+            "layers_selected": [l.name for l in self.layers],
+            "versions": _versions(),
+            "definitions": DEFINITIONS,
+            **self.extra_attrs,
+        }
+        self.writer = RunWriter(self.root, attrs)
+        self.run_ids.append(self.writer.run_id)
+        self.run_dirs.append(self.writer.dir)
+        log.info("run %s started in %s", self.writer.run_id, self.writer.dir)
+        self._reset_run_state()
+        user_cb = kwargs.get("callback_on_step_end")
+
+        def step_end(pipe, i, t, cb_kwargs):
+            self._end_step(int(i), t)
+            if user_cb is not None:
+                return user_cb(pipe, i, t, cb_kwargs)
+            return cb_kwargs
+
+        kwargs = dict(kwargs, callback_on_step_end=step_end)
+        if user_cb is None:
+            kwargs.pop("callback_on_step_end_tensor_inputs", None)
+        t0 = time.perf_counter()
+        try:
+            out = call_original(*args, **kwargs)
+        except BaseException as e:
+            self.writer.fail(e if not isinstance(e, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)")
+            raise
+        try:
+            frames = getattr(out, "frames", None)
+            if frames is None and isinstance(out, tuple):
+                frames = out[0]
+            extra = {"seconds": round(time.perf_counter() - t0, 3), "geometry": asdict(self.geometry) if self.geometry else None}
+            if record.get("output_type") != "latent" and frames is not None:
+                from .video import frames_to_uint8
+
+                arr = frames_to_uint8(frames)
+                self.writer.write_video(arr)
+                extra["video_shape"] = list(arr.shape)
+            self.writer.complete(**extra)
+        except BaseException as e:
+            self.writer.fail(e)
+            raise
+        log.info("run %s complete (%d steps captured)", self.writer.run_id, self.writer.n_steps)
+        return out
+
+    def _reset_run_state(self):
+        self.step = 0
+        self.geometry: Geometry | None = None
+        self._acc: dict[str, Accumulator] = {}
+        self._layouts: dict[str, Layout] = {}
+        self._perturbed: dict[str, set[int]] = {}
+        self._meta: dict[str, dict] = {}
+        self._branches: list[str] | None = None
+
+    def _on_denoiser(self, args, kwargs):
+        self.geometry = self.family.geometry(args, kwargs)
+
+    def _end_step(self, i: int, timestep) -> None:
+        t = float(timestep.item() if hasattr(timestep, "item") else timestep)
+        if self.config.captures(i) and self._acc:
+            self._write_step(i, t)
+        self._acc.clear()
+        self._perturbed.clear()
+        self.step = i + 1
+        if self.on_step is not None:
+            self.on_step(i, t)
+
+    def _branch_names(self, n: int) -> list[str]:
+        if n == 2:
+            return list(dims.BRANCHES_CFG)
+        if n == 1:
+            return ["cond"]
+        return [f"b{i}" for i in range(n)]
+
+    def _write_step(self, i: int, t: float) -> None:
+        any_lay = next(iter(self._layouts.values()))
+        if self._branches is None:
+            self._branches = self._branch_names(any_lay.n_branch)
+        nb = len(self._branches)
+        metas, results = [], []
+        for layer in self.layers:
+            meta = self._meta.get(layer.name) or {"name": layer.name, "kind": layer.kind, "block": layer.block,
+                                                  "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
+            metas.append(meta)
+            acc = self._acc.get(layer.name)
+            results.append({k: v.numpy() for k, v in acc.result().items()} if acc is not None else None)
+        perturbed = np.zeros((len(self.layers), nb), dtype=bool)
+        for li, layer in enumerate(self.layers):
+            for b in self._perturbed.get(layer.name, ()):
+                perturbed[li, b] = True
+        frames = max(lay.frames for lay in self._layouts.values())
+        self.writer.write_step(i, t, metas, self._branches, results, perturbed, self.config.grid, frames)
+
+    # -- the SDPA handler --------------------------------------------------------------------------
+    def _layout(self, name: str, call: hooks.SDPACall) -> Layout:
+        lay = self._layouts.get(name)
+        B, H, Nq, _ = call.q.shape
+        Nk = call.k.shape[-2]
+        if lay is None or lay.n_branch * lay.per_branch != B:
+            if self.geometry is None:
+                raise RuntimeError("attention ran before the denoiser's forward: geometry unknown")
+            layer = next(l for l in self._hooked if l.name == name)
+            lay = make_layout(layer.kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid)
+            self._layouts[name] = lay
+            self._meta[name] = {"name": name, "kind": layer.kind, "block": layer.block, "n_query": Nq, "n_key": Nk,
+                                "heads": H, "gy": lay.gy, "gx": lay.gx}
+        return lay
+
+    def _on_sdpa(self, name: str, call: hooks.SDPACall) -> torch.Tensor:
+        step = self.step
+        specs = [s for s in self._ptb_layers.get(name, ()) if s.active(step)]
+        capture = name in self._captured and self.config.captures(step)
+        if not specs and not capture:
+            return call.original()
+        orig = call.original()
+        with torch.no_grad():
+            lay = self._layout(name, call)
+            out = orig
+            if specs:
+                out = self._perturb(name, call, lay, specs, orig)
+            if capture:
+                self._capture(name, call, lay, orig)
+        return out
+
+    def _perturb(self, name, call, lay: Layout, specs, orig) -> torch.Tensor:
+        out = orig.clone()
+        branches = self._branches or self._branch_names(lay.n_branch)
+        items = torch.arange(out.shape[0], device=out.device) // lay.per_branch
+        for spec in specs:
+            if spec.branch is None:
+                sel_b = list(range(lay.n_branch))
+            else:
+                sel_b = [b for b, nm in enumerate(branches) if nm == spec.branch]
+            if not sel_b:
+                continue
+            k, v = call.kv_for_heads()
+            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text)
+            sel = torch.isin(items, torch.tensor(sel_b, device=out.device))
+            out[sel] = ptb[sel]
+            self._perturbed.setdefault(name, set()).update(sel_b)
+        return out
+
+    def _capture(self, name, call, lay: Layout, orig) -> None:
+        q = call.q
+        k, v = call.kv_for_heads()
+        B, H, Nq, _ = q.shape
+        Nk = k.shape[-2]
+        rows = None
+        if self.config.sample_rows and self.config.sample_rows < Nq:
+            rows = sampled_rows(Nq, self.config.sample_rows, q.device)
+        kw = kernel_args(lay, Nq, Nk, self.config.maps, q.device)
+        rs = row_stats(q, k, scale=call.scale, mask=call.mask(), v=v if lay.kind == "joint" else None,
+                       chunk_rows=chunk_rows_for(B * H, Nk, self.config.chunk_bytes), rows=rows, **kw)
+        acc = self._acc.get(name)
+        if acc is None:
+            acc = self._acc[name] = Accumulator(lay, H, q.device)
+        acc.add(rs, orig, v, rows, self._n_videos)
+
+
+def sampled_rows(n: int, k: int, device=None) -> torch.Tensor:
+    """The sampled mode's rows: k evenly spaced query rows (first and last included), deterministic."""
+    return torch.unique(torch.linspace(0, n - 1, k, device=device).round().long())
+
+
+@contextlib.contextmanager
+def _wrapped_call(pipe, handler):
+    """Route ``pipe(...)`` through handler(call_original, args, kwargs) for the context's duration.
+
+    Python looks special methods up on the type, so the pipeline's class is swapped for a
+    subclass whose ``__call__`` delegates; the original class is restored on exit, always.
+    """
+    cls = type(pipe)
+
+    def __call__(self, *args, **kwargs):
+        return handler(lambda *a, **k: cls.__call__(self, *a, **k), args, kwargs)
+
+    traced = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    pipe.__class__ = traced
+    try:
+        yield
+    finally:
+        pipe.__class__ = cls
+
+
+def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=None, maps: bool = True, grid: int = 8,
+          sample_rows: int | None = None, model: str | None = None, attrs: dict | None = None, on_step=None) -> Tracer:
+    """Capture attention statistics of every ``pipe(...)`` call made inside the returned context.
+
+    layers: selection terms (see capture.layers), default every self-attention layer.
+    perturb: perturbation specs (strings or PerturbSpec), see capture.perturb.
+    """
+    from .layers import split_terms
+
+    cfg = CaptureConfig(layers=tuple(split_terms(layers)), every=every, steps=steps, maps=maps, grid=grid,
+                        sample_rows=sample_rows)
+    return Tracer(pipe, root=root, config=cfg, perturb=perturb, model=model, attrs=attrs, on_step=on_step)
+
+
+__all__ = ["trace", "Tracer", "CaptureConfig", "LayerSelectionError", "PerturbSpecError", "sampled_rows"]
