@@ -136,8 +136,11 @@ class Catalog:
             runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("Int64")
         runs["guidance"] = pd.to_numeric(runs["guidance"], errors="coerce")
         runs["seconds"] = pd.to_numeric(runs["seconds"], errors="coerce")
-        self.con.execute("DROP VIEW IF EXISTS stats")
-        self.con.execute("DROP TABLE IF EXISTS runs")
+        for stmt in ("DROP VIEW IF EXISTS stats", "DROP TABLE IF EXISTS stats", "DROP TABLE IF EXISTS runs"):
+            try:
+                self.con.execute(stmt)
+            except duckdb.CatalogException:  # the name exists as the other object type
+                pass
         self.con.register("_runs_df", runs)
         self.con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
         self.con.unregister("_runs_df")
@@ -149,7 +152,8 @@ class Catalog:
         else:
             empty = stats_frame_empty()
             self.con.register("_stats_empty", empty)
-            self.con.execute("CREATE VIEW stats AS SELECT * FROM _stats_empty")
+            self.con.execute("CREATE TABLE stats AS SELECT * FROM _stats_empty")
+            self.con.unregister("_stats_empty")
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
         return self.con.cursor().execute(sql, params or []).df()

@@ -81,11 +81,12 @@ def _entropy_from_logits(s: torch.Tensor, has_inf: bool, p_out: torch.Tensor | N
 def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> torch.Tensor:
     """Sum p (B,H,c,Nk) over the keys of each cell -> (B,H,c,Gk)."""
     if grid is not None:
-        # Regular layout: keys are (frames, h, w) row-major and cells are (gy, gx) blocks.
+        # Regular layout: keys are (frames, h, w) row-major after `offset` leading tokens, and
+        # cell = frame * gy * gx + (y block) * gx + (x block).
         f, h, w, gy, gx, offset = grid
         B, H, c, _ = p.shape
         v = p[..., offset : offset + f * h * w].reshape(B, H, c, f, gy, h // gy, gx, w // gx)
-        return v.sum(dim=(3, 5, 7)).reshape(B, H, c, gy * gx)
+        return v.sum(dim=(5, 7)).reshape(B, H, c, f * gy * gx)
     out = p.new_zeros(p.shape[:-1] + (n_cells + 1,))
     idx = torch.where(key_cells < 0, n_cells, key_cells).to(p.device)
     out.index_add_(-1, idx, p)
@@ -113,7 +114,8 @@ def row_stats(
     mask: bool (True = allowed) or additive float, broadcastable to (B, H, Nq, Nk).
     rows: optional (Nr,) long subset of query rows (sampled mode).
     key_cells: (Nk,) long cell index per key (-1 = not pooled) to return key-pooled rows;
-    key_grid: (frames, h, w, gy, gx, token_offset) fast path for a regular grid layout.
+    key_grid: (frames, h, w, gy, gx, token_offset) fast path for the regular layout where
+    key_cells[j] = frame * gy * gx + cell of (y, x) for the video keys after token_offset.
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[-2]

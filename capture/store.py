@@ -191,7 +191,9 @@ class RunWriter:
 
     def complete(self, **attrs) -> None:
         self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
-        zarr.consolidate_metadata(str(self.path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python extension to v3
+            zarr.consolidate_metadata(str(self.path))
         from .catalog import write_run_table
 
         write_run_table(self.dir)

@@ -96,10 +96,10 @@ def _jsonable(v):
     return None
 
 
-def _call_record(pipe, args, kwargs) -> dict:
+def _call_record(pipe_cls, args, kwargs) -> dict:
     """Explicit call arguments merged with the pipeline's defaults (JSON-able values only)."""
-    sig = inspect.signature(type(pipe).__call__)
-    bound = sig.bind_partial(pipe, *args, **kwargs)
+    sig = inspect.signature(pipe_cls.__call__)
+    bound = sig.bind_partial(None, *args, **kwargs)
     rec = {}
     for name, p in sig.parameters.items():
         if name in ("self", "callback_on_step_end", "callback_on_step_end_tensor_inputs"):
@@ -124,6 +124,7 @@ class Tracer:
     def __init__(self, pipe, *, root=None, config: CaptureConfig | None = None, perturb=(), model: str | None = None,
                  attrs: dict | None = None, on_step: Callable[[int, int], None] | None = None):
         self.pipe = pipe
+        self._pipe_cls = type(pipe)
         self.root = root
         self.config = config or CaptureConfig()
         self.specs = [s if isinstance(s, PerturbSpec) else PerturbSpec.parse(s) for s in perturb]
@@ -187,7 +188,7 @@ class Tracer:
 
     # -- one pipeline call = one run ---------------------------------------------------------------
     def _call(self, call_original, args, kwargs):
-        record = _call_record(self.pipe, args, kwargs)
+        record = _call_record(self._pipe_cls, args, kwargs)
         prompt = record.get("prompt")
         n_prompts = len(prompt) if isinstance(prompt, list) else 1
         self._n_videos = n_prompts * int(record.get("num_videos_per_prompt") or 1)

@@ -100,21 +100,22 @@ def test_identity_and_uniform_limits():
 @pytest.mark.parametrize("heads_mean", [True, False])
 @pytest.mark.parametrize("use_grid", [True, False])
 def test_key_pooling_matches_explicit(heads_mean, use_grid):
-    # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells (summed over frames)
+    # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells per frame
     f, h, w, gy, gx = 2, 4, 6, 2, 3
     nk = f * h * w
     q, k, _ = rand_qk(5, 2, 3, 10, nk, 8)
     a, _ = explicit(q, k, 0.3)
     y = torch.arange(h).repeat_interleave(w).repeat(f)
     x = torch.arange(w).repeat(h * f)
-    cells = (y // (h // gy)) * gx + x // (w // gx)
-    onehot = torch.nn.functional.one_hot(cells, gy * gx).double()
+    frame = torch.arange(f).repeat_interleave(h * w)
+    cells = frame * gy * gx + (y // (h // gy)) * gx + x // (w // gx)
+    onehot = torch.nn.functional.one_hot(cells, f * gy * gx).double()
     ref = a @ onehot  # (B,H,Nq,G)
     if heads_mean:
         ref = ref.mean(1, keepdim=True)
     grid = (f, h, w, gy, gx, 0) if use_grid else None
     rs = row_stats(
-        q, k, scale=0.3, chunk_rows=3, key_cells=cells, n_key_cells=gy * gx, key_grid=grid,
+        q, k, scale=0.3, chunk_rows=3, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid,
         map_heads_mean=heads_mean,
     )
     torch.testing.assert_close(rs.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)

@@ -36,8 +36,10 @@ def _is_attention(module: torch.nn.Module) -> bool:
     return isinstance(module, (Attention,) + ((AttentionModuleMixin,) if AttentionModuleMixin else ()))
 
 
-def _heads(module) -> int:
-    return int(getattr(module, "heads", None) or getattr(module, "num_heads", 0))
+def _block_rank(block: str) -> tuple[int, int]:
+    head, _, idx = block.partition(".")
+    order = {"down": 0, "mid": 1, "up": 2, "block": 3}
+    return order.get(head, 4), int(idx) if idx.isdigit() else 0
 
 
 class Family:
@@ -56,12 +58,16 @@ class Family:
         return getattr(pipe, self.denoiser_attr)
 
     def attention_layers(self, denoiser) -> list[tuple[str, torch.nn.Module, str, str]]:
-        """(qualified name, module, kind, block) for every attention module, in model order."""
+        """(qualified name, module, kind, block) for every attention module, in data-flow order.
+
+        named_modules() registers UNet up blocks before the mid block; sorting by block rank
+        (down, mid, up, then transformer blocks) gives the order the data flows through.
+        """
         out = []
         for name, mod in denoiser.named_modules():
             if name and _is_attention(mod):
                 out.append((name, mod, self.kind(name, mod), self.block(name)))
-        return out
+        return sorted(out, key=lambda t: _block_rank(t[3]))
 
     def kind(self, name: str, module) -> str:
         return "cross" if getattr(module, "is_cross_attention", False) else "spatial"
@@ -102,7 +108,7 @@ class AnimateDiffFamily(Family):
     def probe_inputs(self, denoiser, frames, height, width, text_tokens):
         cfg = denoiser.config
         sample = torch.zeros(1, cfg.in_channels, frames, height // self.vae_scale, width // self.vae_scale)
-        text = torch.zeros(1, text_tokens, cfg.cross_attention_dim)
+        text = torch.zeros(frames, text_tokens, cfg.cross_attention_dim)  # the pipeline repeats text per frame
         return (sample, torch.tensor([1])), {"encoder_hidden_states": text}
 
 

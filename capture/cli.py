@@ -1,0 +1,281 @@
+"""The ``attnlens`` command line. Prints results and progress; errors are one line on stderr.
+
+Subcommands of this package: capture, layers, runs, sql, catalog. Other packages add theirs
+through the ``attnlens.commands`` entry-point group (a function ``register(subparsers)``), so this
+module never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+
+ENTRY_POINT_GROUP = "attnlens.commands"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        p = Path(args.prompts)
+        if not p.is_file():
+            raise CLIError(f"prompts file not found: {p}")
+        text = p.read_text()
+        if p.suffix == ".json":
+            data = json.loads(text)
+            prompts += [d if isinstance(d, str) else d["prompt"] for d in data]
+        else:
+            prompts += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise CLIError("give --prompt TEXT or --prompts FILE")
+    return prompts
+
+
+def cmd_capture(args) -> int:
+    from .models.presets import load_pipeline
+    from .perturb import PerturbSpec, parse_steps
+    from .trace import CaptureConfig, Tracer
+    from .layers import split_terms
+
+    prompts = _read_prompts(args)
+    specs = [PerturbSpec.parse(s) for s in args.perturb or []]
+    capture_steps = parse_steps(args.capture_steps) if args.capture_steps else None
+    cfg = CaptureConfig(layers=tuple(split_terms(args.layers)), every=args.every, steps=capture_steps,
+                        maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows)
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    steps = args.steps or defaults["steps"]
+    for s in specs:
+        if s.steps and s.steps[0] >= steps:
+            raise CLIError(f"perturbation {s}: step window starts after the last step ({steps - 1})")
+    if capture_steps and capture_steps[0] >= steps:
+        raise CLIError(f"--capture-steps {args.capture_steps} starts after the last step ({steps - 1})")
+    call = dict(
+        num_inference_steps=steps,
+        num_frames=args.frames or defaults["frames"],
+        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance"],
+        output_type="np",
+    )
+    h = args.height or defaults.get("height")
+    w = args.width or defaults.get("width")
+    if h:
+        call["height"] = h
+    if w:
+        call["width"] = w
+    if args.negative_prompt:
+        call["negative_prompt"] = args.negative_prompt
+    call.update(preset.call_kwargs if preset else {})
+    seeds = args.seed or [0]
+    import torch
+    from tqdm.auto import tqdm
+
+    jobs = [(p, s) for p in prompts for s in seeds]
+    bar = tqdm(total=len(jobs) * steps, unit="step", disable=args.quiet, file=sys.stderr)
+    tracer = Tracer(pipe, root=args.root, config=cfg, perturb=specs, model=args.model,
+                    on_step=lambda i, t: bar.update(1))
+    run_ids = []
+    with tracer:
+        for k, (prompt, seed) in enumerate(jobs):
+            bar.set_description(f"run {k + 1}/{len(jobs)}")
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            pipe(prompt, generator=gen, **call)
+            run_ids.append(tracer.run_id)
+            print(tracer.run_id, flush=True)
+    bar.close()
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .models.presets import load_pipeline
+    from .probe import probe_layers, text_tokens_for
+
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    rows = probe_layers(
+        pipe, frames=args.frames or defaults["frames"], height=args.height or defaults.get("height") or 512,
+        width=args.width or defaults.get("width") or 512,
+        text_tokens=text_tokens_for(pipe, preset.call_kwargs if preset else None),
+    )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'layer':<{w}}  {'kind':<8} {'block':<8} {'q_tokens':>8} {'k_tokens':>8} {'heads':>5}")
+    for r in rows:
+        print(f"{r['name']:<{w}}  {r['kind']:<8} {r['block']:<8} {r['query_tokens']:>8} {r['key_tokens']:>8} {r['heads']:>5}")
+    kinds = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    print(f"# {len(rows)} attention layers: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
+    return 0
+
+
+def _print_table(df, json_out: bool) -> None:
+    from .catalog import to_json
+
+    if json_out:
+        print(to_json(df))
+        return
+    if df.empty:
+        print("(no rows)")
+        return
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200,
+                           "display.max_colwidth", 60):
+        print(df.to_string(index=False))
+
+
+def cmd_runs(args) -> int:
+    from .catalog import Catalog
+
+    cat = Catalog(args.root)
+    df = cat.runs()[["run", "state", "model", "prompt", "seed", "perturbation", "path"]]
+    df = df.rename(columns={"state": "status"})
+    _print_table(df, args.json)
+    return 0
+
+
+def cmd_sql(args) -> int:
+    import duckdb
+
+    from .catalog import Catalog
+
+    cat = Catalog(args.root)
+    try:
+        df = cat.query(args.query)
+    except duckdb.Error as e:
+        raise CLIError(f"SQL error: {str(e).splitlines()[0]}") from None
+    _print_table(df, args.json)
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from .catalog import Catalog
+
+    cat = Catalog(args.root)
+    if args.rebuild:
+        n = cat.rebuild()
+        print(f"rebuilt statistics tables of {n} complete run(s)")
+    df = cat.query("SELECT state AS status, count(*) AS runs FROM runs GROUP BY state ORDER BY state")
+    _print_table(df, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+def _add_model_args(p) -> None:
+    p.add_argument("--model", default="tiny-animatediff", help="preset name or save_pretrained directory")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+
+
+def _add_root(p) -> None:
+    p.add_argument("--root", help="trace root (default $ATTNLENS_ROOT or data/traces)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="attnlens", description="Attention traces of video diffusion models.")
+    ap.add_argument("--version", action="version", version=f"attnlens {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("capture", help="generate with attention capture; prints one run id per run")
+    _add_model_args(p)
+    _add_root(p)
+    p.add_argument("--prompt", action="append", help="prompt (repeatable)")
+    p.add_argument("--prompts", help="file with one prompt per line (or a JSON list)")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, nargs="+", help="one run per seed (default 0)")
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--layers", action="append", help="layer selection (default: self; see README)")
+    p.add_argument("--every", type=int, default=1, help="capture every K-th step")
+    p.add_argument("--capture-steps", help="only capture steps A-B (inclusive)")
+    p.add_argument("--no-maps", action="store_true", help="scalar statistics only")
+    p.add_argument("--grid", type=int, default=8, help="maps pool onto at most GRID x GRID cells")
+    p.add_argument("--sample-rows", type=int, help="sampled mode: N evenly spaced query rows per map")
+    p.add_argument("--perturb", action="append", help="I@LAYERS, U@LAYERS:steps=A-B:branch=cond, T=0.5@LAYERS")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("layers", help="attention-layer inventory of a model")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("runs", help="list runs in a trace root")
+    _add_root(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("sql", help="query the catalog with DuckDB SQL (tables: runs, stats)")
+    _add_root(p)
+    p.add_argument("query")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("catalog", help="catalog summary; --rebuild rewrites it from the stores")
+    _add_root(p)
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_catalog)
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the core commands
+            logging.getLogger(__name__).warning("command plugin %s failed to load: %s", ep.name, e)
+    return ap
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .layers import LayerSelectionError
+    from .perturb import PerturbSpecError
+    from .store import StoreError
+
+    errs = [CLIError, LayerSelectionError, PerturbSpecError, StoreError, FileNotFoundError]
+    try:
+        from .models.presets import ModelError
+
+        errs.append(ModelError)
+    except Exception:  # noqa: BLE001
+        pass
+    return tuple(errs)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.basicConfig(level=os.environ.get("ATTNLENS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("ATTNLENS_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("attnlens: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        known = isinstance(e, _user_errors()) or isinstance(e, ValueError)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        prefix = "error" if known else f"error ({type(e).__name__})"
+        print(f"attnlens: {prefix}: {msg}", file=sys.stderr)
+        return 2 if known else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

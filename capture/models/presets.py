@@ -1,0 +1,156 @@
+"""Named model presets, each loadable offline, and loading a pipeline by preset name or directory.
+
+- ``tiny-animatediff``, ``tiny-cogvideox``: random weights from a seed, built from configs.
+- ``animatediff`` (motion adapter + SD1.5 base), ``cogvideox-2b``, ``cogvideox-5b``,
+  ``wan2.1-t2v-1.3b``: real checkpoints by hub id, loaded with the standard ``from_pretrained``;
+  with ``HF_HUB_OFFLINE=1`` they must already be in the local cache. Options after a colon
+  override hub ids with local directories: ``animatediff:base=DIR,adapter=DIR``, ``cogvideox-2b:path=DIR``.
+- any local directory written by ``save_pretrained`` (``model_index.json`` names the pipeline).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """Unknown model, or a model that cannot be loaded here."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    load: Callable[[dict, torch.dtype | None], object]
+    defaults: dict = field(default_factory=dict)  # height, width, frames, steps, guidance
+    call_kwargs: dict = field(default_factory=dict)  # extra pipeline-call arguments the model needs
+    tiny: bool = False
+
+
+def _tiny_animatediff(opts, dtype):
+    from .tiny import tiny_animatediff
+
+    return tiny_animatediff(int(opts.get("seed", 0)))
+
+
+def _tiny_cogvideox(opts, dtype):
+    from .tiny import tiny_cogvideox
+
+    return tiny_cogvideox(int(opts.get("seed", 0)))
+
+
+def _from_pretrained(cls_name: str, default_id: str):
+    def load(opts, dtype):
+        import diffusers
+
+        cls = getattr(diffusers, cls_name)
+        src = opts.get("path", default_id)
+        return _guard(src, lambda: cls.from_pretrained(src, torch_dtype=dtype))
+
+    return load
+
+
+def _animatediff(opts, dtype):
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    adapter_id = opts.get("adapter", "guoyww/animatediff-motion-adapter-v1-5-2")
+    base_id = opts.get("base", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    adapter = _guard(adapter_id, lambda: MotionAdapter.from_pretrained(adapter_id, torch_dtype=dtype))
+    pipe = _guard(base_id, lambda: AnimateDiffPipeline.from_pretrained(base_id, motion_adapter=adapter, torch_dtype=dtype))
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
+    )
+    return pipe
+
+
+def _guard(src, fn):
+    try:
+        return fn()
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if Path(str(src)).exists() else " (not a local directory; offline, hub ids load only from the local cache)"
+        raise ModelError(f"cannot load {src}{hint}: {first}") from None
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("tiny-animatediff", "tiny random AnimateDiff (UNetMotionModel): spatial, cross, temporal attention",
+               _tiny_animatediff, dict(height=64, width=64, frames=8, steps=8, guidance=7.5), tiny=True),
+        Preset("tiny-cogvideox", "tiny random CogVideoX (joint text+video 3D attention); frames = 4k+1",
+               _tiny_cogvideox, dict(height=64, width=64, frames=9, steps=8, guidance=6.0),
+               call_kwargs={"max_sequence_length": 16}, tiny=True),
+        Preset("animatediff", "AnimateDiff motion adapter v1-5-2 + Stable Diffusion 1.5", _animatediff,
+               dict(height=512, width=512, frames=16, steps=25, guidance=7.5)),
+        Preset("cogvideox-2b", "CogVideoX-2b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-2b"),
+               dict(height=480, width=720, frames=49, steps=50, guidance=6.0)),
+        Preset("cogvideox-5b", "CogVideoX-5b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-5b"),
+               dict(height=480, width=720, frames=49, steps=50, guidance=6.0)),
+        Preset("wan2.1-t2v-1.3b", "Wan 2.1 text-to-video 1.3B",
+               _from_pretrained("WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
+               dict(height=480, width=832, frames=81, steps=50, guidance=5.0)),
+    ]
+}
+
+GENERIC_DEFAULTS = dict(height=None, width=None, frames=16, steps=25, guidance=7.5)
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+    """'name:key=val,key=val' -> ('name', {...})."""
+    name, _, rest = spec.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise ModelError(f"bad model option {item!r} in {spec!r}: expected key=value")
+        opts[k.strip()] = v.strip()
+    return name.strip(), opts
+
+
+def resolve(spec: str) -> tuple[Preset | None, dict, Path | None]:
+    """Which preset (or local directory) a --model string names. Raises ModelError if neither."""
+    name, opts = parse_model(spec)
+    if name in PRESETS:
+        return PRESETS[name], opts, None
+    p = Path(os.path.expanduser(name))
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise ModelError(f"{p} is a directory but has no model_index.json (not a save_pretrained pipeline)")
+        return None, opts, p
+    close = difflib.get_close_matches(name, PRESETS, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint}; presets: {', '.join(PRESETS)}, or a local pipeline directory")
+
+
+def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None):
+    """(pipeline, preset or None, defaults) for a preset name or a save_pretrained directory."""
+    preset, opts, path = resolve(spec)
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    tdtype = DTYPES[dtype] if dtype else None
+    if preset is not None:
+        pipe = preset.load(opts, tdtype)
+        if tdtype is not None and preset.tiny:
+            pipe = pipe.to(dtype=tdtype)
+        defaults = dict(preset.defaults)
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = _guard(path, lambda: DiffusionPipeline.from_pretrained(str(path), torch_dtype=tdtype, local_files_only=True))
+        defaults = dict(GENERIC_DEFAULTS)
+    if device:
+        pipe = pipe.to(device)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe, preset, defaults
