@@ -15,7 +15,7 @@ import torch
 
 from . import dims
 from .models.families import Geometry
-from .stats import Part, RowStats, normalized
+from .stats import DEFAULT_CHUNK_BYTES, Part, RowStats, chunk_rows_for, normalized, row_stats
 
 PART_INDEX = {p: i for i, p in enumerate(dims.PARTS)}
 
@@ -242,3 +242,18 @@ class Accumulator:
             dims.ENTROPY_MAP: self.emap / self.emap_n,
         }
         return {k: v.float().cpu() for k, v in res.items()}
+
+
+def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool, rows=None,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1) -> None:
+    """Run the statistics kernel on one attention call and add it to ``acc``.
+
+    q: (B,H,Nq,D); k, v: (B,H,Nk,·) with heads already expanded; out: the layer's original
+    SDPA output (B,H,Nq,Dv), from which energies are taken.
+    """
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[-2]
+    kw = kernel_args(acc.lay, Nq, Nk, maps, q.device)
+    rs = row_stats(q, k, scale=scale, mask=mask, v=v if acc.lay.kind == "joint" else None,
+                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes), rows=rows, **kw)
+    acc.add(rs, out, v, rows, n_videos)

@@ -22,10 +22,10 @@ import torch
 
 from . import dims, hooks
 from .layers import LayerInfo, LayerSelectionError, inventory, select
-from .layout import Accumulator, Layout, kernel_args, make_layout
+from .layout import Accumulator, Layout, accumulate, make_layout
 from .models.families import Geometry, family_of
 from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
-from .stats import DEFAULT_CHUNK_BYTES, chunk_rows_for, row_stats
+from .stats import DEFAULT_CHUNK_BYTES
 from .store import RunWriter, open_run
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class Tracer:
 
     def __init__(self, pipe, *, root=None, config: CaptureConfig | None = None, perturb=(), model: str | None = None,
                  attrs: dict | None = None, on_step: Callable[[int, int], None] | None = None):
+        if getattr(type(pipe), "_attnlens_traced", False):
+            raise RuntimeError("this pipeline is already being traced (nested trace contexts are not supported)")
         self.pipe = pipe
         self._pipe_cls = type(pipe)
         self.root = root
@@ -353,18 +355,15 @@ class Tracer:
     def _capture(self, name, call, lay: Layout, orig) -> None:
         q = call.q
         k, v = call.kv_for_heads()
-        B, H, Nq, _ = q.shape
-        Nk = k.shape[-2]
+        H, Nq = q.shape[1], q.shape[2]
         rows = None
         if self.config.sample_rows and self.config.sample_rows < Nq:
             rows = sampled_rows(Nq, self.config.sample_rows, q.device)
-        kw = kernel_args(lay, Nq, Nk, self.config.maps, q.device)
-        rs = row_stats(q, k, scale=call.scale, mask=call.mask(), v=v if lay.kind == "joint" else None,
-                       chunk_rows=chunk_rows_for(B * H, Nk, self.config.chunk_bytes), rows=rows, **kw)
         acc = self._acc.get(name)
         if acc is None:
             acc = self._acc[name] = Accumulator(lay, H, q.device)
-        acc.add(rs, orig, v, rows, self._n_videos)
+        accumulate(acc, q, k, v, call.mask(), call.scale, orig, maps=self.config.maps, rows=rows,
+                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos)
 
 
 def sampled_rows(n: int, k: int, device=None) -> torch.Tensor:
@@ -384,7 +383,7 @@ def _wrapped_call(pipe, handler):
     def __call__(self, *args, **kwargs):
         return handler(lambda *a, **k: cls.__call__(self, *a, **k), args, kwargs)
 
-    traced = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    traced = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "_attnlens_traced": True})
     pipe.__class__ = traced
     try:
         yield

@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
                _tiny_animatediff, dict(height=64, width=64, frames=8, steps=8, guidance=7.5), tiny=True),
         Preset("tiny-cogvideox", "tiny random CogVideoX (joint text+video 3D attention); frames = 4k+1",
                _tiny_cogvideox, dict(height=64, width=64, frames=9, steps=8, guidance=6.0),
-               call_kwargs={"max_sequence_length": 16}, tiny=True),
+               call_kwargs={"max_sequence_length": 32}, tiny=True),
         Preset("animatediff", "AnimateDiff motion adapter v1-5-2 + Stable Diffusion 1.5", _animatediff,
                dict(height=512, width=512, frames=16, steps=25, guidance=7.5)),
         Preset("cogvideox-2b", "CogVideoX-2b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-2b"),

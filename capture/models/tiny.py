@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from .tokenizer import VOCAB_SIZE, byte_clip_tokenizer
 
 TEXT_DIM = 32
-COGVIDEOX_TEXT_TOKENS = 16
+COGVIDEOX_TEXT_TOKENS = 32  # the byte tokenizer spends one token per character
 
 
 def _seeded(seed: int, offset: int) -> None:
@@ -85,6 +85,8 @@ def tiny_animatediff(seed: int = 0) -> AnimateDiffPipeline:
     scheduler = DDIMScheduler(
         beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
     )
+    for m in (unet, vae, text_encoder):
+        m.eval()  # modules built from configs start in training mode (dropout on)
     pipe = AnimateDiffPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -141,6 +143,8 @@ def tiny_cogvideox(seed: int = 0) -> CogVideoXPipeline:
             decoder_start_token_id=513,
         )
     )
+    for m in (transformer, vae, text_encoder):
+        m.eval()  # modules built from configs start in training mode (dropout on)
     pipe = CogVideoXPipeline(
         tokenizer=byte_clip_tokenizer(COGVIDEOX_TEXT_TOKENS),
         text_encoder=text_encoder,

@@ -1,0 +1,33 @@
+"""Shared fixtures. No network: every model is built from a config or saved locally."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ANIM_CALL = dict(num_frames=8, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=7.5)
+COG_CALL = dict(num_frames=9, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=6.0,
+                max_sequence_length=32)
+
+
+@pytest.fixture(scope="module")
+def anim_pipe():
+    from capture.models.tiny import tiny_animatediff
+
+    return tiny_animatediff(0)
+
+
+@pytest.fixture(scope="module")
+def cog_pipe():
+    from capture.models.tiny import tiny_cogvideox
+
+    return tiny_cogvideox(0)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "traces"

@@ -1,0 +1,187 @@
+"""Capture on the tiny presets through the Python API: bit-identity, hook hygiene, store contents."""
+
+import numpy as np
+import pytest
+import torch
+
+from capture import dims, hooks
+from capture.layers import LayerSelectionError
+from capture.perturb import PerturbSpecError
+from capture.store import open_run
+from capture.trace import trace
+
+from .conftest import ANIM_CALL, COG_CALL
+
+
+def gen(pipe, call, seed=0, **kw):
+    return pipe("a red circle moving left", generator=torch.Generator().manual_seed(seed), **call, **kw).frames
+
+
+def no_attnlens_hooks(pipe) -> bool:
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    for _, m in den.named_modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None and any(n.startswith("attnlens") for n in reg.hooks):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("which", ["anim", "cog"])
+def test_capture_is_bit_identical_and_leaves_no_hooks(which, anim_pipe, cog_pipe, root):
+    pipe, call = (anim_pipe, ANIM_CALL) if which == "anim" else (cog_pipe, COG_CALL)
+    cls = type(pipe)
+    ref = gen(pipe, call)
+    with trace(pipe, root=root) as tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out)
+    assert type(pipe) is cls and no_attnlens_hooks(pipe)
+    assert np.array_equal(gen(pipe, call), ref)
+    ds = tr.dataset()
+    assert ds.attrs["status"] == dims.COMPLETE
+    assert ds.sizes[dims.STEP] == 3 and list(ds[dims.BRANCH].values) == ["uncond", "cond"]
+    kinds = set(ds[dims.LAYER_KIND].values.tolist())
+    assert kinds == ({"spatial", "temporal"} if which == "anim" else {"joint"})
+    h = ds[dims.ENTROPY_NORM].sel(part="all").values
+    h = h[np.isfinite(h)]
+    assert h.size and (h >= 0).all() and (h <= 1).all()
+    assert ds[dims.VIDEO].shape[0] == call["num_frames"]
+    # stored maps: rows sum to 1 where defined
+    ms = ds[dims.MAP_SPATIAL].isel(step=0).values
+    rows = ms.sum(-1)
+    assert np.allclose(rows[np.isfinite(rows)], 1.0, atol=1e-4)
+    assert ds.attrs["prompt"] == "a red circle moving left" and ds.attrs["seed"] == 0
+
+
+def test_hooks_are_removed_when_generation_raises(anim_pipe, root):
+    cls = type(anim_pipe)
+
+    def boom(pipe, i, t, kw):
+        if i == 1:
+            raise RuntimeError("boom")
+        return kw
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with trace(anim_pipe, root=root) as tr:
+            gen(anim_pipe, ANIM_CALL, callback_on_step_end=boom)
+    assert type(anim_pipe) is cls and no_attnlens_hooks(anim_pipe)
+    ds = open_run(tr.run_dirs[0])
+    assert ds.attrs["status"] == dims.FAILED and "boom" in ds.attrs["error"]
+    assert ds.sizes[dims.STEP] == 2  # steps 0 and 1 ended (and were written) before the failure
+
+
+def test_user_callback_is_chained(anim_pipe, root):
+    seen = []
+
+    def cb(pipe, i, t, kw):
+        seen.append(i)
+        return kw
+
+    with trace(anim_pipe, root=root):
+        gen(anim_pipe, ANIM_CALL, callback_on_step_end=cb)
+    assert seen == [0, 1, 2]
+
+
+def test_second_registration_under_same_name_is_an_error(anim_pipe, root):
+    with trace(anim_pipe, root=root, layers="kind=temporal"):
+        with pytest.raises(RuntimeError, match="already being traced"):
+            trace(anim_pipe, root=root, layers="kind=temporal")
+        mod = dict(anim_pipe.unet.named_modules())["mid_block.motion_modules.0.transformer_blocks.0.attn1"]
+        with pytest.raises(ValueError, match="already exists"):
+            hooks.register(mod, hooks.AttentionLayerHook("x", lambda n, c: c.original()), hooks.LAYER_HOOK)
+    assert no_attnlens_hooks(anim_pipe)
+
+
+def test_perturbation_touches_only_selected_layers_and_steps(anim_pipe, root):
+    ref = gen(anim_pipe, ANIM_CALL)
+    target = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    with trace(anim_pipe, root=root, perturb=[f"U@{target}:steps=1-2:branch=cond"]) as tr:
+        out = gen(anim_pipe, ANIM_CALL)
+    assert not np.array_equal(ref, out)
+    ds = tr.dataset()
+    flags = ds[dims.PERTURBED].values  # (step, layer, branch)
+    names = ds[dims.LAYER_NAME].values.tolist()
+    expected = np.zeros_like(flags)
+    expected[1:3, names.index(target), 1] = 1
+    assert np.array_equal(flags, expected)
+    assert ds.attrs["perturbation"][0]["spec"] == f"U@{target}:steps=1-2:branch=cond"
+
+
+def test_perturbed_layer_records_the_original_map(anim_pipe, root):
+    target = "kind=temporal"
+    with trace(anim_pipe, root=root) as base:
+        gen(anim_pipe, ANIM_CALL)
+    with trace(anim_pipe, root=root, perturb=[f"I@{target}"]) as ptb:
+        gen(anim_pipe, ANIM_CALL)
+    a, b = base.dataset(), ptb.dataset()
+    # at step 0 every layer sees the same inputs up to the first perturbed layer's output; the
+    # first temporal layer's statistics (of its original map) are identical
+    first_t = [i for i, k in enumerate(a[dims.LAYER_KIND].values) if k == "temporal"][0]
+    np.testing.assert_allclose(a[dims.ENTROPY].values[0, first_t], b[dims.ENTROPY].values[0, first_t], rtol=1e-6)
+    assert b[dims.PERTURBED].values[:, first_t].all()
+
+
+def test_temperature_changes_entropy_direction(cog_pipe, root):
+    with trace(cog_pipe, root=root) as base:
+        base_out = gen(cog_pipe, COG_CALL)
+    with trace(cog_pipe, root=root, perturb=["T=0@transformer_blocks.0.attn1:steps=0-0"]) as ptb:
+        ptb_out = gen(cog_pipe, COG_CALL)
+    assert not np.array_equal(base_out, ptb_out)
+    assert ptb.dataset()[dims.PERTURBED].values[0, 0].all()
+
+
+def test_layer_selection_errors_name_near_misses(anim_pipe, root):
+    with pytest.raises(LayerSelectionError, match="closest: down_blocks"):
+        trace(anim_pipe, root=root, layers="down_block.0.attentions.*")
+    with pytest.raises(LayerSelectionError, match="unknown layer kind"):
+        trace(anim_pipe, root=root, layers="kind=temporl")
+    with pytest.raises(PerturbSpecError, match="cross-attention"):
+        trace(anim_pipe, root=root, perturb=["I@kind=cross"])
+
+
+def test_layer_that_never_reaches_sdpa_is_an_error(anim_pipe, root):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    name = "mid_block.attentions.0.transformer_blocks.0.attn1"
+    mod = dict(anim_pipe.unet.named_modules())[name]
+    mod.set_processor(AttnProcessor())
+    try:
+        with pytest.raises(hooks.NoSDPAError, match=name):
+            with trace(anim_pipe, root=root, layers=name):
+                gen(anim_pipe, ANIM_CALL)
+    finally:
+        mod.set_processor(AttnProcessor2_0())
+    assert no_attnlens_hooks(anim_pipe)
+
+
+def test_every_k_and_sampled_mode(anim_pipe, root):
+    call = dict(ANIM_CALL, num_inference_steps=4)
+    with trace(anim_pipe, root=root, every=2, sample_rows=5, maps=False) as tr:
+        gen(anim_pipe, call)
+    ds = tr.dataset()
+    assert ds[dims.STEP].values.tolist() == [0, 2]
+    assert ds.attrs["capture"]["mode"] == "sampled" and ds.attrs["capture"]["sample_rows"] == 5
+    assert dims.MAP_SPATIAL not in ds
+
+
+def test_cross_attention_capture(anim_pipe, root):
+    with trace(anim_pipe, root=root, layers="kind=cross") as tr:
+        gen(anim_pipe, ANIM_CALL)
+    ds = tr.dataset()
+    assert set(ds[dims.LAYER_KIND].values.tolist()) == {"cross"}
+    assert (ds[dims.N_KEY].values == 77).all()
+    h = ds[dims.ENTROPY_NORM].sel(part="all").values
+    assert np.isfinite(h[..., :8]).all()
+
+
+def test_local_directory_preset(anim_pipe, tmp_path, root):
+    from capture.models.presets import load_pipeline
+
+    d = tmp_path / "saved"
+    anim_pipe.save_pretrained(d)
+    pipe, preset, defaults = load_pipeline(str(d))
+    assert preset is None and type(pipe).__name__ == "AnimateDiffPipeline"
+    ref = gen(anim_pipe, ANIM_CALL)
+    with trace(pipe, root=root, model=str(d)) as tr:
+        out = gen(pipe, ANIM_CALL)
+    assert np.array_equal(ref, out)
+    assert tr.dataset().attrs["model"] == str(d)
