@@ -80,9 +80,11 @@ def cmd_capture(args) -> int:
     from tqdm.auto import tqdm
 
     jobs = [(p, s) for p in prompts for s in seeds]
-    bar = tqdm(total=len(jobs) * steps, unit="step", disable=args.quiet, file=sys.stderr)
+    progress = []  # the bar exists only once every input has been validated
     tracer = Tracer(pipe, root=args.root, config=cfg, perturb=specs, model=args.model,
-                    on_step=lambda i, t: bar.update(1))
+                    on_step=lambda i, t: progress and progress[0].update(1))
+    bar = tqdm(total=len(jobs) * steps, unit="step", disable=args.quiet, file=sys.stderr)
+    progress.append(bar)
     run_ids = []
     with tracer:
         for k, (prompt, seed) in enumerate(jobs):
@@ -92,6 +94,34 @@ def cmd_capture(args) -> int:
             run_ids.append(tracer.run_id)
             print(tracer.run_id, flush=True)
     bar.close()
+    return 0
+
+
+DEMO_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts" / "demo.txt"
+
+
+def cmd_demo(args) -> int:
+    """Capture demo traces (prompts x 2 seeds, plus one I-perturbed run) and summarize them."""
+    from .catalog import Catalog
+
+    root = args.root
+    prompts = str(DEMO_PROMPTS) if DEMO_PROMPTS.is_file() else None
+    base = ["--model", args.model, "--seed", "0", "1"] + (["--root", root] if root else [])
+    base += ["--prompts", prompts] if prompts else ["--prompt", "a red circle moving left"]
+    print(f"capturing demo traces of {args.model} ...", flush=True)
+    cmd_capture(build_parser().parse_args(["capture", *base]))
+    first = _read_prompts(argparse.Namespace(prompt=None, prompts=prompts))[0] if prompts else "a red circle moving left"
+    ptb = ["capture", "--model", args.model, "--prompt", first, "--seed", "0", "--perturb", "I@kind=temporal"]
+    cmd_capture(build_parser().parse_args(ptb + (["--root", root] if root else [])))
+    cat = Catalog(root)
+    print("\nruns:")
+    _print_table(cat.runs()[["run", "state", "prompt", "seed", "perturbation"]], False)
+    print("\nmean normalized entropy by layer kind and step (unperturbed runs):")
+    _print_table(cat.query(
+        "SELECT kind, step, round(avg(entropy_norm), 4) AS entropy_norm, round(avg(energy), 2) AS energy "
+        "FROM stats JOIN runs USING (run) WHERE part = 'all' AND runs.perturbation = '' "
+        "GROUP BY kind, step ORDER BY kind, step"), False)
+    print(f"\ntrace root: {cat.root.resolve()}  (explore with `attnlens runs` and `attnlens sql`)")
     return 0
 
 
@@ -209,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturb", action="append", help="I@LAYERS, U@LAYERS:steps=A-B:branch=cond, T=0.5@LAYERS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("demo", help="capture demo traces on the built-in model and summarize them")
+    p.add_argument("--model", default="tiny-animatediff")
+    _add_root(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("layers", help="attention-layer inventory of a model")
     _add_model_args(p)

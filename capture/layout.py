@@ -255,5 +255,5 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
     Nk = k.shape[-2]
     kw = kernel_args(acc.lay, Nq, Nk, maps, q.device)
     rs = row_stats(q, k, scale=scale, mask=mask, v=v if acc.lay.kind == "joint" else None,
-                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes), rows=rows, **kw)
+                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, **kw)
     acc.add(rs, out, v, rows, n_videos)

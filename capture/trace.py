@@ -54,7 +54,7 @@ class CaptureConfig:
     maps: bool = True
     grid: int = 8  # maps pool onto at most grid x grid cells
     sample_rows: int | None = None  # sampled mode: this many evenly spaced query rows per map
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    chunk_bytes: int | None = DEFAULT_CHUNK_BYTES  # None: by device (stats.default_chunk_bytes)
 
     def __post_init__(self):
         if self.every < 1:

@@ -1,0 +1,87 @@
+"""Statistics kernel vs torch's scaled_dot_product_attention alone, on the same inputs.
+
+    python benchmarks/bench_stats.py                 # CPU: N = 1024 and 4096, 8 heads, head dim 40
+    python benchmarks/bench_stats.py --device cuda --n 4096 17776 --heads 30 --dim 64
+
+Prints one row per (N, mode): median milliseconds and the ratio to SDPA measured in the same run.
+Modes: exact (entropy of every row), exact+maps (also key pooling onto an 8x8 grid), and
+sampled (256 evenly spaced query rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from capture.stats import default_chunk_bytes, row_stats  # noqa: E402
+from capture.trace import sampled_rows  # noqa: E402
+
+
+def timeit(fn, reps: int, device: str) -> float:
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--batch", type=int, default=2, help="2 = the two CFG branches of one video")
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--sample-rows", type=int, default=256)
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    dev = args.device
+    print(f"device={dev} dtype={args.dtype} batch={args.batch} heads={args.heads} head_dim={args.dim} "
+          f"threads={torch.get_num_threads()} chunk_bytes={default_chunk_bytes(torch.device(dev))}")
+    print(f"{'N':>6} {'mode':<12} {'ms':>10} {'sdpa_ms':>10} {'ratio':>7}")
+    for n in args.n:
+        g = torch.Generator(device=dev).manual_seed(n)
+        q, k, v = (torch.randn(args.batch, args.heads, n, args.dim, generator=g, device=dev, dtype=dtype)
+                   for _ in range(3))
+        scale = args.dim**-0.5
+        sdpa = timeit(lambda: F.scaled_dot_product_attention(q, k, v), args.reps, dev)
+        side = int(math.isqrt(n))
+        grid = (1, side, side, 8, 8, 0) if side * side == n and side % 8 == 0 else None
+        cells = None
+        if grid is not None:
+            y, x = torch.arange(n, device=dev) // side, torch.arange(n, device=dev) % side
+            cells = (y * 8 // side) * 8 + x * 8 // side
+        rows = sampled_rows(n, args.sample_rows, dev)
+        modes = {
+            "exact": lambda: row_stats(q, k, scale=scale),
+            "exact+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid))
+            if cells is not None else None,
+            f"sampled{args.sample_rows}": lambda: row_stats(q, k, scale=scale, rows=rows),
+        }
+        for name, fn in modes.items():
+            if fn is None:
+                continue
+            ms = timeit(fn, args.reps, dev)
+            print(f"{n:>6} {name:<12} {ms:>10.2f} {sdpa:>10.2f} {ms / sdpa:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Run store round trip through xarray, and catalog SQL against hand-computed tables."""
+
+import numpy as np
+import pytest
+
+from capture import dims
+from capture.catalog import STATS_FILE, Catalog
+from capture.store import RunWriter, StoreError, open_run
+
+LAYERS = [
+    {"name": "down.attn1", "kind": "spatial", "block": "down.0", "n_query": 64, "n_key": 64, "heads": 2, "gy": 2, "gx": 2},
+    {"name": "motion.attn1", "kind": "temporal", "block": "down.0", "n_query": 4, "n_key": 4, "heads": 1, "gy": 2, "gx": 2},
+]
+
+
+def fake_result(rng, heads, nb=2):
+    r = {}
+    for name in dims.SCALAR_STATS:
+        v = np.full((nb, len(dims.PARTS), heads), np.nan, dtype="float32")
+        v[:, 0] = rng.random((nb, heads))
+        r[name] = v
+    r[dims.MAP_SPATIAL] = rng.random((nb, 4, 4)).astype("float32")
+    r[dims.MAP_TEMPORAL] = rng.random((nb, 4, 4)).astype("float32")
+    r[dims.ENTROPY_MAP] = rng.random((nb, 4, 4)).astype("float32")
+    return r
+
+
+def write_run(root, seed, steps=3, complete=True, prompt="p"):
+    rng = np.random.default_rng(seed)
+    w = RunWriter(root, {"model": "fake", "prompt": prompt, "seed": seed, "capture": {"maps": True, "mode": "exact"}})
+    written = []
+    for s in range(steps):
+        res = [fake_result(rng, l["heads"]) for l in LAYERS]
+        ptb = np.zeros((2, 2), bool)
+        ptb[1, 1] = s == 1
+        w.write_step(s, 1000 - 100 * s, LAYERS, ["uncond", "cond"], res, ptb, grid=2, frames=4)
+        written.append(res)
+    w.write_video(rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8))
+    if complete:
+        w.complete()
+    return w, written
+
+
+def test_round_trip_through_xarray(tmp_path):
+    w, written = write_run(tmp_path, 1)
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.COMPLETE and ds.attrs["prompt"] == "p"
+    assert list(ds[dims.LAYER_NAME].values) == ["down.attn1", "motion.attn1"]
+    assert list(ds[dims.TIMESTEP].values) == [1000, 900, 800]
+    for s in range(3):
+        for li, l in enumerate(LAYERS):
+            got = ds[dims.ENTROPY].values[s, li, :, :, : l["heads"]]
+            np.testing.assert_array_equal(got, written[s][li][dims.ENTROPY])
+            np.testing.assert_array_equal(ds[dims.MAP_SPATIAL].values[s, li], written[s][li][dims.MAP_SPATIAL])
+    # head 1 of the 1-head layer is padding
+    assert np.isnan(ds[dims.ENTROPY].values[:, 1, :, :, 1]).all()
+    assert ds[dims.VIDEO].dtype == np.uint8 and ds[dims.VIDEO].shape == (4, 8, 8, 3)
+    assert ds[dims.ENTROPY_MAP].dims == (dims.STEP, dims.LAYER, dims.BRANCH, dims.FRAME, dims.GRID_Y, dims.GRID_X)
+
+
+def test_catalog_sql_matches_hand_computed_table(tmp_path):
+    w1, r1 = write_run(tmp_path, 1, prompt="first")
+    w2, r2 = write_run(tmp_path, 2, prompt="second")
+    write_run(tmp_path, 3, complete=False)  # a running run: listed, but no stats
+    cat = Catalog(tmp_path)
+    runs = cat.runs()
+    assert len(runs) == 3 and sorted(runs["status"]) == ["complete", "complete", "running"]
+    got = cat.query(
+        "SELECT run, layer_name, branch, avg(entropy) AS h, sum(energy) AS e, count(*) AS n FROM stats "
+        "WHERE part = 'all' GROUP BY ALL ORDER BY run, layer_name, branch"
+    )
+    rows = []
+    for w, res in ((w1, r1), (w2, r2)):
+        for li, l in sorted(enumerate(LAYERS), key=lambda t: t[1]["name"]):
+            for b, br in sorted(enumerate(["uncond", "cond"]), key=lambda t: t[1]):
+                h = np.mean([res[s][li][dims.ENTROPY][b, 0].astype("float64") for s in range(3)])
+                e = np.sum([res[s][li][dims.ENERGY][b, 0].astype("float64") for s in range(3)])
+                rows.append((w.run_id, l["name"], br, h, e, 3 * l["heads"]))
+    assert len(got) == len(rows)
+    for (_, g), exp in zip(got.iterrows(), rows):
+        assert (g["run"], g["layer_name"], g["branch"]) == exp[:3]
+        assert g["h"] == pytest.approx(exp[3], rel=1e-6) and g["e"] == pytest.approx(exp[4], rel=1e-6)
+        assert g["n"] == exp[5]
+    flags = cat.query("SELECT step, layer_name, branch FROM stats WHERE perturbed = 1 GROUP BY ALL ORDER BY ALL")
+    assert flags.values.tolist() == [[1, "motion.attn1", "cond"]]
+    joined = cat.query("SELECT r.prompt, count(*) AS n FROM stats s JOIN runs r USING (run) GROUP BY ALL ORDER BY 1")
+    assert joined["prompt"].tolist() == ["first", "second"]
+
+
+def test_catalog_rebuild_from_stores(tmp_path):
+    w, _ = write_run(tmp_path, 5)
+    before = Catalog(tmp_path).query("SELECT * FROM stats ORDER BY ALL")
+    (w.dir / STATS_FILE).unlink()
+    cat = Catalog(tmp_path)
+    assert cat.query("SELECT count(*) AS n FROM stats")["n"][0] == 0
+    assert cat.rebuild() == 1
+    after = cat.query("SELECT * FROM stats ORDER BY ALL")
+    assert before.equals(after)
+
+
+def test_failed_run_keeps_its_steps_and_error(tmp_path):
+    w, _ = write_run(tmp_path, 6, complete=False)
+    w.fail(RuntimeError("out of memory"))
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.FAILED and ds.attrs["error"] == "RuntimeError: out of memory"
+    assert ds.sizes[dims.STEP] == 3
+    with pytest.raises(StoreError, match="failed, not complete"):
+        open_run(w.dir, require_complete=True)
+
+
+def test_empty_root(tmp_path):
+    cat = Catalog(tmp_path / "nothing")
+    assert cat.runs().empty
+    assert cat.query("SELECT count(*) AS n FROM stats")["n"][0] == 0
