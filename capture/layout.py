@@ -126,16 +126,17 @@ class Accumulator:
         i = PART_INDEX[part]
         valid = torch.isfinite(ent)
         en = normalized(ent, n_keys.expand_as(ent))
-        for b in range(self.lay.n_branch):
-            sel = branch_of == b
-            v = valid[sel]
-            self.ent[b, i] += torch.where(v, ent[sel], 0).sum(dim=(0, 2)).double()
-            self.entn[b, i] += torch.where(v, en[sel], 0).sum(dim=(0, 2)).double()
-            self.rows[b, i] += v.sum(dim=(0, 2)).double()
-            self.energy[b, i] += out_sq[sel].sum(dim=(0, 2)).double()
-            self.venergy[b, i] += v_sq[sel].sum(dim=0).double()
-            m = mass[sel] if mass is not None else torch.ones_like(ent[sel])
-            self.mass[b, i] += torch.where(v, m, 0).sum(dim=(0, 2)).double()
+        rows = valid.sum(-1)
+
+        def add(dst, val):  # (B,H) summed into dst[branch, part i]
+            dst[:, i].index_add_(0, branch_of, val.double())
+
+        add(self.ent, torch.where(valid, ent, 0).sum(-1))
+        add(self.entn, torch.where(valid, en, 0).sum(-1))
+        add(self.rows, rows)
+        add(self.energy, out_sq.sum(-1))
+        add(self.venergy, v_sq)
+        add(self.mass, torch.where(valid, mass, 0).sum(-1) if mass is not None else rows)
 
     def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int):
         """rs from the kernel; out: SDPA output (B,H,Nq,Dv); v: (B,H,Nk,Dv); rows: sampled rows."""
@@ -172,6 +173,8 @@ class Accumulator:
         ent_h = rs.entropy.nan_to_num(0.0).mean(1).double()  # (B,R) head-averaged row entropy
         ok = torch.isfinite(rs.entropy).all(1).double()
         G, F = lay.cells, lay.frames
+        R = row_ids.numel()
+        kp = rs.key_pooled[:, 0].double() if rs.key_pooled is not None else None  # (B,R,Gk)
         if lay.kind in ("spatial", "cross") and lay.tokens3d:
             # transformer cross-attention: queries are the (frame, y, x) tokens of one video
             hw = lay.th * lay.tw
@@ -179,53 +182,40 @@ class Accumulator:
         elif lay.kind in ("spatial", "cross"):
             # UNet layers: frames are folded into the batch, queries are one frame's grid
             frame = torch.arange(B, device=dev) % lay.frames
-            cells = lay.cell_of(row_ids)
-            self._emap_rows(branch_of, frame[:, None].expand(-1, row_ids.numel()), cells.expand(B, -1), ent_h, ok)
-        if lay.kind == "spatial":
-            if rs.key_pooled is not None:
-                qc = lay.cell_of(row_ids)
-                kp = rs.key_pooled[:, 0].double()  # (B,R,G)
-                for b in range(lay.n_branch):
-                    sel = branch_of == b
-                    self.map_s[b].index_add_(0, qc, kp[sel].sum(0))
-                    self.map_s_n[b].index_add_(0, qc, torch.full_like(qc, int(sel.sum()), dtype=torch.float64))
+            self._emap_rows(branch_of, frame[:, None].expand(-1, R), lay.cell_of(row_ids).expand(B, -1), ent_h, ok)
+            if lay.kind == "spatial" and kp is not None:
+                self._add_rows(self.map_s, self.map_s_n, branch_of, lay.cell_of(row_ids).expand(B, -1), kp)
         elif lay.kind == "temporal":
-            pos = torch.arange(B, device=dev) % (lay.th * lay.tw)
-            cells = lay.cell_of(pos)
-            self._emap_rows(branch_of, row_ids.expand(B, -1), cells[:, None].expand(-1, row_ids.numel()), ent_h, ok)
-            if rs.key_pooled is not None:
-                kp = rs.key_pooled[:, 0].double()  # (B,R,F)
-                for b in range(lay.n_branch):
-                    sel = branch_of == b
-                    self.map_t[b].index_add_(0, row_ids, kp[sel].sum(0))
-                    self.map_t_n[b].index_add_(0, row_ids, torch.full_like(row_ids, int(sel.sum()), dtype=torch.float64))
+            cells = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))
+            self._emap_rows(branch_of, row_ids.expand(B, -1), cells[:, None].expand(-1, R), ent_h, ok)
+            if kp is not None:
+                self._add_rows(self.map_t, self.map_t_n, branch_of, row_ids.expand(B, -1), kp)
         elif lay.kind == "joint":
             T, hw = lay.text, lay.th * lay.tw
             vid = row_ids >= T
             vr = row_ids[vid] - T
             qf, qc = vr // hw, lay.cell_of(vr % hw)
             self._emap_rows(branch_of, qf.expand(B, -1), qc.expand(B, -1), ent_h[:, vid], ok[:, vid])
-            if rs.key_pooled is not None:
-                kp = rs.key_pooled[:, 0, vid].double().reshape(B, -1, F, G)  # (B,Rv,F,G)
-                tot = kp.sum(dim=(2, 3), keepdim=True).clamp_min(1e-300)
-                kp = kp / tot  # renormalize over video keys: text keys are not on the grid
-                ks, kt = kp.sum(2), kp.sum(3)  # (B,Rv,G), (B,Rv,F)
-                for b in range(lay.n_branch):
-                    sel = branch_of == b
-                    n = float(sel.sum())
-                    self.map_s[b].index_add_(0, qc, ks[sel].sum(0))
-                    self.map_s_n[b].index_add_(0, qc, torch.full_like(qc, n, dtype=torch.float64))
-                    self.map_t[b].index_add_(0, qf, kt[sel].sum(0))
-                    self.map_t_n[b].index_add_(0, qf, torch.full_like(qf, n, dtype=torch.float64))
+            if kp is not None:
+                kv = kp[:, vid].reshape(B, -1, F, G)  # (B,Rv,F,G)
+                kv = kv / kv.sum(dim=(2, 3), keepdim=True).clamp_min(1e-300)  # renormalize over video keys
+                self._add_rows(self.map_s, self.map_s_n, branch_of, qc.expand(B, -1), kv.sum(2))
+                self._add_rows(self.map_t, self.map_t_n, branch_of, qf.expand(B, -1), kv.sum(3))
+
+    @staticmethod
+    def _add_rows(dst, count, branch_of, qidx, rows):
+        """dst (nb,Q,K) += rows (B,R,K) at (branch_of[b], qidx[b,r]); count (nb,Q) += 1 each."""
+        nb, Q, K = dst.shape
+        flat = (branch_of[:, None] * Q + qidx).reshape(-1)
+        dst.view(nb * Q, K).index_add_(0, flat, rows.reshape(-1, K))
+        count.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=count.dtype))
 
     def _emap_rows(self, branch_of, frame, cell, ent_h, ok):
         """frame, cell, ent_h, ok: (B,R). Adds head-averaged row entropy onto (branch, frame, cell)."""
-        G = self.lay.cells
-        flat = (frame * G + cell).long()
-        for b in range(self.lay.n_branch):
-            sel = branch_of == b
-            self.emap[b].view(-1).index_add_(0, flat[sel].reshape(-1), (ent_h[sel] * ok[sel]).reshape(-1))
-            self.emap_n[b].view(-1).index_add_(0, flat[sel].reshape(-1), ok[sel].reshape(-1))
+        nb, F, G = self.emap.shape
+        flat = (branch_of[:, None] * (F * G) + frame * G + cell).long().reshape(-1)
+        self.emap.view(-1).index_add_(0, flat, (ent_h * ok).reshape(-1))
+        self.emap_n.view(-1).index_add_(0, flat, ok.reshape(-1))
 
     def result(self) -> dict[str, torch.Tensor]:
         """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded."""
@@ -244,16 +234,83 @@ class Accumulator:
         return {k: v.float().cpu() for k, v in res.items()}
 
 
+def _block_stats(q, k, v, scale, chunk_bytes, compile, to_rows):
+    """Stats of independent attention blocks stacked in the batch dim; results mapped back to rows.
+
+    q, k, v: (B', H, n, ·) blocks; to_rows(t (B', H, n)) -> (B, H, rows) in the layer's row order.
+    Returns entropy, lse and squared output norm per row; the output comes from SDPA itself.
+    """
+    Bp, H, n, _ = q.shape
+    rs = row_stats(q, k, scale=scale, chunk_rows=chunk_rows_for(Bp * H, n, chunk_bytes, q.device), compile=compile)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    return to_rows(rs.entropy), to_rows(rs.lse), to_rows(out.float().pow(2).sum(-1)), n
+
+
+def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_bytes=None, compile=False) -> dict:
+    """Renormalized intra-frame (spatial) and same-position (temporal) statistics of joint layers.
+
+    Each part is a set of small independent attention problems: per frame, its hw queries against
+    its hw keys; per position, its F queries against its F keys. They cost N²/F and N·F instead of
+    N² per part. lse_full: (B,H,R) full-row log-normalizers of the computed rows (R = rows or all).
+    """
+    B, H, _, D = q.shape
+    T, F, hw = lay.text, lay.frames, lay.th * lay.tw
+    qv, kv, vv = (x[:, :, T:].reshape(B, H, F, hw, x.shape[-1]) for x in (q, k, v))
+    n_vid = F * hw
+
+    def frames_to_rows(t):  # (B*F, H, hw) -> (B, H, F*hw)
+        return t.reshape(B, F, H, hw).permute(0, 2, 1, 3).reshape(B, H, n_vid)
+
+    def positions_to_rows(t):  # (B*hw, H, F) -> (B, H, F*hw)
+        return t.reshape(B, hw, H, F).permute(0, 2, 3, 1).reshape(B, H, n_vid)
+
+    per_frame = [x.permute(0, 2, 1, 3, 4).reshape(B * F, H, hw, x.shape[-1]) for x in (qv, kv, vv)]
+    per_pos = [x.permute(0, 3, 1, 2, 4).reshape(B * hw, H, F, x.shape[-1]) for x in (qv, kv, vv)]
+    vid_rows = (rows[rows >= T] - T) if rows is not None else None
+    lse_vid = lse_full[..., (rows >= T) if rows is not None else slice(T, None)]
+    out = {}
+    for name, blocks, to_rows in (("spatial", per_frame, frames_to_rows), ("temporal", per_pos, positions_to_rows)):
+        ent, lse, out_sq, n = _block_stats(*blocks, scale, chunk_bytes, compile, to_rows)
+        if vid_rows is not None:
+            ent, lse, out_sq = ent[..., vid_rows], lse[..., vid_rows], out_sq[..., vid_rows]
+        out[name] = {
+            "entropy": ent,
+            "n_keys": torch.full((B, 1, ent.shape[-1]), float(n), device=q.device),
+            "mass": torch.exp(lse - lse_vid),
+            "out_sq": out_sq,
+        }
+    return out
+
+
 def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool, rows=None,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1) -> None:
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, compile: bool = False) -> None:
     """Run the statistics kernel on one attention call and add it to ``acc``.
 
     q: (B,H,Nq,D); k, v: (B,H,Nk,·) with heads already expanded; out: the layer's original
-    SDPA output (B,H,Nq,Dv), from which energies are taken.
+    SDPA output (B,H,Nq,Dv), from which energies are taken. Joint layers without a per-query mask
+    get their parts from :func:`joint_parts`; with one, from the kernel's generic (slower) parts.
     """
     B, H, Nq, _ = q.shape
     Nk = k.shape[-2]
-    kw = kernel_args(acc.lay, Nq, Nk, maps, q.device)
-    rs = row_stats(q, k, scale=scale, mask=mask, v=v if acc.lay.kind == "joint" else None,
-                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, **kw)
+    lay = acc.lay
+    kw = kernel_args(lay, Nq, Nk, maps, q.device)
+    fast_parts = lay.kind == "joint" and mask is None
+    if fast_parts:
+        kw.pop("parts", None)
+    rs = row_stats(q, k, scale=scale, mask=mask, v=v if lay.kind == "joint" else None,
+                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, compile=compile, **kw)
+    if fast_parts:
+        ids = rows if rows is not None else None
+        parts = joint_parts(lay, q, k, v, scale, rs.lse, ids, chunk_bytes=chunk_bytes, compile=compile)
+        # the accumulator indexes parts by the layer's row ids; give every row a slot
+        full = {}
+        for name, d in parts.items():
+            full[name] = {}
+            for key, t in d.items():
+                slot = torch.full(t.shape[:-1] + (rs.entropy.shape[-1],), float("nan"), device=t.device)
+                idx = (rows >= lay.text).nonzero().squeeze(-1) if rows is not None else torch.arange(
+                    lay.text, Nq, device=t.device)
+                slot[..., idx] = t
+                full[name][key] = slot
+        rs.parts = full
     acc.add(rs, out, v, rows, n_videos)

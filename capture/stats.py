@@ -38,6 +38,7 @@ class RowStats:
 
     entropy: torch.Tensor  # (B, H, Nr) nats; NaN for rows with no allowed key
     n_keys: torch.Tensor  # (B, H|1, Nr) allowed keys per row (float)
+    lse: torch.Tensor | None = None  # (B, H, Nr) log-normalizer of each row (logsumexp of logits)
     key_pooled: torch.Tensor | None = None  # (B, H|1, Nr, Gk): A summed over each key cell
     parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     # parts[name] = {"entropy": (B,H,Nr), "n_keys": (B,H|1,Nr), "mass": (B,H,Nr),
@@ -101,6 +102,33 @@ def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> 
     return out[..., :n_cells]
 
 
+def _fused_entropy(s: torch.Tensor):
+    """Entropy and log-normalizer of rows of logits s (may hold -inf), written for torch.compile.
+
+    Inductor fuses the max, exp and the two sums into passes that never write the exponentials.
+    """
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    d = s - m
+    e = torch.exp(d)
+    z = e.sum(dim=-1)
+    es = torch.where(e > 0, e * d, torch.zeros_like(d)).sum(dim=-1)
+    logz = torch.log(z)
+    ok = z > 0
+    ent = torch.where(ok, (logz - es / z).clamp_min(0.0), torch.full_like(z, float("nan")))
+    lse = torch.where(ok, logz + m.squeeze(-1), torch.full_like(z, float("-inf")))
+    return ent, lse
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
 def row_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -115,6 +143,7 @@ def row_stats(
     key_grid: tuple | None = None,
     map_heads_mean: bool = True,
     parts: tuple[Part, ...] = (),
+    compile: bool = False,
 ) -> RowStats:
     """Exact row statistics of ``softmax(q kᵀ·scale + mask)``.
 
@@ -124,6 +153,8 @@ def row_stats(
     key_cells: (Nk,) long cell index per key (-1 = not pooled) to return key-pooled rows;
     key_grid: (frames, h, w, gy, gx, token_offset) fast path for the regular layout where
     key_cells[j] = frame * gy * gx + cell of (y, x) for the video keys after token_offset.
+    compile: without maps, use a torch.compile'd fused entropy kernel; the first call compiles
+    (seconds), later calls are 1.3-1.6x faster on CPU (benchmarks/bench_stats.py).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[-2]
@@ -143,6 +174,7 @@ def row_stats(
             add_mask = add_mask.unsqueeze(0)
 
     ent = q.new_empty((B, H, Nr), dtype=torch.float32)
+    lse_all = q.new_empty((B, H, Nr), dtype=torch.float32)
     nk_h = H if (add_mask is not None and add_mask.shape[1] > 1) else 1
     nkeys = q.new_full((B, nk_h, Nr), float(Nk), dtype=torch.float32)
     pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool else None
@@ -174,8 +206,16 @@ def row_stats(
             allowed = torch.isfinite(m_chunk).sum(-1).float()  # (B|1,H|1,c|1)
             nkeys[:, :, start:stop] = allowed.expand(B, nk_h, c)
         raw = s.clone() if parts else None
-        e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
-        ent[:, :, start:stop] = ent_c
+        if compile and not want_pool:
+            # fused entropy; with maps the eager path is faster (measured: inductor's pooling and
+            # head-mean writes cost more than they save), so maps always take it
+            ent_c, lse = _compiled(_fused_entropy)(s)
+            ent[:, :, start:stop] = ent_c
+            lse_all[:, :, start:stop] = lse
+        else:
+            e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
+            ent[:, :, start:stop] = ent_c
+            lse_all[:, :, start:stop] = lse
         if want_pool:
             if map_heads_mean:
                 # normalize in place, average the heads, then pool 1/H of the data (measured
@@ -202,7 +242,7 @@ def row_stats(
                 po["out_sq"][:, :, start:stop] = ob.pow(2).sum(-1)
             else:
                 po["out_sq"][:, :, start:stop] = float("nan")
-    return RowStats(entropy=ent, n_keys=nkeys, key_pooled=pooled, parts=part_out)
+    return RowStats(entropy=ent, n_keys=nkeys, lse=lse_all, key_pooled=pooled, parts=part_out)
 
 
 def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:

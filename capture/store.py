@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,10 @@ class RunWriter:
         self.group.attrs.update(self.attrs)
         self.arrays: dict[str, zarr.Array] = {}
         self.n_steps = 0
+        # Steps are written by one background thread, in order, so generation does not wait on
+        # the store; flush() (called by complete/fail) waits and re-raises any write error.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"attnlens-{self.run_id}")
+        self._pending: list[Future] = []
 
     # -- structure, created at the first step once layer shapes and branches are known -------------
     def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int) -> None:
@@ -136,7 +141,21 @@ class RunWriter:
 
     def write_step(self, step: int, timestep: float, layers: list[dict], branches: list[str], results: list[dict],
                    perturbed: np.ndarray, grid: int, frames: int) -> None:
-        """results[i] holds numpy arrays for layer i (see layout.Accumulator.result)."""
+        """Queue one step for writing. results[i] holds numpy arrays for layer i (Accumulator.result)."""
+        for f in self._pending:
+            if f.done():
+                f.result()  # re-raises a write error of an earlier step
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._pool.submit(
+            self._write_step, step, timestep, layers, branches, results, perturbed, grid, frames))
+
+    def flush(self) -> None:
+        """Wait until every queued step is on disk; raise the first write error, if any."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def _write_step(self, step, timestep, layers, branches, results, perturbed, grid, frames) -> None:
         if not self.arrays:
             heads = max(l["heads"] for l in layers)
             self._create(layers, branches, heads, grid, frames)
@@ -190,6 +209,8 @@ class RunWriter:
         self.group.attrs.update(_json_safe(attrs))
 
     def complete(self, **attrs) -> None:
+        self.flush()
+        self._pool.shutdown()
         self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python extension to v3
@@ -200,6 +221,11 @@ class RunWriter:
 
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the write error is secondary to the run's own error
+            log.exception("a step of run %s could not be written", self.run_id)
+        self._pool.shutdown()
         try:
             self.set_attrs(status=dims.FAILED, finished=_now(), error=msg, steps_captured=self.n_steps)
         except Exception:  # the store itself may be what broke; never mask the original error

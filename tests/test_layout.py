@@ -100,6 +100,40 @@ def test_joint_layer_parts_and_maps():
             hs.append(-(blk * blk.log()).sum(-1))
         torch.testing.assert_close(res[dims.ENTROPY][b, PART_INDEX["spatial"]].double(), torch.stack(hs, -1).mean(-1),
                                    rtol=1e-4, atol=1e-5)
+        # temporal part: renormalized over the keys at the query's position in every frame;
+        # mass: the share of the full row inside the part; energy: sum of the part outputs' norms
+        full = torch.softmax(sc, -1)
+        vb = v[b].double()
+        for part, keys_of in (("spatial", lambda f, p: [T + 4 * f + j for j in range(4)]),
+                              ("temporal", lambda f, p: [T + 4 * g + p for g in range(2)])):
+            hs, ms, es = [], [], []
+            for r in range(T, N):
+                f, p = (r - T) // 4, (r - T) % 4
+                keys = keys_of(f, p)
+                blk = torch.softmax(sc[:, r, keys], -1)
+                hs.append(-(blk * blk.log()).sum(-1))
+                ms.append(full[:, r, keys].sum(-1))
+                es.append((blk.unsqueeze(-2) @ vb[:, keys]).squeeze(-2).pow(2).sum(-1))
+            i = PART_INDEX[part]
+            torch.testing.assert_close(res[dims.ENTROPY][b, i].double(), torch.stack(hs, -1).mean(-1), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(res[dims.MASS][b, i].double(), torch.stack(ms, -1).mean(-1), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(res[dims.ENERGY][b, i].double(), torch.stack(es, -1).sum(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_joint_parts_fast_path_equals_generic_path():
+    geo = Geometry(batch=2, frames=3, height=4, width=4, patch=2)
+    N = 4 + 12
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 2, N, 6, generator=g) for _ in range(3))
+    out = F.scaled_dot_product_attention(q, k, v)
+    results = []
+    for mask in (None, torch.ones(1, 1, N, N, dtype=torch.bool)):  # a mask forces the generic path
+        lay = make_layout("joint", 2, N, N, geo, 1, 8)
+        acc = Accumulator(lay, 2, q.device)
+        accumulate(acc, q, k, v, mask, 6**-0.5, out, maps=True, chunk_bytes=300)
+        results.append(acc.result())
+    for key in (dims.ENTROPY, dims.ENTROPY_NORM, dims.ENERGY, dims.MASS, dims.MAP_SPATIAL, dims.MAP_TEMPORAL):
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 def test_energy_is_per_video():

@@ -165,3 +165,23 @@ def test_parts_are_renormalized_blocks(chunk):
             torch.testing.assert_close(got["out_sq"][:, :, r].double(), out.pow(2).sum(-1), rtol=1e-4, atol=1e-5)
         # text rows belong to no block
         assert torch.isnan(rs.parts[pt.name]["entropy"][:, :, :T]).all()
+
+
+@pytest.mark.slow
+def test_compiled_kernels_match_eager():
+    f, h, w, gy, gx = 1, 8, 8, 4, 4
+    q, k, _ = rand_qk(21, 2, 3, 64, 64, 8)
+    y, x = torch.arange(64) // 8, torch.arange(64) % 8
+    cells = (y // 2) * 4 + x // 2
+    grid = (f, h, w, gy, gx, 0)
+    for kw in ({}, {"key_cells": cells, "n_key_cells": 16, "key_grid": grid}):
+        eager = row_stats(q, k, scale=0.3, chunk_rows=5, **kw)
+        comp = row_stats(q, k, scale=0.3, chunk_rows=5, compile=True, **kw)
+        torch.testing.assert_close(comp.entropy, eager.entropy, rtol=1e-5, atol=1e-5)
+        if kw:
+            torch.testing.assert_close(comp.key_pooled, eager.key_pooled, rtol=1e-5, atol=1e-6)
+    # masks with -inf go through the fused kernel too
+    mask = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(2)) > 0.3
+    mask[..., 0] = True
+    torch.testing.assert_close(row_stats(q, k, scale=0.3, mask=mask, compile=True).entropy,
+                               row_stats(q, k, scale=0.3, mask=mask).entropy, rtol=1e-5, atol=1e-5)
