@@ -32,6 +32,7 @@ class Layout:
     gy: int  # map grid height (<= th)
     gx: int
     tokens3d: bool = False  # query tokens are (frame, y, x) of one video, not one frame's grid
+    branch_base: int = 0  # branch of the first batch item (pipelines that run CFG branches as separate calls)
 
     @property
     def cells(self) -> int:
@@ -57,11 +58,16 @@ def _grid_for(tokens: int, height: int, width: int) -> tuple[int, int]:
     raise ValueError(f"{tokens} tokens do not tile a {height}x{width} latent at any 2^k downsampling")
 
 
-def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos: int, grid: int) -> Layout:
-    n_branch = max(1, geo.batch // max(1, n_videos))
-    if batch % n_branch:
-        raise ValueError(f"attention batch {batch} does not split into {n_branch} branches")
-    per = batch // n_branch
+def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos: int, grid: int, *,
+                total_branches: int | None = None, branch_base: int = 0) -> Layout:
+    """total_branches/branch_base: for pipelines that run each CFG branch as its own denoiser call,
+    the number of branches of a step and the one this call computes; otherwise branches are
+    concatenated in the batch (diffusers' usual [uncond; cond])."""
+    call_branches = 1 if total_branches else max(1, geo.batch // max(1, n_videos))
+    n_branch = total_branches or call_branches
+    if batch % call_branches:
+        raise ValueError(f"attention batch {batch} does not split into {call_branches} branches")
+    per = batch // call_branches
     tokens3d = False
     if kind in ("spatial", "cross"):
         if kind == "cross" and geo.patch > 1:  # transformer cross-attention: queries are 3D video tokens
@@ -84,7 +90,7 @@ def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos
             raise ValueError(f"joint layer with {nq}x{nk} tokens does not match {f}x{th}x{tw} video tokens")
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
-    return Layout(kind, n_branch, per, f, th, tw, text, min(grid, th), min(grid, tw), tokens3d)
+    return Layout(kind, n_branch, per, f, th, tw, text, min(grid, th), min(grid, tw), tokens3d, branch_base)
 
 
 def kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
@@ -138,18 +144,22 @@ class Accumulator:
         add(self.venergy, v_sq)
         add(self.mass, torch.where(valid, mass, 0).sum(-1) if mass is not None else rows)
 
-    def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int):
-        """rs from the kernel; out: SDPA output (B,H,Nq,Dv); v: (B,H,Nk,Dv); rows: sampled rows."""
-        lay = self.lay
+    def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int,
+            lay: Layout | None = None):
+        """rs from the kernel; out: SDPA output (B,H,Nq,Dv); v: (B,H,Nk,Dv); rows: sampled rows.
+
+        lay: this call's layout when it differs from the accumulator's only by branch_base."""
+        lay = lay or self.lay
         B, H, Nq, _ = out.shape
         Nk = v.shape[-2]
         dev = out.device
         row_ids = rows if rows is not None else torch.arange(Nq, device=dev)
-        branch_of = torch.arange(B, device=dev) // lay.per_branch
+        branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
         out_sq = out.float().pow(2).sum(-1)  # (B,H,Nq), all rows: energy is exact in every mode
         v_sq_tok = v.float().pow(2).sum(-1)  # (B,H,Nk)
         self.calls += 1
-        self.videos += torch.full((lay.n_branch,), float(n_videos), dtype=torch.float64, device=dev)
+        present = torch.unique(branch_of)
+        self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), dtype=torch.float64, device=dev))
         ent = rs.entropy
         if lay.kind == "joint":
             T = lay.text
@@ -167,7 +177,7 @@ class Accumulator:
         self._maps(rs, row_ids, branch_of)
 
     def _maps(self, rs: RowStats, row_ids, branch_of):
-        lay = self.lay
+        lay = self.lay  # geometry only: identical for every call of the layer in a step
         dev = branch_of.device
         B = branch_of.shape[0]
         ent_h = rs.entropy.nan_to_num(0.0).mean(1).double()  # (B,R) head-averaged row entropy
@@ -283,7 +293,8 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
 
 
 def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool, rows=None,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, compile: bool = False) -> None:
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, compile: bool = False,
+               lay: Layout | None = None) -> None:
     """Run the statistics kernel on one attention call and add it to ``acc``.
 
     q: (B,H,Nq,D); k, v: (B,H,Nk,·) with heads already expanded; out: the layer's original
@@ -292,7 +303,7 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
     """
     B, H, Nq, _ = q.shape
     Nk = k.shape[-2]
-    lay = acc.lay
+    lay = lay or acc.lay
     kw = kernel_args(lay, Nq, Nk, maps, q.device)
     fast_parts = lay.kind == "joint" and mask is None
     if fast_parts:
@@ -313,4 +324,4 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
                 slot[..., idx] = t
                 full[name][key] = slot
         rs.parts = full
-    acc.add(rs, out, v, rows, n_videos)
+    acc.add(rs, out, v, rows, n_videos, lay)

@@ -260,13 +260,24 @@ class Tracer:
         self.step = 0
         self.geometry: Geometry | None = None
         self._acc: dict[str, Accumulator] = {}
-        self._layouts: dict[str, Layout] = {}
+        self._layouts: dict[str, Layout] = {}  # first layout seen per layer (store metadata)
+        self._layout_cache: dict[tuple, Layout] = {}
         self._perturbed: dict[str, set[int]] = {}
         self._meta: dict[str, dict] = {}
         self._branches: list[str] | None = None
+        self._calls_in_step = 0
+        self._call_branch: tuple[int, int] | None = (0, 0)  # (branch of this call, branches per step)
 
     def _on_denoiser(self, args, kwargs):
         self.geometry = self.family.geometry(args, kwargs)
+        if self.family.separate_cfg_calls:
+            # e.g. Wan: the cond call, then the uncond call, each a batch of its own
+            total = 2 if getattr(self.pipe, "do_classifier_free_guidance", False) else 1
+            idx = self._calls_in_step
+            self._calls_in_step += 1
+            self._call_branch = (total - 1 - idx, total) if idx < total else None
+            if self._call_branch is None:
+                log.warning("denoiser call %d in step %d has no CFG branch; not captured", idx, self.step)
 
     def _end_step(self, i: int, timestep) -> None:
         t = float(timestep.item() if hasattr(timestep, "item") else timestep)
@@ -274,6 +285,7 @@ class Tracer:
             self._write_step(i, t)
         self._acc.clear()
         self._perturbed.clear()
+        self._calls_in_step = 0
         self.step = i + 1
         if self.on_step is not None:
             self.on_step(i, t)
@@ -306,14 +318,20 @@ class Tracer:
 
     # -- the SDPA handler --------------------------------------------------------------------------
     def _layout(self, name: str, call: hooks.SDPACall) -> Layout:
-        lay = self._layouts.get(name)
         B, H, Nq, _ = call.q.shape
         Nk = call.k.shape[-2]
-        if lay is None or lay.n_branch * lay.per_branch != B:
+        split = self.family.separate_cfg_calls
+        base, total = self._call_branch if split else (0, None)
+        key = (name, B, base)
+        lay = self._layout_cache.get(key)
+        if lay is None:
             if self.geometry is None:
                 raise RuntimeError("attention ran before the denoiser's forward: geometry unknown")
             layer = next(l for l in self._hooked if l.name == name)
-            lay = make_layout(layer.kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid)
+            lay = make_layout(layer.kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
+                              total_branches=total, branch_base=base)
+            self._layout_cache[key] = lay
+        if name not in self._layouts:
             self._layouts[name] = lay
             self._meta[name] = {"name": name, "kind": layer.kind, "block": layer.block, "n_query": Nq, "n_key": Nk,
                                 "heads": H, "gy": lay.gy, "gx": lay.gx}
@@ -323,6 +341,8 @@ class Tracer:
         step = self.step
         specs = [s for s in self._ptb_layers.get(name, ()) if s.active(step)]
         capture = name in self._captured and self.config.captures(step)
+        if self._call_branch is None:  # a denoiser call outside the CFG branches
+            return call.original()
         if not specs and not capture:
             return call.original()
         orig = call.original()
@@ -338,7 +358,7 @@ class Tracer:
     def _perturb(self, name, call, lay: Layout, specs, orig) -> torch.Tensor:
         out = orig.clone()
         branches = self._branches or self._branch_names(lay.n_branch)
-        items = torch.arange(out.shape[0], device=out.device) // lay.per_branch
+        items = torch.arange(out.shape[0], device=out.device) // lay.per_branch + lay.branch_base
         for spec in specs:
             if spec.branch is None:
                 sel_b = list(range(lay.n_branch))
@@ -364,7 +384,8 @@ class Tracer:
         if acc is None:
             acc = self._acc[name] = Accumulator(lay, H, q.device)
         accumulate(acc, q, k, v, call.mask(), call.scale, orig, maps=self.config.maps, rows=rows,
-                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos, compile=self.config.compile)
+                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos, compile=self.config.compile,
+                   lay=lay)
 
 
 def sampled_rows(n: int, k: int, device=None) -> torch.Tensor:

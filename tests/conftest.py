@@ -13,6 +13,16 @@ ANIM_CALL = dict(num_frames=8, height=64, width=64, num_inference_steps=3, outpu
 COG_CALL = dict(num_frames=9, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=6.0,
                 max_sequence_length=32)
 
+WAN_CALL = dict(num_frames=9, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=5.0,
+                max_sequence_length=64)
+
+
+@pytest.fixture(scope="module")
+def wan_pipe():
+    from capture.models.tiny import tiny_wan
+
+    return tiny_wan(0)
+
 
 @pytest.fixture(scope="module")
 def anim_pipe():

@@ -10,11 +10,30 @@ from capture.perturb import PerturbSpecError
 from capture.store import open_run
 from capture.trace import trace
 
-from .conftest import ANIM_CALL, COG_CALL
+from .conftest import ANIM_CALL, COG_CALL, WAN_CALL
 
 
 def gen(pipe, call, seed=0, **kw):
     return pipe("a red circle moving left", generator=torch.Generator().manual_seed(seed), **call, **kw).frames
+
+
+def test_wan_runs_cfg_branches_as_separate_calls(wan_pipe, root):
+    ref = gen(wan_pipe, WAN_CALL)
+    with trace(wan_pipe, root=root, layers="all") as tr:
+        out = gen(wan_pipe, WAN_CALL)
+    assert np.array_equal(ref, out) and no_attnlens_hooks(wan_pipe)
+    ds = tr.dataset()
+    assert list(ds[dims.BRANCH].values) == ["uncond", "cond"]
+    assert dict(zip(ds[dims.LAYER_NAME].values.tolist(), ds[dims.LAYER_KIND].values.tolist())) == {
+        "blocks.0.attn1": "joint", "blocks.0.attn2": "cross", "blocks.1.attn1": "joint", "blocks.1.attn2": "cross"}
+    h = ds[dims.ENTROPY].sel(part="all").values  # (step, layer, branch, head)
+    assert np.isfinite(h[..., :2]).all()
+    assert not np.allclose(h[:, :, 0], h[:, :, 1])  # the branches differ: they were not mixed
+    # a cond-only perturbation touches only the cond calls
+    with trace(wan_pipe, root=root, perturb=["U@blocks.0.attn1:branch=cond"]) as ptb:
+        gen(wan_pipe, WAN_CALL)
+    flags = ptb.dataset()[dims.PERTURBED].values
+    assert flags[:, 0, 1].all() and not flags[:, 0, 0].any() and not flags[:, 1].any()
 
 
 def no_attnlens_hooks(pipe) -> bool:

@@ -46,6 +46,7 @@ class Family:
     name = "generic"
     denoiser_attr = "unet"
     patch, patch_t = 1, 1
+    separate_cfg_calls = False  # True: the pipeline calls the denoiser once per CFG branch (cond first)
 
     def __init__(self, denoiser=None):
         if denoiser is not None:
@@ -145,6 +146,7 @@ class WanFamily(Family):
 
     name = "wan"
     denoiser_attr = "transformer"
+    separate_cfg_calls = True
     vae_scale = 8
     time_scale = 4
 

@@ -1,6 +1,6 @@
 """Named model presets, each loadable offline, and loading a pipeline by preset name or directory.
 
-- ``tiny-animatediff``, ``tiny-cogvideox``: random weights from a seed, built from configs.
+- ``tiny-animatediff``, ``tiny-cogvideox``, ``tiny-wan``: random weights from a seed, built from configs.
 - ``animatediff`` (motion adapter + SD1.5 base), ``cogvideox-2b``, ``cogvideox-5b``,
   ``wan2.1-t2v-1.3b``: real checkpoints by hub id, loaded with the standard ``from_pretrained``;
   with ``HF_HUB_OFFLINE=1`` they must already be in the local cache. Options after a colon
@@ -50,6 +50,12 @@ def _tiny_cogvideox(opts, dtype):
     return tiny_cogvideox(int(opts.get("seed", 0)))
 
 
+def _tiny_wan(opts, dtype):
+    from .tiny import tiny_wan
+
+    return tiny_wan(int(opts.get("seed", 0)))
+
+
 def _from_pretrained(cls_name: str, default_id: str):
     def load(opts, dtype):
         import diffusers
@@ -91,6 +97,9 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-cogvideox", "tiny random CogVideoX (joint text+video 3D attention); frames = 4k+1",
                _tiny_cogvideox, dict(height=64, width=64, frames=9, steps=8, guidance=6.0),
                call_kwargs={"max_sequence_length": 32}, tiny=True),
+        Preset("tiny-wan", "tiny random Wan 2.1 (3D self-attention, cross-attention); frames = 4k+1",
+               _tiny_wan, dict(height=64, width=64, frames=9, steps=8, guidance=5.0),
+               call_kwargs={"max_sequence_length": 64}, tiny=True),
         Preset("animatediff", "AnimateDiff motion adapter v1-5-2 + Stable Diffusion 1.5", _animatediff,
                dict(height=512, width=512, frames=16, steps=25, guidance=7.5)),
         Preset("cogvideox-2b", "CogVideoX-2b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-2b"),

@@ -12,6 +12,10 @@ from diffusers import (
     AnimateDiffPipeline,
     AutoencoderKL,
     AutoencoderKLCogVideoX,
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
     CogVideoXDDIMScheduler,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
@@ -20,12 +24,13 @@ from diffusers import (
     UNet2DConditionModel,
     UNetMotionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 from .tokenizer import VOCAB_SIZE, byte_clip_tokenizer
 
 TEXT_DIM = 32
 COGVIDEOX_TEXT_TOKENS = 32  # the byte tokenizer spends one token per character
+WAN_TEXT_TOKENS = 64
 
 
 def _seeded(seed: int, offset: int) -> None:
@@ -151,6 +156,44 @@ def tiny_cogvideox(seed: int = 0) -> CogVideoXPipeline:
         vae=vae,
         transformer=transformer,
         scheduler=CogVideoXDDIMScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_wan(seed: int = 0) -> WanPipeline:
+    """Two Wan blocks (3D video self-attention + text cross-attention); frames = 4k+1."""
+    _seeded(seed, 1)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    _seeded(seed, 2)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    _seeded(seed, 3)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=VOCAB_SIZE, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   pad_token_id=513, eos_token_id=513, decoder_start_token_id=513)
+    )
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    pipe = WanPipeline(
+        tokenizer=byte_clip_tokenizer(WAN_TEXT_TOKENS),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=transformer,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
