@@ -39,10 +39,14 @@ def frames_to_uint8(frames) -> np.ndarray:
 def save_video(frames: np.ndarray, directory: Path, fps: int = 8) -> list[Path]:
     """Write video.gif (always) and video.mp4 (when imageio-ffmpeg is installed) into directory."""
     import imageio.v3 as iio
+    from PIL import Image
 
     out = []
     gif = Path(directory) / "video.gif"
-    iio.imwrite(gif, frames, extension=".gif", duration=int(1000 / fps), loop=0)
+    # fast-octree palettes: ~100x faster than PIL's default median cut (1.9 s for 16 frames of
+    # 256x256), which made writing the GIF cost more than capturing a tiny model's attention
+    ims = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE) for f in frames]
+    ims[0].save(gif, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
     out.append(gif)
     try:
         import imageio_ffmpeg  # noqa: F401
