@@ -7,7 +7,7 @@
 
 Each mode runs in its own fresh process (so peak memory is its own), with the same warm-up and
 the same seeds (modes: none, stats = every self-attention layer and step without maps, maps = the
-default capture, stats-compiled = stats with the torch.compile'd kernel, stats-sampled = stats from
+default capture, stats-sampled = stats from
 256 sampled query rows per map); the parent prints median wall time, peak RSS (and peak GPU memory on CUDA), the
 ratios to the no-capture run, and the bytes one run's store takes on disk.
 """
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-MODES = ("none", "stats", "maps", "stats-compiled", "stats-sampled")
+MODES = ("none", "stats", "maps", "stats-sampled")
 
 
 def build(args):
@@ -63,8 +63,7 @@ def worker(args) -> dict:
         if args.mode == "none":
             pipe("a red circle moving left", generator=gen, **kw)
             return None
-        with trace(pipe, root=root, maps=args.mode.startswith("maps"), compile=args.mode.endswith("compiled"),
-                   sample_rows=256 if args.mode.endswith("sampled") else None) as tr:
+        with trace(pipe, root=root, maps=args.mode.startswith("maps"), sample_rows=256 if args.mode.endswith("sampled") else None) as tr:
             pipe("a red circle moving left", generator=gen, **kw)
         return tr.run_dirs[-1]
 

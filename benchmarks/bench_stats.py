@@ -4,9 +4,10 @@
     python benchmarks/bench_stats.py --device cuda --n 4096 17776 --heads 30 --dim 64
 
 Prints one row per (N, mode): median milliseconds and the ratio to SDPA measured in the same run.
-Modes: exact (entropy of every row), exact+maps (also key pooling onto an 8x8 grid), sampled
-(256 evenly spaced query rows), and the torch.compile'd fused entropy kernel (compiled; it
-compiles in the untimed warm-up call; with maps the eager path is used).
+Modes: exact (entropy of every row, the path capture chooses), exact+maps (also key pooling onto
+an 8x8 grid), sampled (256 evenly spaced query rows), and the two implementations forced:
+chunked (explicit scores, chunk by chunk) and fused (one fused attention call with V = K, see
+capture/stats.py).
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ def main() -> None:
             "exact+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid))
             if cells is not None else None,
             f"sampled{args.sample_rows}": lambda: row_stats(q, k, scale=scale, rows=rows),
-            "compiled": lambda: row_stats(q, k, scale=scale, compile=True),
+            "chunked": lambda: row_stats(q, k, scale=scale, method="chunked"),
+            "chunked+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid,
+                                               method="chunked")) if cells is not None else None,
+            "fused": lambda: row_stats(q, k, scale=scale, method="fused"),
+            "fused+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64,
+                                             method="fused")) if cells is not None else None,
         }
         for name, fn in modes.items():
             if fn is None:

@@ -52,8 +52,7 @@ def cmd_capture(args) -> int:
     specs = [PerturbSpec.parse(s) for s in args.perturb or []]
     capture_steps = parse_steps(args.capture_steps) if args.capture_steps else None
     cfg = CaptureConfig(layers=tuple(split_terms(args.layers)), every=args.every, steps=capture_steps,
-                        maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows,
-                        compile=args.compile)
+                        maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows)
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
     steps = args.steps or defaults["steps"]
     for s in specs:
@@ -176,6 +175,42 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    """One run: attributes, dimensions and a per-kind summary; one-line errors for bad ids/stores."""
+    import difflib
+
+    from .store import list_run_dirs, open_run, trace_root
+
+    dirs = {d.name: d for d in list_run_dirs(args.root)}
+    if args.run not in dirs:
+        close = difflib.get_close_matches(args.run, dirs, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise CLIError(f"no run {args.run!r} in {trace_root(args.root)}{hint}")
+    ds = open_run(dirs[args.run])
+    a = ds.attrs
+    if args.json:
+        print(json.dumps({"attrs": a, "dims": dict(ds.sizes), "variables": list(ds.data_vars)}, indent=1, default=str))
+        return 0
+    for key in ("run_id", "status", "model", "pipeline", "prompt", "negative_prompt", "seed", "num_frames", "height",
+                "width", "num_inference_steps", "guidance_scale", "steps_captured", "seconds", "error"):
+        if a.get(key) is not None:
+            print(f"{key:>20}: {a[key]}")
+    print(f"{'capture':>20}: {json.dumps(a.get('capture'))}")
+    for p in a.get("perturbation") or []:
+        print(f"{'perturbation':>20}: {p['spec']}")
+    print(f"{'dims':>20}: {dict(ds.sizes)}")
+    if "entropy_norm" in ds and ds.sizes.get("step", 0):
+        import pandas as pd
+
+        h = ds["entropy_norm"].sel(part="all").mean(["head", "branch"], skipna=True)
+        df = pd.DataFrame({"layer": ds["layer_name"].values, "kind": ds["layer_kind"].values,
+                           "entropy_norm (first step)": h.isel(step=0).values,
+                           "entropy_norm (last step)": h.isel(step=-1).values})
+        print()
+        _print_table(df.round(4), False)
+    return 0
+
+
 def cmd_sql(args) -> int:
     import duckdb
 
@@ -237,7 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-maps", action="store_true", help="scalar statistics only")
     p.add_argument("--grid", type=int, default=8, help="maps pool onto at most GRID x GRID cells")
     p.add_argument("--sample-rows", type=int, help="sampled mode: N evenly spaced query rows per map")
-    p.add_argument("--compile", action="store_true", help="torch.compile the statistics kernel (pays off on long runs)")
     p.add_argument("--perturb", action="append", help="I@LAYERS, U@LAYERS:steps=A-B:branch=cond, T=0.5@LAYERS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_capture)
@@ -256,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="one run: attributes, dimensions, per-layer entropy")
+    _add_root(p)
+    p.add_argument("run", help="run id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("sql", help="query the catalog with DuckDB SQL (tables: runs, stats)")
     _add_root(p)

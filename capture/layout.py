@@ -115,12 +115,15 @@ def kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
 class Accumulator:
     """Sums for one (step, layer); several SDPA calls in a step add up."""
 
+    # columns of the per-(branch, part, head) sums
+    _ENT, _ENTN, _MASS, _ROWS, _ENERGY, _VENERGY = range(6)
+
     def __init__(self, lay: Layout, heads: int, device):
         nb, np_, G, F = lay.n_branch, len(dims.PARTS), lay.cells, lay.frames
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)  # noqa: E731
+        # float32 sums: one step's sums cover at most a few million rows per branch
+        z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=device)  # noqa: E731
         self.lay, self.heads = lay, heads
-        self.ent, self.entn, self.rows = z(nb, np_, heads), z(nb, np_, heads), z(nb, np_, heads)
-        self.energy, self.venergy, self.mass = z(nb, np_, heads), z(nb, np_, heads), z(nb, np_, heads)
+        self.sums = z(nb, np_, heads, 6)  # one tensor, so each call adds with one index_add
         self.videos = z(nb)
         self.map_s, self.map_s_n = z(nb, G, G), z(nb, G)
         self.map_t, self.map_t_n = z(nb, F, F), z(nb, F)
@@ -128,21 +131,15 @@ class Accumulator:
         self.calls = 0
 
     def _scalars(self, part, branch_of, ent, n_keys, out_sq, v_sq, mass=None):
-        """ent, out_sq, mass: (B,H,R) rows of this part; v_sq: (B,H) summed value energy."""
-        i = PART_INDEX[part]
+        """ent, out_sq, mass: (B,H,R) rows of this part; v_sq: (B,H) summed value energy.
+
+        Few, wide tensor ops: on small layers the per-op overhead, not arithmetic, is the cost."""
         valid = torch.isfinite(ent)
-        en = normalized(ent, n_keys.expand_as(ent))
-        rows = valid.sum(-1)
-
-        def add(dst, val):  # (B,H) summed into dst[branch, part i]
-            dst[:, i].index_add_(0, branch_of, val.double())
-
-        add(self.ent, torch.where(valid, ent, 0).sum(-1))
-        add(self.entn, torch.where(valid, en, 0).sum(-1))
-        add(self.rows, rows)
-        add(self.energy, out_sq.sum(-1))
-        add(self.venergy, v_sq)
-        add(self.mass, torch.where(valid, mass, 0).sum(-1) if mass is not None else rows)
+        en = normalized(ent, n_keys)
+        per_row = torch.stack([ent, en, mass if mass is not None else torch.ones_like(ent)], dim=-1)
+        per_row = torch.where(valid.unsqueeze(-1), per_row, 0).sum(dim=-2)  # (B,H,3)
+        totals = torch.stack([valid.sum(-1).float(), out_sq.sum(-1), v_sq], dim=-1)  # (B,H,3)
+        self.sums[:, PART_INDEX[part]].index_add_(0, branch_of, torch.cat([per_row, totals], dim=-1))
 
     def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int,
             lay: Layout | None = None):
@@ -155,11 +152,13 @@ class Accumulator:
         dev = out.device
         row_ids = rows if rows is not None else torch.arange(Nq, device=dev)
         branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
-        out_sq = out.float().pow(2).sum(-1)  # (B,H,Nq), all rows: energy is exact in every mode
-        v_sq_tok = v.float().pow(2).sum(-1)  # (B,H,Nk)
+        out = out.float()
+        v = v.float()
+        out_sq = torch.linalg.vecdot(out, out)  # (B,H,Nq), all rows: energy is exact in every mode
+        v_sq_tok = torch.linalg.vecdot(v, v)  # (B,H,Nk)
         self.calls += 1
         present = torch.unique(branch_of)
-        self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), dtype=torch.float64, device=dev))
+        self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), device=dev))
         ent = rs.entropy
         if lay.kind == "joint":
             T = lay.text
@@ -180,11 +179,11 @@ class Accumulator:
         lay = self.lay  # geometry only: identical for every call of the layer in a step
         dev = branch_of.device
         B = branch_of.shape[0]
-        ent_h = rs.entropy.nan_to_num(0.0).mean(1).double()  # (B,R) head-averaged row entropy
-        ok = torch.isfinite(rs.entropy).all(1).double()
+        ent_h = rs.entropy.nan_to_num(0.0).mean(1)  # (B,R) head-averaged row entropy
+        ok = torch.isfinite(rs.entropy).all(1).float()
         G, F = lay.cells, lay.frames
         R = row_ids.numel()
-        kp = rs.key_pooled[:, 0].double() if rs.key_pooled is not None else None  # (B,R,Gk)
+        kp = rs.key_pooled[:, 0] if rs.key_pooled is not None else None  # (B,R,Gk)
         if lay.kind in ("spatial", "cross") and lay.tokens3d:
             # transformer cross-attention: queries are the (frame, y, x) tokens of one video
             hw = lay.th * lay.tw
@@ -229,14 +228,16 @@ class Accumulator:
 
     def result(self) -> dict[str, torch.Tensor]:
         """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded."""
+        S = self.sums.cpu()
+        rows = S[..., self._ROWS]
+        videos = self.videos.cpu()[:, None, None]
         nan = float("nan")
-        rows = self.rows
         res = {
-            dims.ENTROPY: self.ent / rows,
-            dims.ENTROPY_NORM: self.entn / rows,
-            dims.MASS: self.mass / rows,
-            dims.ENERGY: torch.where(rows > 0, self.energy / self.videos[:, None, None], nan),
-            dims.VALUE_ENERGY: torch.where(rows > 0, self.venergy / self.videos[:, None, None], nan),
+            dims.ENTROPY: S[..., self._ENT] / rows,
+            dims.ENTROPY_NORM: S[..., self._ENTN] / rows,
+            dims.MASS: S[..., self._MASS] / rows,
+            dims.ENERGY: torch.where(rows > 0, S[..., self._ENERGY] / videos, nan),
+            dims.VALUE_ENERGY: torch.where(rows > 0, S[..., self._VENERGY] / videos, nan),
             dims.MAP_SPATIAL: self.map_s / self.map_s_n[..., None],
             dims.MAP_TEMPORAL: self.map_t / self.map_t_n[..., None],
             dims.ENTROPY_MAP: self.emap / self.emap_n,
@@ -244,19 +245,19 @@ class Accumulator:
         return {k: v.float().cpu() for k, v in res.items()}
 
 
-def _block_stats(q, k, v, scale, chunk_bytes, compile, to_rows):
+def _block_stats(q, k, v, scale, chunk_bytes, to_rows):
     """Stats of independent attention blocks stacked in the batch dim; results mapped back to rows.
 
     q, k, v: (B', H, n, ·) blocks; to_rows(t (B', H, n)) -> (B, H, rows) in the layer's row order.
     Returns entropy, lse and squared output norm per row; the output comes from SDPA itself.
     """
     Bp, H, n, _ = q.shape
-    rs = row_stats(q, k, scale=scale, chunk_rows=chunk_rows_for(Bp * H, n, chunk_bytes, q.device), compile=compile)
+    rs = row_stats(q, k, scale=scale, chunk_rows=chunk_rows_for(Bp * H, n, chunk_bytes, q.device))
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     return to_rows(rs.entropy), to_rows(rs.lse), to_rows(out.float().pow(2).sum(-1)), n
 
 
-def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_bytes=None, compile=False) -> dict:
+def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_bytes=None) -> dict:
     """Renormalized intra-frame (spatial) and same-position (temporal) statistics of joint layers.
 
     Each part is a set of small independent attention problems: per frame, its hw queries against
@@ -280,7 +281,7 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
     lse_vid = lse_full[..., (rows >= T) if rows is not None else slice(T, None)]
     out = {}
     for name, blocks, to_rows in (("spatial", per_frame, frames_to_rows), ("temporal", per_pos, positions_to_rows)):
-        ent, lse, out_sq, n = _block_stats(*blocks, scale, chunk_bytes, compile, to_rows)
+        ent, lse, out_sq, n = _block_stats(*blocks, scale, chunk_bytes, to_rows)
         if vid_rows is not None:
             ent, lse, out_sq = ent[..., vid_rows], lse[..., vid_rows], out_sq[..., vid_rows]
         out[name] = {
@@ -293,7 +294,7 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
 
 
 def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool, rows=None,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, compile: bool = False,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, method: str = "auto",
                lay: Layout | None = None) -> None:
     """Run the statistics kernel on one attention call and add it to ``acc``.
 
@@ -309,10 +310,10 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
     if fast_parts:
         kw.pop("parts", None)
     rs = row_stats(q, k, scale=scale, mask=mask, v=v if lay.kind == "joint" else None,
-                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, compile=compile, **kw)
+                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, method=method, **kw)
     if fast_parts:
         ids = rows if rows is not None else None
-        parts = joint_parts(lay, q, k, v, scale, rs.lse, ids, chunk_bytes=chunk_bytes, compile=compile)
+        parts = joint_parts(lay, q, k, v, scale, rs.lse, ids, chunk_bytes=chunk_bytes)
         # the accumulator indexes parts by the layer's row ids; give every row a slot
         full = {}
         for name, d in parts.items():

@@ -102,31 +102,50 @@ def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> 
     return out[..., :n_cells]
 
 
-def _fused_entropy(s: torch.Tensor):
-    """Entropy and log-normalizer of rows of logits s (may hold -inf), written for torch.compile.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+# problems up to this many scores take the fused path even with maps (measured: it wins on small
+# layers, the chunked kernel wins on large ones, where the one-hot value columns cost more)
+FUSED_MAPS_MAX_SCORES = 2**22
 
-    Inductor fuses the max, exp and the two sums into passes that never write the exponentials.
+
+def _fused(q, k, scale, add_mask, nkeys, onehot):
+    """Row entropy (and key-pooled rows) from one fused attention call, no score matrix at all.
+
+    With p = softmax(s), s_j = scale q·k_j (+ 0/−inf mask): H = lse − Σ_j p_j s_j
+    = lse − scale · q · (A K). The CPU flash kernel returns lse and A·V for V = [K | one-hot key
+    cells], which gives A·K and the pooled rows A·onehot at once. q and k are zero-padded to the
+    value width (the kernel wants equal head sizes); zeros leave every logit unchanged.
     """
-    m = s.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    d = s - m
-    e = torch.exp(d)
-    z = e.sum(dim=-1)
-    es = torch.where(e > 0, e * d, torch.zeros_like(d)).sum(dim=-1)
-    logz = torch.log(z)
-    ok = z > 0
-    ent = torch.where(ok, (logz - es / z).clamp_min(0.0), torch.full_like(z, float("nan")))
-    lse = torch.where(ok, logz + m.squeeze(-1), torch.full_like(z, float("-inf")))
-    return ent, lse
+    B, H, Nr, D = q.shape
+    Nk = k.shape[-2]
+    cols = [k]
+    if onehot is not None:
+        cols.append(onehot.expand(B, H, Nk, onehot.shape[-1]))
+    v = torch.cat(cols, dim=-1) if len(cols) > 1 else k
+    pad = v.shape[-1] - D
+    qp = torch.nn.functional.pad(q, (0, pad)) if pad else q
+    kp = torch.nn.functional.pad(k, (0, pad)) if pad else k
+    out, lse = _FLASH_CPU(qp, kp, v, 0.0, False, attn_mask=add_mask, scale=scale)
+    ent = (lse - scale * torch.linalg.vecdot(q, out[..., :D])).clamp_min_(0.0)
+    if add_mask is not None:  # the kernel returns lse = 0 for rows without an allowed key
+        none = nkeys.expand_as(ent) == 0
+        ent = ent.masked_fill(none, float("nan"))
+        lse = lse.masked_fill(none, float("-inf"))
+    pooled = out[..., D:].mean(dim=1, keepdim=True) if onehot is not None else None
+    return RowStats(entropy=ent, n_keys=nkeys, lse=lse, key_pooled=pooled)
 
 
-_COMPILED: dict = {}
+def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, n_scores) -> bool:
+    if _FLASH_CPU is None or q.device.type != "cpu" or parts:
+        return False
+    if add_mask is not None and bool(((add_mask != 0) & torch.isfinite(add_mask)).any()):
+        return False  # finite non-zero mask values would add a Σ p·mask term; the chunked kernel has it
+    return not want_pool or (map_heads_mean and n_scores <= FUSED_MAPS_MAX_SCORES)
 
 
-def _compiled(fn):
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
+def _onehot_cells(key_cells, n_cells, dtype):
+    idx = torch.where(key_cells < 0, n_cells, key_cells)
+    return torch.nn.functional.one_hot(idx, n_cells + 1)[:, :n_cells].to(dtype)
 
 
 def row_stats(
@@ -143,7 +162,7 @@ def row_stats(
     key_grid: tuple | None = None,
     map_heads_mean: bool = True,
     parts: tuple[Part, ...] = (),
-    compile: bool = False,
+    method: str = "auto",
 ) -> RowStats:
     """Exact row statistics of ``softmax(q kᵀ·scale + mask)``.
 
@@ -153,8 +172,9 @@ def row_stats(
     key_cells: (Nk,) long cell index per key (-1 = not pooled) to return key-pooled rows;
     key_grid: (frames, h, w, gy, gx, token_offset) fast path for the regular layout where
     key_cells[j] = frame * gy * gx + cell of (y, x) for the video keys after token_offset.
-    compile: without maps, use a torch.compile'd fused entropy kernel; the first call compiles
-    (seconds), later calls are 1.3-1.6x faster on CPU (benchmarks/bench_stats.py).
+    method: "fused" (one fused attention call, see _fused; CPU, masks of 0/−inf only, no parts),
+    "chunked" (explicit scores, chunk by chunk; every case) or "auto" (fused where it applies and
+    is faster, measured in benchmarks/bench_stats.py).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[-2]
@@ -173,10 +193,26 @@ def row_stats(
         while add_mask.dim() < 4:
             add_mask = add_mask.unsqueeze(0)
 
-    ent = q.new_empty((B, H, Nr), dtype=torch.float32)
-    lse_all = q.new_empty((B, H, Nr), dtype=torch.float32)
     nk_h = H if (add_mask is not None and add_mask.shape[1] > 1) else 1
     nkeys = q.new_full((B, nk_h, Nr), float(Nk), dtype=torch.float32)
+    if add_mask is not None:
+        m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
+        nkeys[:] = torch.isfinite(m_rows).sum(-1).float().expand(B, nk_h, Nr)
+    if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean,
+                                                            B * H * Nr * Nk)):
+        if not _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, 0):
+            raise ValueError("the fused statistics path does not apply here (needs CPU, no parts, 0/-inf masks)")
+        if want_pool and key_cells is None:
+            raise ValueError("the fused path pools by key_cells")
+        m_rows = None
+        if add_mask is not None:
+            m_rows = (add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask)
+            m_rows = m_rows.expand(B, H, Nr, Nk)
+        onehot = _onehot_cells(key_cells, n_key_cells, torch.float32) if want_pool else None
+        return _fused(q.float(), k.float(), scale, m_rows, nkeys, onehot)
+
+    ent = q.new_empty((B, H, Nr), dtype=torch.float32)
+    lse_all = q.new_empty((B, H, Nr), dtype=torch.float32)
     pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool else None
     part_out = {
         pt.name: {
@@ -203,19 +239,10 @@ def row_stats(
         if add_mask is not None:
             m_chunk = add_mask[:, :, rid] if add_mask.shape[2] > 1 else add_mask
             s.add_(m_chunk)
-            allowed = torch.isfinite(m_chunk).sum(-1).float()  # (B|1,H|1,c|1)
-            nkeys[:, :, start:stop] = allowed.expand(B, nk_h, c)
         raw = s.clone() if parts else None
-        if compile and not want_pool:
-            # fused entropy; with maps the eager path is faster (measured: inductor's pooling and
-            # head-mean writes cost more than they save), so maps always take it
-            ent_c, lse = _compiled(_fused_entropy)(s)
-            ent[:, :, start:stop] = ent_c
-            lse_all[:, :, start:stop] = lse
-        else:
-            e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
-            ent[:, :, start:stop] = ent_c
-            lse_all[:, :, start:stop] = lse
+        e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
+        ent[:, :, start:stop] = ent_c
+        lse_all[:, :, start:stop] = lse
         if want_pool:
             if map_heads_mean:
                 # normalize in place, average the heads, then pool 1/H of the data (measured
@@ -246,7 +273,9 @@ def row_stats(
 
 
 def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
-    """Row entropy / ln(allowed keys), in [0, 1]; rows with one allowed key give 0, none give NaN."""
-    denom = torch.log(n_keys)
-    out = entropy / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom > 0, out, torch.where(n_keys > 0, torch.zeros_like(out), out * float("nan")))
+    """Row entropy / ln(allowed keys), in [0, 1]; one allowed key gives 0, none gives NaN.
+
+    n_keys broadcasts against entropy (e.g. (B,1,R) against (B,H,R))."""
+    denom = torch.log(n_keys)  # 0 for one key, -inf for none
+    out = entropy / denom.clamp_min(1e-30)
+    return torch.where(denom > 0, out, torch.where(n_keys > 0, 0.0, float("nan")))

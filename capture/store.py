@@ -3,7 +3,7 @@
 Layout of a trace root::
 
     <root>/runs/<run_id>/trace.zarr     the store (xarray-readable, named dims from dims.py)
-    <root>/runs/<run_id>/video.gif      the generated video for viewing (+ video.mp4 if ffmpeg)
+    <root>/runs/<run_id>/video.gif      the generated video for viewing
     <root>/runs/<run_id>/stats.parquet  long-form scalar statistics, written when complete
 
 A run's status goes running -> complete | failed in the group attributes. Each run directory is

@@ -55,7 +55,6 @@ class CaptureConfig:
     grid: int = 8  # maps pool onto at most grid x grid cells
     sample_rows: int | None = None  # sampled mode: this many evenly spaced query rows per map
     chunk_bytes: int | None = DEFAULT_CHUNK_BYTES  # None: by device (stats.default_chunk_bytes)
-    compile: bool = False  # torch.compile'd fused entropy kernels (compiles once, then ~2x faster)
 
     def __post_init__(self):
         if self.every < 1:
@@ -384,7 +383,7 @@ class Tracer:
         if acc is None:
             acc = self._acc[name] = Accumulator(lay, H, q.device)
         accumulate(acc, q, k, v, call.mask(), call.scale, orig, maps=self.config.maps, rows=rows,
-                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos, compile=self.config.compile,
+                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos,
                    lay=lay)
 
 
@@ -414,7 +413,7 @@ def _wrapped_call(pipe, handler):
 
 
 def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=None, maps: bool = True, grid: int = 8,
-          sample_rows: int | None = None, compile: bool = False, model: str | None = None, attrs: dict | None = None,
+          sample_rows: int | None = None, model: str | None = None, attrs: dict | None = None,
           on_step=None) -> Tracer:
     """Capture attention statistics of every ``pipe(...)`` call made inside the returned context.
 
@@ -424,7 +423,7 @@ def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=Non
     from .layers import split_terms
 
     cfg = CaptureConfig(layers=tuple(split_terms(layers)), every=every, steps=steps, maps=maps, grid=grid,
-                        sample_rows=sample_rows, compile=compile)
+                        sample_rows=sample_rows)
     return Tracer(pipe, root=root, config=cfg, perturb=perturb, model=model, attrs=attrs, on_step=on_step)
 
 

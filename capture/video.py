@@ -36,9 +36,12 @@ def frames_to_uint8(frames) -> np.ndarray:
     return arr
 
 
-def save_video(frames: np.ndarray, directory: Path, fps: int = 8) -> list[Path]:
-    """Write video.gif (always) and video.mp4 (when imageio-ffmpeg is installed) into directory."""
-    import imageio.v3 as iio
+def save_video(frames: np.ndarray, directory: Path, fps: int = 8, mp4: bool = False) -> list[Path]:
+    """Write video.gif, and video.mp4 when asked and imageio-ffmpeg is installed, into directory.
+
+    Capture writes the GIF only: encoding an mp4 starts an ffmpeg process (~0.15 s), a large share
+    of a tiny model's whole run; viewers can make one from the stored frames when they need it.
+    """
     from PIL import Image
 
     out = []
@@ -48,7 +51,10 @@ def save_video(frames: np.ndarray, directory: Path, fps: int = 8) -> list[Path]:
     ims = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE) for f in frames]
     ims[0].save(gif, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
     out.append(gif)
+    if not mp4:
+        return out
     try:
+        import imageio.v3 as iio
         import imageio_ffmpeg  # noqa: F401
 
         mp4 = Path(directory) / "video.mp4"

@@ -103,6 +103,13 @@ def test_unreadable_store_is_reported_not_fatal(root):
 
     with pytest.raises(StoreError, match="unreadable run store"):
         open_run(broken.parent)
+    p = attnlens("show", "20990101-000000-bad000", "--root", root, check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unreadable run store" in p.stderr
+    p = attnlens("show", "20990101-000000-bad00", "--root", root, check=False)
+    assert p.returncode == 2 and "closest: 20990101-000000-bad000" in p.stderr
+    good = runs[0]["run"] if runs[0]["status"] == "complete" else runs[1]["run"]
+    out = attnlens("show", good, "--root", root).stdout
+    assert "status: complete" in out and "down_blocks.0.attentions.0.transformer_blocks.0.attn1" in out
 
 
 def test_four_concurrent_captures_into_one_root(root):
