@@ -41,3 +41,17 @@ def test_training_resumes_bit_identically(tmp_path):
                      num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 8, 32, 32, 3) and np.isfinite(frames).all()
     assert (tmp_path / "b" / "pipeline" / "model_index.json").is_file()
+
+
+def test_fidelity_metrics_end_to_end_on_generated_clips(tmp_path):
+    from capture.models.demo_eval import DEFAULT_CLASSIFIER, evaluate
+    from capture.models.world_classifier import ClipClassifier
+
+    pipe = train(tmp_path / "m", cfg=SMALL, vae_steps=2, unet_steps=2, batch=4, save_every=10, bar_factory=_Quiet)
+    pipe.set_progress_bar_config(disable=True)
+    rep = evaluate(pipe, ClipClassifier.load(DEFAULT_CLASSIFIER), clips=4, steps=2, random_pipe=pipe)
+    assert set(rep["accuracy"]) == {"colour", "shape", "motion"}
+    assert all(0.0 <= v <= 1.0 for v in rep["accuracy"].values())
+    fd = rep["frechet"]
+    assert fd["real_vs_real"] >= 0 and fd["generated_vs_real"] > fd["real_vs_real"]  # noise is far from real clips
+    assert fd["random_weights_vs_real"] == pytest.approx(fd["generated_vs_real"])  # same pipe, same seeds
