@@ -191,6 +191,13 @@ class Tracer:
     # -- one pipeline call = one run ---------------------------------------------------------------
     def _call(self, call_original, args, kwargs):
         record = _call_record(self._pipe_cls, args, kwargs)
+        n_steps = record.get("num_inference_steps")
+        if isinstance(n_steps, int):  # bad step windows fail before anything is generated or stored
+            for spec in self.specs:
+                if spec.steps and spec.steps[0] >= n_steps:
+                    raise PerturbSpecError(f"perturbation {spec}: step window starts after the last step ({n_steps - 1})")
+            if self.config.steps and self.config.steps[0] >= n_steps:
+                raise ValueError(f"capture steps {self.config.steps} start after the last step ({n_steps - 1})")
         prompt = record.get("prompt")
         n_prompts = len(prompt) if isinstance(prompt, list) else 1
         self._n_videos = n_prompts * int(record.get("num_videos_per_prompt") or 1)
@@ -231,6 +238,10 @@ class Tracer:
         kwargs = dict(kwargs, callback_on_step_end=step_end)
         if user_cb is None:
             kwargs.pop("callback_on_step_end_tensor_inputs", None)
+        elif hasattr(user_cb, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
+            # a diffusers PipelineCallback names its tensors itself; the pipeline reads them off
+            # the object only when it is passed directly, so pass them on explicitly
+            kwargs["callback_on_step_end_tensor_inputs"] = list(user_cb.tensor_inputs)
         t0 = time.perf_counter()
         try:
             out = call_original(*args, **kwargs)

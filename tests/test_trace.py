@@ -148,6 +148,13 @@ def test_temperature_changes_entropy_direction(cog_pipe, root):
     assert ptb.dataset()[dims.PERTURBED].values[0, 0].all()
 
 
+def test_bad_step_window_fails_before_generation(anim_pipe, root):
+    with trace(anim_pipe, root=root, perturb=["U@kind=temporal:steps=5-9"]):
+        with pytest.raises(PerturbSpecError, match="after the last step"):
+            gen(anim_pipe, ANIM_CALL)  # 3 steps
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())
+
+
 def test_layer_selection_errors_name_near_misses(anim_pipe, root):
     with pytest.raises(LayerSelectionError, match="closest: down_blocks"):
         trace(anim_pipe, root=root, layers="down_block.0.attentions.*")
