@@ -70,7 +70,8 @@ def test_catalog_sql_matches_hand_computed_table(tmp_path):
         "WHERE part = 'all' GROUP BY ALL ORDER BY run, layer_name, branch"
     )
     rows = []
-    for w, res in ((w1, r1), (w2, r2)):
+    # run ids order by creation second, then a random suffix: sort like the query does
+    for w, res in sorted(((w1, r1), (w2, r2)), key=lambda t: t[0].run_id):
         for li, l in sorted(enumerate(LAYERS), key=lambda t: t[1]["name"]):
             for b, br in sorted(enumerate(["uncond", "cond"]), key=lambda t: t[1]):
                 h = np.mean([res[s][li][dims.ENTROPY][b, 0].astype("float64") for s in range(3)])
