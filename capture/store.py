@@ -259,9 +259,36 @@ def open_run(path: str | os.PathLike, *, require_complete: bool = False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(str(p), consolidated=None, zarr_format=3)
+    except ValueError as e:
+        if status == dims.COMPLETE or "conflicting sizes" not in str(e):
+            raise StoreError(f"unreadable run store {p}: {type(e).__name__}: {e}") from None
+        ds = _open_trimmed(p)  # killed in the middle of writing a step
     except Exception as e:  # noqa: BLE001 - any backend failure is a broken store to the user
         raise StoreError(f"unreadable run store {p}: {type(e).__name__}: {e}") from None
     return ds
+
+
+def _open_trimmed(p: Path):
+    """An interrupted run whose last step was only partly written: every variable cut to the steps
+    all of them have (read eagerly; such runs are never shown as complete)."""
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(p), mode="r")
+        arrays = dict(g.arrays())
+        names = {n: tuple(a.metadata.dimension_names or ()) for n, a in arrays.items()}
+        n_steps = min(a.shape[0] for n, a in arrays.items() if names[n][:1] == (dims.STEP,))
+        variables = {}
+        for n, a in arrays.items():
+            data = a[:n_steps] if names[n][:1] == (dims.STEP,) else a[:]
+            attrs = {k: v for k, v in a.attrs.items() if k != "coordinates"}
+            variables[n] = xr.Variable(names[n], data, attrs)
+    coord_names = set(COORDS_ATTR.split()) | {n for n, d in names.items() if d == (n,)}
+    coords = {n: v for n, v in variables.items() if n in coord_names}
+    data_vars = {n: v for n, v in variables.items() if n not in coord_names}
+    log.warning("run store %s has a partly written step; reading its first %d steps", p, n_steps)
+    return xr.Dataset(data_vars, coords=coords, attrs=dict(g.attrs))
 
 
 def list_run_dirs(root) -> list[Path]:

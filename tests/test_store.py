@@ -113,3 +113,17 @@ def test_empty_root(tmp_path):
     cat = Catalog(tmp_path / "nothing")
     assert cat.runs().empty
     assert cat.query("SELECT count(*) AS n FROM stats")["n"][0] == 0
+
+
+def test_run_killed_while_writing_a_step_stays_readable(tmp_path):
+    import zarr
+
+    w, written = write_run(tmp_path, 7, complete=False)
+    w.flush()
+    # a SIGKILL between two arrays' resizes leaves one array a step longer than the rest
+    g = zarr.open_group(str(w.path), mode="r+")
+    g[dims.MAP_TEMPORAL].resize((4,) + g[dims.MAP_TEMPORAL].shape[1:])
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.RUNNING and ds.sizes[dims.STEP] == 3
+    np.testing.assert_array_equal(ds[dims.ENTROPY].values[2, 0, :, :, :2], written[2][0][dims.ENTROPY])
+    assert dims.TIMESTEP in ds.coords and dims.LAYER_NAME in ds.coords
