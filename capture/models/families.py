@@ -9,6 +9,7 @@ model internals.
 
 from __future__ import annotations
 
+import abc
 import re
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ def _block_rank(block: str) -> tuple[int, int]:
     return order.get(head, 4), int(idx) if idx.isdigit() else 0
 
 
-class Family:
+class Family(abc.ABC):
     name = "generic"
     denoiser_attr = "unet"
     patch, patch_t = 1, 1
@@ -82,11 +83,13 @@ class Family:
         m = re.match(r"(?:transformer_)?blocks\.(\d+)", name)
         return f"block.{m.group(1)}" if m else name.split(".")[0]
 
+    @abc.abstractmethod
     def geometry(self, args, kwargs) -> Geometry:
-        raise NotImplementedError(f"{type(self).__name__} has no geometry reader")
+        """The video geometry of one denoiser call, from its forward arguments."""
 
+    @abc.abstractmethod
     def probe_inputs(self, denoiser, frames: int, height: int, width: int, text_tokens: int):
-        raise NotImplementedError(f"{type(self).__name__} has no probe inputs")
+        """(args, kwargs) for one denoiser forward at this video size (layer inventory probe)."""
 
 
 class AnimateDiffFamily(Family):
