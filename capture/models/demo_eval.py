@@ -1,6 +1,6 @@
 """Evaluate a demo-world text-to-video pipeline with the world's exact metrics.
 
-    python -m capture.models.demo_eval --pipeline data/demo/model/pipeline --clips 120
+    python -m capture.models.demo_eval --pipeline data/demo/model --clips 120
 
 Generates single-shape prompts of a split (held-out by default) × seeds, reads every clip with the
 shipped classifier, and reports prompt-fidelity accuracy per attribute (colour, shape, motion of
@@ -68,11 +68,64 @@ def evaluate(pipe, classifier: ClipClassifier, *, clips=120, split="heldout", se
     return report
 
 
+@torch.no_grad()
+def vae_report(vae, classifier: ClipClassifier, *, clips: int = 64, split: str = "heldout", seed: int = 0) -> dict:
+    """How well the VAE alone round-trips real clips: PSNR and the classifier's accuracy on the
+    reconstructions (an upper bound for what the denoiser can reach through this VAE)."""
+    rng = np.random.default_rng(seed)
+    specs = [W.sample_spec(rng, split) for _ in range(clips)]
+    real = np.stack([W.render(s, int(rng.integers(2**31))) for s in specs])
+    x = torch.from_numpy(real).float().div(127.5).sub(1).permute(0, 1, 4, 2, 3).flatten(0, 1)
+    dtype = next(vae.parameters()).dtype
+    rec = torch.cat([vae.decode(vae.encode(x[i : i + 64].to(dtype)).latent_dist.mean).sample.float()
+                     for i in range(0, len(x), 64)])
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    rec = rec.reshape(real.shape).numpy()
+    mse = np.mean((rec.astype(np.float64) - real) ** 2)
+    pred = classifier.predict(rec)
+    acc = {k: float(np.mean([p == getattr(s.main, k) for p, s in zip(pred[k], specs)])) for k in HEADS}
+    return {"clips": clips, "psnr_db": float(10 * np.log10(255.0**2 / mse)), "classifier_accuracy": acc}
+
+
+def _config(path: Path):
+    from .demo_train import DemoConfig
+
+    meta = json.loads(path.read_text())["config"]
+    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
+
+
+def pipeline_from_checkpoint(run_dir: Path, ema: bool = True):
+    """An AnimateDiffPipeline from a training run's latest checkpoint (to watch a run in progress)."""
+    from diffusers import AnimateDiffPipeline
+    from safetensors.torch import load_file
+
+    from .demo_train import build_components, latent_scale
+
+    meta = json.loads((run_dir / "config.json").read_text())
+    cfg = _config(run_dir / "config.json")
+    vae, unet, adapter, te, tok, sched = build_components(cfg, seed=meta["seed"])
+    ck = run_dir / "checkpoint"
+    vt = load_file(str(ck / "vae.safetensors"))
+    vae.load_state_dict({k[6:]: v for k, v in vt.items() if k.startswith("model.")})
+    vae.register_to_config(scaling_factor=latent_scale(vae, cfg, meta["seed"]))
+    if (ck / "unet.safetensors").is_file():
+        ut = load_file(str(ck / "unet.safetensors"))
+        prefix = "model.ema." if ema else "model.live."
+        unet.load_state_dict({k[len(prefix) + 5:]: v for k, v in ut.items() if k.startswith(prefix + "unet.")})
+        te.load_state_dict({k[len(prefix) + 5:]: v for k, v in ut.items() if k.startswith(prefix + "text.")})
+    pipe = AnimateDiffPipeline(vae=vae.eval(), text_encoder=te.eval(), tokenizer=tok, unet=unet.eval(),
+                               motion_adapter=None, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main(argv=None) -> int:
     from diffusers import AnimateDiffPipeline
 
     ap = argparse.ArgumentParser(description="Prompt fidelity and Fréchet distance of a demo-world model.")
-    ap.add_argument("--pipeline", default="data/demo/model/pipeline")
+    ap.add_argument("--pipeline", default="data/demo/model")
+    ap.add_argument("--checkpoint", help="evaluate a training run's latest checkpoint (its --out directory)")
+    ap.add_argument("--vae-only", action="store_true", help="only the VAE round trip (PSNR, classifier accuracy)")
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     ap.add_argument("--clips", type=int, default=120)
     ap.add_argument("--split", default="heldout", choices=["heldout", "train"])
@@ -82,21 +135,26 @@ def main(argv=None) -> int:
     ap.add_argument("--no-random-baseline", action="store_true")
     ap.add_argument("--out", help="write the report JSON here too")
     args = ap.parse_args(argv)
-    pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
+    classifier = ClipClassifier.load(Path(args.classifier))
+    if args.checkpoint:
+        pipe = pipeline_from_checkpoint(Path(args.checkpoint))
+    else:
+        pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+    if args.vae_only:
+        print(json.dumps(vae_report(pipe.vae, classifier, split=args.split, seed=args.seed), indent=1))
+        return 0
     random_pipe = None
     if not args.no_random_baseline:
         from .demo_train import DemoConfig, build_components
 
-        cfg_path = Path(args.pipeline).parent / "config.json"
-        cfg = DemoConfig(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in json.loads(cfg_path.read_text())["config"].items()}) if cfg_path.is_file() \
-            else DemoConfig()
+        meta = Path(args.checkpoint) / "config.json" if args.checkpoint else Path(args.pipeline) / "training.json"
+        cfg = _config(meta) if meta.is_file() else DemoConfig()
         vae, unet, adapter, te, tok, sched = build_components(cfg, seed=12345)
         random_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=adapter,
                                           scheduler=sched)
         random_pipe.set_progress_bar_config(disable=True)
-    report = evaluate(pipe, ClipClassifier.load(Path(args.classifier)), clips=args.clips, split=args.split,
+    report = evaluate(pipe, classifier, clips=args.clips, split=args.split,
                       seed=args.seed, steps=args.steps, guidance=args.guidance, random_pipe=random_pipe)
     text = json.dumps(report, indent=1)
     print(text)

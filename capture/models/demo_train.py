@@ -5,18 +5,22 @@
 Two stages, both on clips rendered on the fly from the training split of the world (world.py):
 1. an AutoencoderKL (4x spatial compression: 32 px frames -> 8x8 latents) trained on frames;
 2. a UNetMotionModel (UNet2DConditionModel + MotionAdapter: spatial self-, cross- and temporal
-   attention) trained to predict noise, conditioned on a frozen random CLIP text encoder over the
-   byte tokenizer (the denoiser learns the conditioning), with 10 % prompt dropout for CFG.
+   attention) trained to predict noise (min-SNR-5 weighting), jointly with a small CLIP text
+   encoder over a tokenizer whose grammar words are single tokens, with 10 % prompt dropout for
+   CFG; an exponential moving average of both is what gets saved.
+After stage 1 the VAE's scaling factor is set to 1 / (std of its latents), so the denoiser sees
+unit-variance latents.
 
 Reproducible from --seed; resumable: every --save-every steps the stage's weights, AdamW state
 and RNG states go to <out>/checkpoint (safetensors + JSON; no pickle), and a rerun continues
 from there. The loss curve is appended to <out>/loss.csv. The finished pipeline is written with
-save_pretrained to <out>/pipeline.
+save_pretrained to <out>/pipeline, in float16 (load it with ``torch_dtype=torch.float32``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -41,7 +45,7 @@ class DemoConfig:
     vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks: 4x downsampling
     unet_channels: tuple[int, ...] = (64, 128)
     text_dim: int = 64
-    text_tokens: int = 77
+    text_tokens: int = 32
     heads: int = 4
     motion_heads: int = 4
     train_timesteps: int = 1000
@@ -52,8 +56,9 @@ def build_components(cfg: DemoConfig, seed: int):
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer import VOCAB_SIZE, byte_clip_tokenizer
+    from .tokenizer import word_clip_tokenizer
 
+    tokenizer = word_clip_tokenizer(W.vocabulary(), cfg.text_tokens)
     torch.manual_seed(seed)
     n = len(cfg.vae_channels)
     vae = AutoencoderKL(
@@ -73,12 +78,12 @@ def build_components(cfg: DemoConfig, seed: int):
                             motion_max_seq_length=32, use_motion_mid_block=True)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=cfg.text_tokens, bos_token_id=512, eos_token_id=513,
-        pad_token_id=513)).eval().requires_grad_(False)
+        pad_token_id=513)).eval()
     scheduler = DDIMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule="linear", beta_start=0.00085,
                               beta_end=0.012, clip_sample=False, steps_offset=1)
-    return vae, unet, adapter, text_encoder, byte_clip_tokenizer(cfg.text_tokens), scheduler
+    return vae, unet, adapter, text_encoder, tokenizer, scheduler
 
 
 def _clips(rng, n, cfg: DemoConfig):
@@ -148,9 +153,11 @@ class _LossLog:
 
 
 def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, save_every, log_csv, bar_factory,
-           budget: list[int]) -> bool:
+           budget: list[int], after_step=None) -> bool:
     """Train one stage to `steps`, resuming from its checkpoint; False if budget[0] (steps this
-    invocation may still run) ran out first, after saving a checkpoint."""
+    invocation may still run) ran out first, after saving a checkpoint. ``model`` is everything the
+    checkpoint holds (e.g. live and averaged weights); ``params`` what the optimizer moves;
+    ``after_step(step)`` runs after each optimizer step (e.g. the moving-average update)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     start = _load_checkpoint(out / "checkpoint", name, model, opt, rng)
     if start:
@@ -171,6 +178,8 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if after_step is not None:
+            after_step(step)
         log_csv.add(name, step, float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
@@ -181,8 +190,9 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
     return True
 
 
-def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 3000, unet_steps: int = 12000,
-          batch: int = 16, seed: int = 0, save_every: int = 200, bar_factory=None, stop_after: int | None = None):
+def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, unet_steps: int = 2800,
+          batch: int = 16, lr: float = 6e-4, ema_decay: float = 0.999, seed: int = 0, save_every: int = 200,
+          bar_factory=None, stop_after: int | None = None):
     """Train both stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
     None when ``stop_after`` steps (over both stages) ran first — run again to continue."""
     from diffusers import AnimateDiffPipeline
@@ -192,26 +202,34 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 3000, u
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "vae_steps": vae_steps,
-                                                 "unet_steps": unet_steps, "batch": batch, "seed": seed}, indent=1))
+                                                 "unet_steps": unet_steps, "batch": batch, "lr": lr,
+                                                 "ema_decay": ema_decay, "seed": seed}, indent=1))
     vae, unet, adapter, text_encoder, tokenizer, scheduler = build_components(cfg, seed)
     rng = np.random.default_rng(seed)
     log_csv = _LossLog(out / "loss.csv")
     budget = [stop_after if stop_after is not None else vae_steps + unet_steps]
 
     def vae_batch():
-        x, _ = _clips(rng, max(1, batch // 4), cfg)
+        x, _ = _clips(rng, max(1, batch // 2), cfg)
         return (x.reshape(-1, *x.shape[2:]),)  # frames as images
 
     def vae_loss(x):
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        return F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        return F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
 
     if not _stage("vae", vae, list(vae.parameters()), vae_steps, 1e-3, vae_batch, vae_loss, out, rng, save_every,
                   log_csv, bar_factory, budget):
         return None
-    vae.requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
+    vae.eval().requires_grad_(False)
+    scale = latent_scale(vae, cfg, seed)
+    vae.register_to_config(scaling_factor=scale)
+    log.info("VAE latent scaling factor %.4f", scale)
+
+    live = torch.nn.ModuleDict({"unet": unet, "text": text_encoder})
+    ema = copy.deepcopy(live).requires_grad_(False)
+    held = torch.nn.ModuleDict({"live": live, "ema": ema})
+    alphas = scheduler.alphas_cumprod
 
     @torch.no_grad()
     def unet_batch():
@@ -222,28 +240,49 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 3000, u
         prompts = [p if rng.random() > 0.1 else "" for p in prompts]
         ids = tokenizer(prompts, padding="max_length", max_length=cfg.text_tokens, truncation=True,
                         return_tensors="pt").input_ids
-        text = text_encoder(ids)[0].repeat_interleave(Fr, dim=0)
         t = torch.from_numpy(rng.integers(0, cfg.train_timesteps, B))
         noise = torch.from_numpy(rng.standard_normal(lat.shape).astype(np.float32))
-        return scheduler.add_noise(lat, noise, t), t, text, noise
+        return scheduler.add_noise(lat, noise, t), t, ids, noise
 
-    def unet_loss(noisy, t, text, noise):
-        return F.mse_loss(unet(noisy, t, encoder_hidden_states=text).sample, noise)
+    def unet_loss(noisy, t, ids, noise):
+        text = text_encoder(ids)[0].repeat_interleave(noisy.shape[2], dim=0)
+        pred = unet(noisy, t, encoder_hidden_states=text).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = snr.clamp(max=5.0) / snr  # min-SNR-5 for noise prediction
+        return (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4)) * weight).mean()
 
-    if not _stage("unet", unet, [p for p in unet.parameters() if p.requires_grad], unet_steps, 5e-4, unet_batch,
-                  unet_loss, out, rng, save_every, log_csv, bar_factory, budget):
+    @torch.no_grad()
+    def ema_update(step):
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        for pe, p in zip(ema.parameters(), live.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+    text_encoder.train()
+    params = [p for p in live.parameters() if p.requires_grad]
+    if not _stage("unet", held, params, unet_steps, lr, unet_batch, unet_loss, out, rng, save_every, log_csv,
+                  bar_factory, budget, after_step=ema_update):
         return None
+    unet, text_encoder = ema["unet"].eval(), ema["text"].eval()
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                               motion_adapter=adapter, scheduler=scheduler)
-    pipe.save_pretrained(out / "pipeline")
-    return pipe
+                               motion_adapter=None, scheduler=scheduler)
+    pipe.to(torch.float16).save_pretrained(out / "pipeline")
+    return pipe.to(torch.float32)
+
+
+@torch.no_grad()
+def latent_scale(vae, cfg: DemoConfig, seed: int, clips: int = 32) -> float:
+    """1 / std of the VAE's latent means over fresh training clips (its own RNG: resumable runs
+    and fresh runs get the same value)."""
+    x, _ = _clips(np.random.default_rng([seed, 1]), clips, cfg)
+    lat = vae.encode(x.reshape(-1, *x.shape[2:])).latent_dist.mean
+    return float(1.0 / lat.std())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train the demo text-to-video model on the demo world.")
     ap.add_argument("--out", default="data/demo/model")
-    ap.add_argument("--vae-steps", type=int, default=3000)
-    ap.add_argument("--unet-steps", type=int, default=12000)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--unet-steps", type=int, default=2800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)

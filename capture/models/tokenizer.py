@@ -38,3 +38,25 @@ def byte_vocab() -> dict[str, int]:
 
 def byte_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=model_max_length)
+
+
+def word_clip_tokenizer(words, model_max_length: int = 32) -> CLIPTokenizer:
+    """A CLIP tokenizer whose given words are single tokens (bytes remain as a fallback).
+
+    Each word's merges join its characters from the end (``e d</w>`` → ``ed</w>``, ``r ed</w>`` →
+    ``red</w>``); every merge's right side ends a word, so merges never cross words and any listed
+    word tokenizes to exactly one id. Ids 0–513 are those of the byte tokenizer.
+    """
+    vocab = byte_vocab()
+    merges: list[tuple[str, str]] = []
+    for word in sorted(set(words)):
+        if not word.isascii() or not word.isalpha() or word != word.lower():
+            raise ValueError(f"vocabulary words must be lower-case ASCII letters, not {word!r}")
+        suffix = word[-1] + "</w>"
+        for ch in reversed(word[:-1]):
+            merged = ch + suffix
+            if (ch, suffix) not in merges:
+                merges.append((ch, suffix))
+            vocab.setdefault(merged, len(vocab))
+            suffix = merged
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -86,6 +86,13 @@ def sample_spec(rng: np.random.Generator, split: str = "train", two_objects_p: f
     return ClipSpec(tuple(objs), BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
 
 
+def vocabulary() -> list[str]:
+    """Every word the prompt grammar can produce (sorted)."""
+    words = {"a", "and", "on", "background", "moving", "standing", "still"}
+    words |= set(COLOURS) | set(SHAPES) | set(MOTIONS) | set(SIZES) | set(BACKGROUNDS)
+    return sorted(words)
+
+
 def parse_prompt(prompt: str) -> ClipSpec:
     """The inverse of ClipSpec.prompt (for prompts of this grammar); ValueError otherwise."""
     text = prompt.strip().lower()

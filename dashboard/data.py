@@ -1,0 +1,296 @@
+"""Data access for the dashboard: DuckDB queries over a trace root's catalog and lazy map reads.
+
+Scalar queries read only the ``stats.parquet`` files of the runs they concern (one small file per
+run), so their cost does not grow with the size of the root; maps are read one (step, layer)
+chunk at a time straight from the run's Zarr store. Everything is resolved inside the root given
+to ``TraceRoot``; a run id that would leave it is refused.
+
+Plain Python: no streamlit, no torch.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from capture import dims
+from capture.catalog import STATS_FILE, Catalog
+from capture.store import RUNS_DIR, STORE_NAME, StoreError, read_attrs
+
+from . import rules
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STATS = {dims.ENTROPY: "entropy (nats)", dims.ENTROPY_NORM: "normalized entropy", dims.ENERGY: "energy",
+         dims.VALUE_ENERGY: "value energy", dims.MASS: "mass in part"}
+KIND_ORDER = {k: i for i, k in enumerate(dims.KINDS)}
+
+
+class RunUnavailable(Exception):
+    """A run that cannot be shown (incomplete, failed, unreadable, unknown); one-line message."""
+
+
+@dataclass
+class MapData:
+    """One stored attention map: ``kind`` 'spatial' (query/key cells of a gy x gx grid) or
+    'temporal' (query/key frames); rows sum to 1."""
+    kind: str
+    values: np.ndarray  # (q, k)
+    gy: int
+    gx: int
+
+
+def _sql_list(items) -> str:
+    return "[" + ", ".join("'" + str(i).replace("'", "''") + "'" for i in items) + "]"
+
+
+class TraceRoot:
+    """One trace root, read-only."""
+
+    def __init__(self, root):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"trace root {self.root} does not exist")
+        self.catalog = Catalog(self.root)
+        self._groups: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        self.catalog.refresh()
+        with self._lock:
+            self._groups.clear()
+
+    def _q(self, sql: str, params=None) -> pd.DataFrame:
+        return self.catalog.query(sql, params)
+
+    # -- runs -----------------------------------------------------------------------------------
+    def runs(self, *, model=None, prompt=None, seed=None, perturbation=None, status=None) -> pd.DataFrame:
+        """The runs table, filtered: ``model``/``status`` lists of values, ``prompt`` a substring
+        (case-insensitive), ``seed`` a list of ints, ``perturbation`` 'none', 'any' or a substring."""
+        where, params = [], []
+        if model:
+            where.append(f"model IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(model))
+        if status:
+            where.append("state IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(status))
+        if prompt:
+            where.append("prompt ILIKE ?")
+            params.append(f"%{prompt}%")
+        if seed:
+            where.append("seed IN (SELECT unnest(?::BIGINT[]))")
+            params.append([int(s) for s in seed])
+        if perturbation == "none":
+            where.append("coalesce(perturbation, '') = ''")
+        elif perturbation == "any":
+            where.append("coalesce(perturbation, '') <> ''")
+        elif perturbation:
+            where.append("perturbation ILIKE ?")
+            params.append(f"%{perturbation}%")
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, run"
+        return self._q(sql, params)
+
+    def run_dir(self, run_id: str) -> Path:
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise RunUnavailable(f"{run_id!r} is not a run id")
+        d = (self.root / RUNS_DIR / run_id).resolve()
+        if d.parent != (self.root / RUNS_DIR).resolve() or not d.is_dir():
+            raise RunUnavailable(f"no run {run_id} in {self.root}")
+        return d
+
+    def attrs(self, run_id: str) -> dict:
+        try:
+            return read_attrs(self.run_dir(run_id) / STORE_NAME)
+        except StoreError as e:
+            raise RunUnavailable(str(e)) from None
+
+    def _complete(self, run_id: str) -> Path:
+        """The run's stats file; RunUnavailable saying why a run cannot be read."""
+        d = self.run_dir(run_id)
+        row = self._q("SELECT state, error FROM runs WHERE run = ?", [run_id])
+        state = row["state"].iloc[0] if len(row) else None
+        if state is None:
+            self.refresh()  # a run created since the catalog was built
+            row = self._q("SELECT state, error FROM runs WHERE run = ?", [run_id])
+            state = row["state"].iloc[0] if len(row) else "unknown"
+        if state != dims.COMPLETE:
+            why = {"running": "is still being captured", "interrupted": "was interrupted before it completed",
+                   "failed": "failed", "unreadable": "cannot be read"}.get(state, f"has status {state}")
+            err = row["error"].iloc[0] if len(row) else None
+            raise RunUnavailable(f"run {run_id} {why}" + (f": {err}" if isinstance(err, str) and err else ""))
+        f = d / STATS_FILE
+        if not f.is_file():
+            raise RunUnavailable(f"run {run_id} has no statistics table ({STATS_FILE}); rebuild the catalog")
+        return f
+
+    def _src(self, run_ids) -> str:
+        if isinstance(run_ids, str):
+            run_ids = [run_ids]
+        if not run_ids:
+            raise RunUnavailable("no runs chosen")
+        return f"read_parquet({_sql_list(str(self._complete(r)) for r in run_ids)})"
+
+    # -- per-run structure ----------------------------------------------------------------------
+    def layers(self, run_id: str) -> pd.DataFrame:
+        """layer, layer_name, kind, block of one run, in the model's order."""
+        return self._q(f"SELECT DISTINCT {dims.LAYER}, {dims.LAYER_NAME}, kind, block FROM {self._src(run_id)} "
+                       f"ORDER BY {dims.LAYER}")
+
+    def steps(self, run_id: str) -> pd.DataFrame:
+        return self._q(f"SELECT DISTINCT {dims.STEP}, {dims.TIMESTEP} FROM {self._src(run_id)} ORDER BY {dims.STEP}")
+
+    def branches(self, run_id: str) -> list[str]:
+        df = self._q(f"SELECT DISTINCT {dims.BRANCH} FROM {self._src(run_id)}")
+        return sorted(df[dims.BRANCH], key=lambda b: (b != "cond", b))
+
+    def heads(self, run_id: str) -> int:
+        return int(self._q(f"SELECT max({dims.HEAD}) + 1 AS n FROM {self._src(run_id)}")["n"].iloc[0])
+
+    # -- scalar statistics ----------------------------------------------------------------------
+    def layer_step(self, run_id: str, stat: str, *, branch: str = "cond", part: str = "all", head: int | None = None,
+                   head_agg: str = "mean") -> pd.DataFrame:
+        """Long form (layer, layer_name, kind, step, timestep, value): one head, or heads aggregated."""
+        _check_stat(stat)
+        agg = _agg_sql(head_agg, rules.HEAD_AGG)
+        where = f"{dims.BRANCH} = ? AND {dims.PART} = ?" + (f" AND {dims.HEAD} = ?" if head is not None else "")
+        params = [branch, part] + ([int(head)] if head is not None else [])
+        return self._q(
+            f"SELECT {dims.LAYER}, {dims.LAYER_NAME}, kind, {dims.STEP}, {dims.TIMESTEP}, {agg}({stat}) AS value "
+            f"FROM {self._src(run_id)} WHERE {where} AND {stat} IS NOT NULL AND NOT isnan({stat}) "
+            f"GROUP BY ALL ORDER BY {dims.LAYER}, {dims.STEP}", params)
+
+    def layer_step_diff(self, run_a: str, run_b: str, stat: str, **kw) -> pd.DataFrame:
+        """value(a) - value(b) per (layer name, step) present in both runs."""
+        a = self.layer_step(run_a, stat, **kw)
+        b = self.layer_step(run_b, stat, **kw)
+        m = a.merge(b[[dims.LAYER_NAME, dims.STEP, "value"]], on=[dims.LAYER_NAME, dims.STEP], suffixes=("_a", "_b"))
+        m["value"] = m["value_a"] - m["value_b"]
+        return m
+
+    def per_layer(self, run_ids, stat: str, *, step: int | None = None, branch: str = "cond", part: str = "all",
+                  head_agg: str = "mean", step_agg: str = "mean") -> pd.DataFrame:
+        """One value per layer: heads aggregated per step, then steps (or the one ``step``), then
+        the mean over runs. Columns layer, layer_name, kind, value, runs."""
+        _check_stat(stat)
+        hagg = _agg_sql(head_agg, rules.HEAD_AGG)
+        sagg = {"mean": "avg", "median": "median", "max": "max", "min": "min"}[_check(step_agg, rules.STEP_AGG)]
+        where = f"{dims.BRANCH} = ? AND {dims.PART} = ? AND {stat} IS NOT NULL AND NOT isnan({stat})"
+        params = [branch, part]
+        if step is not None:
+            where += f" AND {dims.STEP} = ?"
+            params.append(int(step))
+        return self._q(
+            f"""WITH h AS (SELECT run, {dims.LAYER}, {dims.LAYER_NAME}, kind, {dims.STEP}, {hagg}({stat}) AS v
+                           FROM {self._src(run_ids)} WHERE {where} GROUP BY ALL),
+                     s AS (SELECT run, {dims.LAYER}, {dims.LAYER_NAME}, kind, {sagg}(v) AS v FROM h GROUP BY ALL)
+                SELECT min({dims.LAYER}) AS {dims.LAYER}, {dims.LAYER_NAME}, kind, avg(v) AS value,
+                       count(*) AS runs
+                FROM s GROUP BY {dims.LAYER_NAME}, kind ORDER BY 1""", params)
+
+    def proportions(self, run_ids, *, step: int | None = None, branch: str = "cond", formula: str = "share_of_kind",
+                    red_line: str = "median", head_agg: str = "mean", step_agg: str = "mean",
+                    part: str = "all", kinds=dims.SELF_KINDS) -> pd.DataFrame:
+        """The paper's Figure 4 table: per layer (of ``kinds``; self-attention by default) its
+        energy, energy proportion and normalized entropy proportion, with each proportion's red line
+        and the half (top/bottom) it falls in."""
+        kw = dict(step=step, branch=branch, part=part, head_agg=head_agg, step_agg=step_agg)
+        e = self.per_layer(run_ids, dims.ENERGY, **kw).rename(columns={"value": dims.ENERGY})
+        h = self.per_layer(run_ids, dims.ENTROPY_NORM, **kw)[[dims.LAYER_NAME, "value"]]
+        df = e.merge(h.rename(columns={"value": dims.ENTROPY_NORM}), on=dims.LAYER_NAME, how="outer")
+        if kinds:
+            df = df[df["kind"].isin(list(kinds))]
+        df = df.sort_values(["kind", dims.LAYER], key=lambda c: c.map(KIND_ORDER) if c.name == "kind" else c)
+        df = df.reset_index(drop=True)
+        for col in (dims.ENERGY, dims.ENTROPY_NORM):
+            prop = rules.proportion(df[col], df["kind"], formula)
+            df[f"{col}_prop"] = prop
+            df[f"{col}_line"] = rules.red_line(prop, df["kind"], red_line)
+            df[f"{col}_half"] = np.where(prop > df[f"{col}_line"], "top", "bottom")
+        return df
+
+    # -- maps -----------------------------------------------------------------------------------
+    def _group(self, run_id: str):
+        import zarr
+
+        with self._lock:
+            g = self._groups.get(run_id)
+            if g is None:
+                self._complete(run_id)
+                try:
+                    g = zarr.open_group(str(self.run_dir(run_id) / STORE_NAME), mode="r")
+                except Exception as e:  # noqa: BLE001 - a broken store is a message, not a traceback
+                    raise RunUnavailable(f"run {run_id}: unreadable store ({type(e).__name__}: {e})") from None
+                self._groups[run_id] = g
+            return g
+
+    def _index(self, run_id: str, step: int, layer: int, branch: str) -> tuple[object, int, int, int]:
+        g = self._group(run_id)
+        steps = np.asarray(g[dims.STEP][:])
+        where = np.flatnonzero(steps == int(step))
+        if not where.size:
+            raise RunUnavailable(f"run {run_id} has no captured step {step}")
+        branches = [str(b) for b in g[dims.BRANCH][:]]
+        if branch not in branches:
+            raise RunUnavailable(f"run {run_id} has no branch {branch!r} (it has {', '.join(branches)})")
+        n_layers = g[dims.LAYER_NAME].shape[0]
+        if not 0 <= int(layer) < n_layers:
+            raise RunUnavailable(f"run {run_id} has no layer {layer}")
+        if dims.MAP_SPATIAL not in g:
+            raise RunUnavailable(f"run {run_id} was captured without maps")
+        return g, int(where[0]), int(layer), branches.index(branch)
+
+    def attention_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> MapData:
+        g, i, li, bi = self._index(run_id, step, layer, branch)
+        kind = str(g[dims.LAYER_KIND][li])
+        gy, gx = int(g["map_gy"][li]), int(g["map_gx"][li])
+        if kind == "temporal":
+            m = np.asarray(g[dims.MAP_TEMPORAL][i, li, bi])
+            n = int(np.isfinite(m[0]).sum()) if m.size else 0
+            return MapData("temporal", m[:n, :n], gy, gx)
+        if kind == "spatial":
+            g2 = gy * gx
+            return MapData("spatial", np.asarray(g[dims.MAP_SPATIAL][i, li, bi])[:g2, :g2], gy, gx)
+        raise RunUnavailable(f"layer {g[dims.LAYER_NAME][li]} is a {kind} layer: no stored query-key map")
+
+    def entropy_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> np.ndarray:
+        """(frames, gy, gx) pooled per-query entropy (nats); frames without data dropped."""
+        g, i, li, bi = self._index(run_id, step, layer, branch)
+        gy, gx = int(g["map_gy"][li]), int(g["map_gx"][li])
+        m = np.asarray(g[dims.ENTROPY_MAP][i, li, bi])[:, :gy, :gx]
+        keep = np.isfinite(m).any(axis=(1, 2))
+        return m[keep]
+
+    def video_file(self, run_id: str) -> Path | None:
+        d = self.run_dir(run_id)
+        for name in ("video.mp4", "video.gif"):
+            if (d / name).is_file():
+                return d / name
+        return None
+
+
+def _check(value: str, options: dict) -> str:
+    if value not in options:
+        raise ValueError(f"unknown option {value!r}; choose one of {sorted(options)}")
+    return value
+
+
+def _check_stat(stat: str) -> None:
+    if stat not in dims.SCALAR_STATS:
+        raise ValueError(f"unknown statistic {stat!r}; choose one of {list(dims.SCALAR_STATS)}")
+
+
+def _agg_sql(name: str, options: dict) -> str:
+    return {"mean": "avg", "max": "max", "min": "min"}[_check(name, options)]
+
+
+def pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """Long (layer, layer_name, kind, step, value) -> layers x steps, layers grouped by kind in
+    model order."""
+    order = df.drop_duplicates(dims.LAYER_NAME).sort_values(
+        ["kind", dims.LAYER], key=lambda c: c.map(KIND_ORDER) if c.name == "kind" else c)
+    p = df.pivot_table(index=dims.LAYER_NAME, columns=dims.STEP, values="value", aggfunc="first")
+    return p.reindex(order[dims.LAYER_NAME])

@@ -1,0 +1,179 @@
+"""Dashboard queries against hand-computed (pandas/numpy) references on a synthetic root."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capture import dims
+from capture.catalog import stats_frame
+from capture.store import open_run
+from dashboard import rules
+from dashboard.data import RunUnavailable, TraceRoot, pivot
+
+from .dashboard_root import make_root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("root")
+    ids = make_root(path)
+    return TraceRoot(path), ids
+
+
+def _frame(tr, run_id):
+    return stats_frame(open_run(tr.run_dir(run_id)), run_id)
+
+
+def test_runs_filters(root):
+    tr, ids = root
+    all_runs = tr.runs()
+    assert len(all_runs) == 6
+    assert set(tr.runs(model=["m2"])["run"]) == {ids["c"]}
+    assert set(tr.runs(prompt="RED")["run"]) == {ids["a"], ids["c"]}
+    assert set(tr.runs(seed=[1])["run"]) == {ids["a"], ids["c"]}
+    assert set(tr.runs(perturbation="any")["run"]) == {ids["b"]}
+    assert ids["b"] not in set(tr.runs(perturbation="none")["run"])
+    assert set(tr.runs(perturbation="I@")["run"]) == {ids["b"]}
+    states = dict(zip(all_runs["run"], all_runs["state"]))
+    assert states[ids["failed"]] == "failed" and states[ids["unreadable"]] == "unreadable"
+    assert states[ids["running"]] == "running"  # its writer, this process, is alive
+    assert set(tr.runs(status=["complete"])["run"]) == {ids["a"], ids["b"], ids["c"]}
+
+
+@pytest.mark.parametrize("head", [None, 1])
+@pytest.mark.parametrize("stat", [dims.ENTROPY_NORM, dims.ENERGY])
+def test_layer_step_matches_pandas(root, stat, head):
+    tr, ids = root
+    got = tr.layer_step(ids["a"], stat, branch="cond", head=head)
+    df = _frame(tr, ids["a"])
+    df = df[(df[dims.BRANCH] == "cond") & (df[dims.PART] == "all")]
+    if head is not None:
+        df = df[df[dims.HEAD] == head]
+    ref = df.groupby([dims.LAYER_NAME, dims.STEP])[stat].mean()
+    got_s = got.set_index([dims.LAYER_NAME, dims.STEP])["value"]
+    assert len(got_s) == len(ref) > 0
+    np.testing.assert_allclose(got_s.sort_index().to_numpy(), ref.sort_index().to_numpy(), rtol=1e-6)
+    # heads really are distinct, so a wrong head filter would show
+    if head is not None:
+        mean = tr.layer_step(ids["a"], stat, branch="cond").set_index([dims.LAYER_NAME, dims.STEP])["value"]
+        assert not np.allclose(mean.sort_index().to_numpy(), got_s.sort_index().to_numpy())
+
+
+def test_head_aggregations(root):
+    tr, ids = root
+    df = _frame(tr, ids["a"])
+    df = df[(df[dims.BRANCH] == "uncond") & (df[dims.PART] == "all")]
+    for agg in ("max", "min"):
+        got = tr.layer_step(ids["a"], dims.ENTROPY, branch="uncond", head_agg=agg)
+        ref = df.groupby([dims.LAYER_NAME, dims.STEP])[dims.ENTROPY].agg(agg)
+        np.testing.assert_allclose(got.set_index([dims.LAYER_NAME, dims.STEP])["value"].sort_index(), ref.sort_index(),
+                                   rtol=1e-6)
+
+
+def test_layer_step_diff(root):
+    tr, ids = root
+    d = tr.layer_step_diff(ids["a"], ids["b"], dims.ENTROPY_NORM)
+    a = _frame(tr, ids["a"])
+    b = _frame(tr, ids["b"])
+    sel = lambda f: f[(f[dims.BRANCH] == "cond") & (f[dims.PART] == "all")].groupby(  # noqa: E731
+        [dims.LAYER_NAME, dims.STEP])[dims.ENTROPY_NORM].mean()
+    ref = (sel(a) - sel(b)).sort_index()
+    np.testing.assert_allclose(d.set_index([dims.LAYER_NAME, dims.STEP])["value"].sort_index(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("step", [None, 2])
+@pytest.mark.parametrize("step_agg", ["mean", "max"])
+def test_per_layer_over_runs(root, step, step_agg):
+    tr, ids = root
+    got = tr.per_layer([ids["a"], ids["b"]], dims.ENERGY, step=step, step_agg=step_agg)
+    per_run = []
+    for r in (ids["a"], ids["b"]):
+        f = _frame(tr, r)
+        f = f[(f[dims.BRANCH] == "cond") & (f[dims.PART] == "all")]
+        if step is not None:
+            f = f[f[dims.STEP] == step]
+        per_step = f.groupby([dims.LAYER_NAME, dims.STEP])[dims.ENERGY].mean()
+        per_run.append(per_step.groupby(level=0).agg(step_agg))
+    ref = (per_run[0] + per_run[1]) / 2
+    np.testing.assert_allclose(got.set_index(dims.LAYER_NAME)["value"].sort_index(), ref.sort_index(), rtol=1e-5)
+    assert (got["runs"] == 2).all()
+
+
+def test_proportions_by_hand(root):
+    tr, ids = root
+    p = tr.proportions(ids["a"], step=1, formula="share_of_kind", red_line="median")
+    assert set(p["kind"]) == {"spatial", "temporal"}  # cross-attention left out by default
+    f = _frame(tr, ids["a"])
+    f = f[(f[dims.BRANCH] == "cond") & (f[dims.PART] == "all") & (f[dims.STEP] == 1) & (f["kind"] != "cross")]
+    e = f.groupby([dims.LAYER_NAME, "kind"])[dims.ENERGY].mean().reset_index()
+    for kind, g in e.groupby("kind"):
+        share = g[dims.ENERGY] / g[dims.ENERGY].sum()
+        got = p.set_index(dims.LAYER_NAME).loc[g[dims.LAYER_NAME]]
+        np.testing.assert_allclose(got[f"{dims.ENERGY}_prop"], share, rtol=1e-5)
+        np.testing.assert_allclose(got[f"{dims.ENERGY}_line"], np.median(share), rtol=1e-5)
+        assert list(got[f"{dims.ENERGY}_half"]) == ["top" if s > np.median(share) else "bottom" for s in share]
+        assert got[f"{dims.ENERGY}_prop"].sum() == pytest.approx(1.0)
+
+
+def test_rules_by_hand():
+    v = pd.Series([1.0, 3.0, 2.0, 10.0, 30.0])
+    k = pd.Series(["s", "s", "s", "t", "t"])
+    np.testing.assert_allclose(rules.proportion(v, k, "share_of_kind"), [1 / 6, 3 / 6, 2 / 6, 0.25, 0.75])
+    np.testing.assert_allclose(rules.proportion(v, k, "share_of_all"), v / 46)
+    np.testing.assert_allclose(rules.proportion(v, k, "minmax_of_kind"), [0, 1, 0.5, 0, 1])
+    np.testing.assert_allclose(rules.red_line(v, k, "median"), [2, 2, 2, 20, 20])
+    np.testing.assert_allclose(rules.red_line(v, k, "mean"), [2, 2, 2, 20, 20])
+    m = np.random.default_rng(0).random((6, 6))
+    assert rules.threshold_value(m, "quantile", 0.75) == pytest.approx(np.quantile(m, 0.75))
+    assert rules.threshold_value(m, "mean_std", 1.5) == pytest.approx(m.mean() + 1.5 * m.std())
+    t = rules.apply_threshold(m, "absolute", 0.5)
+    assert np.array_equal(t, np.where(m >= 0.5, m, 0))
+    with pytest.raises(ValueError):
+        rules.proportion(v, k, "nope")
+
+
+def test_maps_read_lazily_and_match_store(root):
+    tr, ids = root
+    ds = open_run(tr.run_dir(ids["a"]))
+    layers = tr.layers(ids["a"])
+    sp = int(layers.loc[layers["kind"] == "spatial", dims.LAYER].iloc[0])
+    tp = int(layers.loc[layers["kind"] == "temporal", dims.LAYER].iloc[0])
+    m = tr.attention_map(ids["a"], 2, sp, "cond")
+    gy, gx = int(ds["map_gy"][sp]), int(ds["map_gx"][sp])
+    ref = ds[dims.MAP_SPATIAL].sel(branch="cond").isel(step=2, layer=sp).values[: gy * gx, : gy * gx]
+    assert m.kind == "spatial" and np.array_equal(m.values, ref)
+    np.testing.assert_allclose(m.values.sum(1), 1, rtol=1e-5)
+    t = tr.attention_map(ids["a"], 3, tp, "uncond")
+    assert t.kind == "temporal" and t.values.shape == (4, 4)
+    np.testing.assert_allclose(t.values.sum(1), 1, rtol=1e-5)
+    e = tr.entropy_map(ids["a"], 0, sp, "cond")
+    assert e.shape == (4, gy, gx)
+    np.testing.assert_array_equal(e, ds[dims.ENTROPY_MAP].sel(branch="cond").isel(step=0, layer=sp).values[:, :gy, :gx])
+
+
+def test_unavailable_runs_say_why(root):
+    tr, ids = root
+    for key, word in (("running", "captured"), ("failed", "failed"), ("unreadable", "cannot be read")):
+        with pytest.raises(RunUnavailable, match=word):
+            tr.layer_step(ids[key], dims.ENTROPY)
+    with pytest.raises(RunUnavailable, match="without maps"):
+        tr.attention_map(ids["c"], 0, 0, "cond")
+    with pytest.raises(RunUnavailable, match="no branch"):
+        tr.attention_map(ids["a"], 0, 0, "nope")
+    for bad in ("../etc", "..", "/abs", "a/b", ""):
+        with pytest.raises(RunUnavailable):
+            tr.run_dir(bad)
+    # the other runs keep working
+    assert len(tr.layer_step(ids["a"], dims.ENTROPY)) > 0
+
+
+def test_pivot_groups_kinds_in_model_order(root):
+    tr, ids = root
+    p = pivot(tr.layer_step(ids["a"], dims.ENTROPY_NORM))
+    layers = tr.layers(ids["a"]).set_index(dims.LAYER_NAME)
+    kinds = list(layers.loc[p.index, "kind"])
+    assert kinds == sorted(kinds, key=list(dims.KINDS).index)
+    for k in set(kinds):
+        idx = [layers.loc[n, dims.LAYER] for n in p.index if layers.loc[n, "kind"] == k]
+        assert idx == sorted(idx)
+    assert list(p.columns) == [0, 1, 2, 3]
