@@ -33,8 +33,7 @@ def layer_step_heatmap(df: pd.DataFrame, *, label: str, title: str, diverging: b
         return _empty(title, "no values for this choice")
     kinds = sorted(df["kind"].unique(), key=lambda k: KIND_ORDER.get(k, 99))
     counts = [df.loc[df["kind"] == k, dims.LAYER_NAME].nunique() for k in kinds]
-    fig = make_subplots(rows=len(kinds), cols=1, shared_xaxes=True, row_heights=counts, vertical_spacing=0.03,
-                        subplot_titles=[f"{k} ({n} layers)" for k, n in zip(kinds, counts)])
+    fig = make_subplots(rows=len(kinds), cols=1, shared_xaxes=True, row_heights=counts, vertical_spacing=0.02)
     lim = float(np.nanmax(np.abs(df["value"]))) if diverging else None
     for r, k in enumerate(kinds, start=1):
         p = pivot(df[df["kind"] == k])
@@ -42,7 +41,10 @@ def layer_step_heatmap(df: pd.DataFrame, *, label: str, title: str, diverging: b
             z=p.to_numpy(), x=list(p.columns), y=[short_name(n) for n in p.index], customdata=np.array(
                 [[n] * p.shape[1] for n in p.index]), coloraxis="coloraxis",
             hovertemplate="%{customdata}<br>step %{x}<br>" + label + " %{z:.4g}<extra></extra>"), row=r, col=1)
-        fig.update_yaxes(autorange="reversed", tickfont=dict(size=9), row=r, col=1)
+        fig.update_yaxes(autorange="reversed", tickfont=dict(size=9), title_text=f"<b>{k}</b> ({len(p)})",
+                         title_font=dict(color=KIND_COLOURS.get(k, "#333")), row=r, col=1)
+    n_steps = df[dims.STEP].nunique()
+    fig.update_xaxes(dtick=max(1, n_steps // 12))
     fig.update_xaxes(title_text="step", row=len(kinds), col=1)
     ca = dict(colorscale="RdBu_r", cmid=0, cmin=-lim, cmax=lim) if diverging else dict(colorscale="Viridis")
     fig.update_layout(title=title, coloraxis=dict(colorbar=dict(title=label), **ca), font=_FONT,
@@ -79,10 +81,10 @@ def proportion_figure(df: pd.DataFrame, *, formula: str, red_line: str, title: s
                            text=f"<b>{kind}</b>", font=dict(color=KIND_COLOURS.get(kind, "#333")))
     fig.update_xaxes(tickvals=x, ticktext=[short_name(n) for n in names], tickangle=-60, tickfont=dict(size=8),
                      row=3, col=1)
-    fig.add_annotation(text=f"proportion: {formula} = {rules.PROPORTIONS[formula]}<br>"
-                            f"red line: {red_line} = {rules.RED_LINES[red_line]}",
-                       xref="paper", yref="paper", x=0, y=-0.32, showarrow=False, align="left", font=dict(size=10))
-    fig.update_layout(title=title, height=720, font=_FONT, margin=dict(l=10, r=10, t=80, b=150), bargap=0.15,
+    subtitle = (f"proportion: {formula} = {rules.PROPORTIONS[formula]} · "
+                f"red line: {red_line} = {rules.RED_LINES[red_line]}")
+    fig.update_layout(title=dict(text=f"{title}<br><sup>{subtitle}</sup>"), height=740, font=_FONT,
+                      margin=dict(l=10, r=10, t=100, b=110), bargap=0.15,
                       legend=dict(orientation="h", y=1.08, x=1, xanchor="right"))
     return fig
 

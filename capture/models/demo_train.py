@@ -1,8 +1,8 @@
 """Training script for the demo text-to-video model (AnimateDiff architecture on the demo world).
 
-    python -m capture.models.demo_train --out data/demo/model [--vae-steps N --unet-steps N]
+    python -m capture.models.demo_train --out DIR [--vae-steps N --unet-steps N --decoder-steps N]
 
-Two stages, both on clips rendered on the fly from the training split of the world (world.py):
+Three stages, all on clips rendered on the fly from the training split of the world (world.py):
 1. an AutoencoderKL (4x spatial compression: 32 px frames -> 8x8 latents) trained on frames;
 2. a UNetMotionModel (UNet2DConditionModel + MotionAdapter: spatial self-, cross- and temporal
    attention) trained to predict noise (min-SNR-5 weighting), jointly with a small CLIP text
@@ -10,6 +10,8 @@ Two stages, both on clips rendered on the fly from the training split of the wor
    CFG; an exponential moving average of both is what gets saved.
 After stage 1 the VAE's scaling factor is set to 1 / (std of its latents), so the denoiser sees
 unit-variance latents.
+3. the VAE decoder alone, encoder frozen (so the denoiser's latent space does not move), with an
+   added edge term that keeps small shapes' corners sharp.
 
 Reproducible from --seed; resumable: every --save-every steps the stage's weights, AdamW state
 and RNG states go to <out>/checkpoint (safetensors + JSON; no pickle), and a rerun continues
@@ -191,6 +193,7 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
 
 
 def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, unet_steps: int = 2800,
+          decoder_steps: int = 800,
           batch: int = 16, lr: float = 6e-4, ema_decay: float = 0.999, seed: int = 0, save_every: int = 200,
           bar_factory=None, stop_after: int | None = None):
     """Train both stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
@@ -202,12 +205,13 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "vae_steps": vae_steps,
-                                                 "unet_steps": unet_steps, "batch": batch, "lr": lr,
+                                                 "unet_steps": unet_steps, "decoder_steps": decoder_steps,
+                                                 "batch": batch, "lr": lr,
                                                  "ema_decay": ema_decay, "seed": seed}, indent=1))
     vae, unet, adapter, text_encoder, tokenizer, scheduler = build_components(cfg, seed)
     rng = np.random.default_rng(seed)
     log_csv = _LossLog(out / "loss.csv")
-    budget = [stop_after if stop_after is not None else vae_steps + unet_steps]
+    budget = [stop_after if stop_after is not None else vae_steps + unet_steps + decoder_steps]
 
     def vae_batch():
         x, _ = _clips(rng, max(1, batch // 2), cfg)
@@ -263,10 +267,30 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
                   bar_factory, budget, after_step=ema_update):
         return None
     unet, text_encoder = ema["unet"].eval(), ema["text"].eval()
+
+    # Stage 3: sharpen the decoder with the encoder (so the denoiser's latent space) frozen.
+    def decoder_loss(x):
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        return reconstruction_loss(vae.decode(z).sample, x)
+
+    dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in dec_params:
+        p.requires_grad_(True)
+    if not _stage("decoder", vae, dec_params, decoder_steps, 5e-4, vae_batch, decoder_loss, out, rng, save_every,
+                  log_csv, bar_factory, budget):
+        return None
+    vae.eval().requires_grad_(False)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                motion_adapter=None, scheduler=scheduler)
     pipe.to(torch.float16).save_pretrained(out / "pipeline")
     return pipe.to(torch.float32)
+
+
+def reconstruction_loss(rec, x):
+    """MSE + L1 + L1 of the horizontal and vertical differences (keeps shapes' edges and corners)."""
+    edges = F.l1_loss(rec.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), x.diff(dim=-2))
+    return F.mse_loss(rec, x) + F.l1_loss(rec, x) + edges
 
 
 @torch.no_grad()
@@ -283,13 +307,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="data/demo/model")
     ap.add_argument("--vae-steps", type=int, default=1200)
     ap.add_argument("--unet-steps", type=int, default=2800)
+    ap.add_argument("--decoder-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--stop-after", type=int, help="run at most this many steps now, then checkpoint and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    pipe = train(Path(args.out), vae_steps=args.vae_steps, unet_steps=args.unet_steps, batch=args.batch,
+    pipe = train(Path(args.out), vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                 decoder_steps=args.decoder_steps, batch=args.batch,
                  seed=args.seed, save_every=args.save_every, stop_after=args.stop_after)
     if pipe is None:
         print(f"stopped after {args.stop_after} steps; run the same command again to continue")

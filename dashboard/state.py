@@ -1,0 +1,39 @@
+"""App state in the URL: widgets take their first value from the query string and write their
+current value back, so a copied link reopens the same view.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+
+def init(key: str, default, *, cast=str, options=None, multi: bool = False):
+    """Give widget ``key`` its value from the URL (once per session), else ``default``; values
+    not among ``options`` fall back to the default. Returns the key, for the widget."""
+    valid = (lambda v: True) if options is None else (
+        (lambda v: all(x in options for x in v)) if multi else (lambda v: v in options))
+    if key not in st.session_state:
+        value = default
+        raw = st.query_params.get(key)
+        if raw is not None:
+            try:
+                value = [cast(x) for x in raw.split(",") if x] if multi else cast(raw)
+            except (TypeError, ValueError):
+                value = default
+            if not valid(value):
+                value = default
+        st.session_state[key] = value
+    elif not valid(st.session_state[key]):
+        st.session_state[key] = default
+    return key
+
+
+def sync(*keys: str) -> None:
+    """Write these widgets' values into the URL."""
+    for k in keys:
+        if k not in st.session_state:
+            continue
+        v = st.session_state[k]
+        text = ",".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+        if st.query_params.get(k) != text:
+            st.query_params[k] = text

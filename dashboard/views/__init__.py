@@ -1,0 +1,1 @@
+"""The dashboard's views: thin functions that read widgets, call queries and figure builders, draw."""

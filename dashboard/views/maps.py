@@ -1,0 +1,73 @@
+"""Attention maps (the paper's Figure 3): a stored map "original" and "threshold" side by side,
+the per-query entropy on the frame grid, and where one query attends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from .. import cache, figures, rules, state
+from .common import complete_runs, guard, pick_run, root, show
+
+DEFAULT_PARAM = {"absolute": 0.05, "quantile": 0.9, "mean_std": 1.0}
+
+
+def render() -> None:
+    st.header("Attention maps")
+    guard(_body)
+
+
+def _body() -> None:
+    tr = root()
+    runs = complete_runs(tr)
+    run_id = pick_run(runs, "mp_run")
+    if run_id is None:
+        return
+    path = str(tr.root)
+    layers = cache.layers(path, run_id)
+    layers = layers[layers["kind"].isin(["spatial", "temporal"])]
+    if layers.empty:
+        st.info("This run has no spatial or temporal layers with stored maps.")
+        return
+    steps = [int(s) for s in cache.steps(path, run_id)["step"]]
+    names = list(layers["layer_name"])
+    c1, c2, c3 = st.columns([4, 2, 1])
+    name = c1.selectbox("layer", names, key=state.init("mp_layer", names[0], options=names),
+                        format_func=lambda n: f"{n} ({layers.set_index('layer_name').loc[n, 'kind']})")
+    step = c2.select_slider("step", steps, key=state.init("mp_step", steps[0], cast=int, options=steps))
+    brs = cache.branches(path, run_id)
+    branch = c3.selectbox("branch", brs, key=state.init("mp_branch", brs[0], options=brs))
+    c4, c5 = st.columns([1, 2])
+    rule = c4.selectbox("threshold rule", list(rules.THRESHOLDS),
+                        key=state.init("mp_rule", "quantile", options=list(rules.THRESHOLDS)),
+                        format_func=lambda r: f"{r}: {rules.THRESHOLDS[r]}")
+    param = c5.number_input({"absolute": "t", "quantile": "q", "mean_std": "k"}[rule],
+                            value=float(st.query_params.get("mp_param", DEFAULT_PARAM[rule])),
+                            step=0.01 if rule != "mean_std" else 0.25, key=f"mp_param_{rule}",
+                            min_value=0.0, max_value=1.0 if rule == "quantile" else None)
+    st.query_params["mp_param"] = str(param)
+    state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule")
+    layer = int(layers.set_index("layer_name").loc[name, "layer"])
+    m = tr.attention_map(run_id, step, layer, branch)
+    title = f"{name} · step {step} · {branch} · run {run_id}"
+    data = pd.DataFrame(m.values).rename_axis("query").reset_index().melt(id_vars="query", var_name="key",
+                                                                          value_name="weight")
+    show(figures.map_pair(m, rule=rule, param=param, title=title), data, f"map {title}", "map_pair")
+    left, right = st.columns(2)
+    with left:
+        emap = tr.entropy_map(run_id, step, layer, branch)
+        et = f"per-query entropy · {name} · step {step}"
+        edata = pd.DataFrame([(f, y, x, float(emap[f, y, x])) for f, y, x in np.ndindex(*emap.shape)],
+                             columns=["frame", "y", "x", "entropy"])
+        show(figures.entropy_grid(emap, title=et, max_cols=4), edata, et, "entropy_map")
+    with right:
+        n = m.values.shape[0]
+        what = "query frame" if m.kind == "temporal" else f"query cell (row-major over {m.gy}×{m.gx})"
+        q = st.number_input(what, min_value=0, max_value=max(0, n - 1), step=1,
+                            key=state.init("mp_query", 0, cast=int))
+        state.sync("mp_query")
+        q = min(int(q), n - 1)
+        qt = f"where {what.split(' (')[0]} {q} attends · {name} · step {step}"
+        qdata = pd.DataFrame({"key": np.arange(m.values.shape[1]), "weight": m.values[q]})
+        show(figures.query_attention(m, q, title=qt), qdata, qt, "query")

@@ -1,0 +1,81 @@
+"""Runs: filter the root's runs, see one run's attributes, video and notes."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from .. import notes, state
+from ..data import RunUnavailable
+from .common import root, run_label, unavailable
+
+STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
+COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "steps", "frames", "height", "width",
+           "guidance", "capture_mode", "layers_captured", "steps_captured", "sweep", "created", "seconds"]
+
+
+def render() -> None:
+    tr = root()
+    st.header("Runs")
+    everything = tr.runs()
+    models = sorted(m for m in everything["model"].dropna().unique())
+    seeds = sorted(int(s) for s in everything["seed"].dropna().unique())
+    c1, c2, c3, c4, c5 = st.columns([2, 3, 2, 2, 2])
+    c1.multiselect("model", models, key=state.init("runs_model", [], options=models, multi=True))
+    c2.text_input("prompt contains", key=state.init("runs_prompt", ""))
+    c3.multiselect("seed", seeds, key=state.init("runs_seed", [], cast=int, options=seeds, multi=True))
+    c4.text_input("perturbation (none / any / text)", key=state.init("runs_pert", ""))
+    c5.multiselect("status", STATES, key=state.init("runs_status", [], options=STATES, multi=True))
+    state.sync("runs_model", "runs_prompt", "runs_seed", "runs_pert", "runs_status")
+    ss = st.session_state
+    runs = tr.runs(model=ss.runs_model, prompt=ss.runs_prompt.strip() or None, seed=ss.runs_seed,
+                   perturbation=ss.runs_pert.strip() or None, status=ss.runs_status)
+    st.caption(f"{len(runs)} of {len(everything)} runs in `{tr.root}`")
+    st.dataframe(runs[COLUMNS], hide_index=True, width="stretch", key="runs_table")
+    if runs.empty:
+        st.info("No run matches these filters.")
+        return
+    ids = list(runs["run"])
+    run_id = st.selectbox("run", ids, key=state.init("run", ids[0], options=ids), format_func=run_label(runs))
+    state.sync("run")
+    row = runs.set_index("run").loc[run_id]
+    if row["state"] != "complete":
+        msg = {"running": "is still being captured", "interrupted": "was interrupted before it completed",
+               "failed": "failed", "unreadable": "cannot be read"}.get(row["state"], row["state"])
+        unavailable(f"run {run_id} {msg}" + (f": {row['error']}" if isinstance(row["error"], str) else ""))
+    left, right = st.columns([1, 2])
+    with left:
+        try:
+            video = tr.video_file(run_id)
+        except RunUnavailable as e:
+            video = None
+            unavailable(e)
+        if video is not None and video.suffix == ".gif":
+            st.image(str(video), caption="generated video", width=256)
+        elif video is not None:
+            st.video(str(video))
+        else:
+            st.caption("no video stored")
+    with right:
+        try:
+            attrs = tr.attrs(run_id)
+            st.json(json.loads(json.dumps(attrs, default=str)), expanded=1)
+        except RunUnavailable as e:
+            unavailable(e)
+    st.subheader("Notes on this run")
+    for n in notes.list_notes(tr.root, run_id):
+        tags = " ".join(f"`{t}`" for t in n.tags)
+        st.markdown(f"**{n.author or 'anonymous'}** · {n.created[:16].replace('T', ' ')} · {tags}\n\n{n.text}")
+    with st.form("runs_note_form", clear_on_submit=True):
+        a, b = st.columns([1, 2])
+        author = a.text_input("your name", key="runs_note_author")
+        tags = b.text_input("tags (comma separated)", key="runs_note_tags")
+        text = st.text_area("note", key="runs_note_text", height=80)
+        if st.form_submit_button("Add note", key="runs_note_submit"):
+            try:
+                notes.add_note(tr.root, run_id, text, author=author, tags=notes.parse_tags(tags))
+                st.success("note added")
+                st.rerun()
+            except ValueError as e:
+                st.error(str(e))

@@ -1,0 +1,219 @@
+"""Every dashboard view through streamlit's AppTest: widgets driven by key, assertions on what is
+shown (figure titles and data, tables, messages), state read from the URL."""
+
+import base64
+import json
+import sys
+
+import numpy as np
+
+import pytest
+
+from capture import dims
+from capture.selection import Selection, apply_rule
+from dashboard import notes
+from dashboard.data import TraceRoot
+
+from .dashboard_root import make_root
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("approot")
+    return path, make_root(path)
+
+
+@pytest.fixture
+def app(root, monkeypatch):
+    path, _ = root
+    monkeypatch.setenv("ATTNLENS_ROOT", str(path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+
+    def make(view, **query):
+        at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=90)
+        for k, v in query.items():
+            at.query_params[k] = v
+        return at.run()
+
+    from dashboard import cache
+
+    cache.reload()
+    return make
+
+
+def _figs(at):
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def _arr(v):
+    """A plotly JSON array: a list, or plotly's typed-array encoding {dtype, bdata, shape}."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        return a.reshape([int(x) for x in str(shape).split(",")]) if shape else a
+    return np.asarray(v, dtype=float)
+
+
+def _title(fig):
+    t = fig["layout"]["title"]
+    return t["text"] if isinstance(t, dict) else t
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_app_script_opens_on_runs(root, monkeypatch):
+    path, _ = root
+    monkeypatch.setenv("ATTNLENS_ROOT", str(path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    from pathlib import Path
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "streamlit_app.py"), default_timeout=90).run()
+    _ok(at)
+    assert [h.value for h in at.header] == ["Runs"]
+    assert any(str(path) in c.value for c in at.sidebar.caption)
+
+
+def test_runs_filters_and_messages(app, root):
+    _, ids = root
+    at = app("runs")
+    _ok(at)
+    assert "6 of 6 runs" in at.caption[0].value
+    at.multiselect(key="runs_model").select("m2").run()
+    assert "1 of 6 runs" in at.caption[0].value
+    assert at.selectbox(key="run").value == ids["c"]
+    assert at.get("image")  # the run's video
+    at.multiselect(key="runs_model").unselect("m2").run()
+    at.multiselect(key="runs_status").select("unreadable").run()
+    assert at.selectbox(key="run").value == ids["unreadable"]
+    assert any("cannot be read" in w.value for w in at.warning)
+    at.multiselect(key="runs_status").unselect("unreadable").select("failed").run()
+    assert any("failed" in w.value and "synthetic failure" in w.value for w in at.warning)
+    at.multiselect(key="runs_status").unselect("failed").run()
+    at.text_input(key="runs_prompt").input("zebra").run()
+    assert any("No run matches" in i.value for i in at.info)
+
+
+def test_runs_note_form(app, root):
+    path, ids = root
+    at = app("runs", run=ids["a"])
+    at.text_input(key="runs_note_author").input("ana")
+    at.text_input(key="runs_note_tags").input("odd, check")
+    at.text_area(key="runs_note_text").input("entropy drops at step 2")
+    at.button(key="runs_note_submit").click().run()
+    got = notes.list_notes(path, ids["a"])
+    assert [(n.author, n.text, n.tags) for n in got][-1:] == [("ana", "entropy drops at step 2", ["check", "odd"])]
+    assert any("entropy drops at step 2" in m.value for m in at.markdown)
+
+
+def test_layer_step_heatmap_and_difference(app, root):
+    path, ids = root
+    at = app("layer_step", ls_run=ids["a"], ls_stat=dims.ENERGY)  # state from the URL
+    _ok(at)
+    assert at.selectbox(key="ls_stat").value == dims.ENERGY
+    fig = _figs(at)[0]
+    assert _title(fig).startswith("energy · run " + ids["a"])
+    kinds = [t for t in fig["data"] if t["type"] == "heatmap"]
+    assert len(kinds) == 3  # spatial, temporal, cross panels
+    tr = TraceRoot(path)
+    ref = tr.layer_step(ids["a"], dims.ENERGY)
+    assert sum(len(_arr(t["z"])) for t in kinds) == ref[dims.LAYER_NAME].nunique()
+    at.selectbox(key="ls_head").set_value("1").run()
+    assert "head 1" in _title(_figs(at)[0])
+    at.selectbox(key="ls_minus").set_value(ids["b"]).run()
+    _ok(at)
+    assert _title(_figs(at)[0]).startswith("Δ energy")
+    assert at.query_params["ls_minus"] == [ids["b"]] or at.query_params["ls_minus"] == ids["b"]
+
+
+def test_proportions_view(app, root):
+    path, ids = root
+    at = app("proportions", pr_runs=f"{ids['a']},{ids['b']}", pr_step="2")
+    _ok(at)
+    fig = _figs(at)[0]
+    assert "mean of 2 runs" in _title(fig) and "step 2" in _title(fig)
+    assert "share_of_kind" in _title(fig) and "median" in _title(fig)
+    bars = [t for t in fig["data"] if t["type"] == "bar"]
+    ref = TraceRoot(path).proportions([ids["a"], ids["b"]], step=2)
+    assert len(bars) == 3 and len(_arr(bars[1]["y"])) == len(ref)
+    np.testing.assert_allclose(_arr(bars[1]["y"]), ref[f"{dims.ENERGY}_prop"], rtol=1e-6)
+    at.selectbox(key="pr_formula").set_value("share_of_all").run()
+    assert _arr(_figs(at)[0]["data"][1]["y"]).sum() == pytest.approx(1.0)
+    assert at.get("download_button")
+
+
+def test_maps_view(app, root):
+    path, ids = root
+    tr = TraceRoot(path)
+    layers = tr.layers(ids["a"])
+    temporal = layers.loc[layers["kind"] == "temporal", dims.LAYER_NAME].iloc[1]
+    at = app("maps", mp_run=ids["a"])
+    _ok(at)
+    figs = _figs(at)
+    assert len(figs) == 3 and "original" in json.dumps(figs[0]["layout"])
+    at.selectbox(key="mp_layer").set_value(temporal).run()
+    at.select_slider(key="mp_step").set_value(3).run()
+    at.selectbox(key="mp_rule").set_value("absolute").run()
+    _ok(at)
+    fig = _figs(at)[0]
+    assert temporal in _title(fig) and "step 3" in _title(fig)
+    li = int(layers.set_index(dims.LAYER_NAME).loc[temporal, dims.LAYER])
+    m = tr.attention_map(ids["a"], 3, li, "cond")
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), m.values, rtol=1e-6)
+    at.number_input(key="mp_query").set_value(2).run()
+    q = _figs(at)[2]
+    np.testing.assert_allclose(_arr(q["data"][0]["y"]), m.values[2], rtol=1e-6)
+
+
+def test_compare_view(app, root):
+    _, ids = root
+    at = app("compare", cmp_a=ids["a"], cmp_b=ids["b"])
+    _ok(at)
+    table = at.table[0].value
+    assert "perturbation" in list(table["attribute"])
+    titles = [_title(f) for f in _figs(at)]
+    assert titles[0].startswith("Δ normalized entropy per layer") and titles[1].startswith("Δ normalized entropy over")
+
+
+def test_selection_view_exports_what_the_rule_chooses(app, root, tmp_path):
+    path, ids = root
+    at = app("selection", sel_runs=ids["a"], sel_kind="spatial", sel_rule="bottom", sel_frac="0.5")
+    _ok(at)
+    tr = TraceRoot(path)
+    v = tr.per_layer([ids["a"]], dims.ENTROPY_NORM)
+    v = v[v["kind"] == "spatial"]
+    expected = apply_rule(dict(zip(v[dims.LAYER_NAME], v["value"])), dict(zip(v[dims.LAYER_NAME], v["kind"])),
+                          "bottom:0.5")
+    assert any(f"**{len(expected)} layer(s) chosen**" in m.value for m in at.markdown)
+    codes = [c.value for c in at.code]
+    assert codes[0].splitlines() == expected
+    assert codes[1] == repr(Selection(model="m1", layers=expected, rule="", statistic="").pag_applied_layers())
+    at.text_input(key="sel_save_name").input("low spatial")
+    at.button(key="sel_save_submit").click().run()
+    saved = notes.list_selections(path)
+    assert any(s.layers == expected and s.rule == "bottom:0.5" and s.source_runs == [ids["a"]] for s in saved.values())
+
+
+def test_notes_view(app, root):
+    path, ids = root
+    notes.add_note(path, ids["b"], "perturbed run looks flat", author="ben", tags=["flat"])
+    at = app("notes_view", nt_tag="flat")
+    _ok(at)
+    df = at.dataframe[0].value
+    assert list(df["note"]) == ["perturbed run looks flat"]
+
+
+def test_empty_root(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("ATTNLENS_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    from dashboard import cache
+
+    cache.reload()
+    for view in ("layer_step", "proportions", "maps", "compare", "selection"):
+        at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=60).run()
+        _ok(at)
+        assert at.info, view

@@ -1,0 +1,48 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright through every view.
+
+Skipped (with the reason) where Chromium or Playwright is missing; CI installs both."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .dashboard_root import make_root
+
+pytestmark = pytest.mark.slow
+
+SHOTS = Path(os.environ.get("ATTNLENS_SCREENSHOTS", Path(__file__).resolve().parents[1] / "build" / "screenshots"))
+
+
+def test_every_view_renders_in_chromium(tmp_path):
+    pw = pytest.importorskip("playwright.sync_api")
+    from .browser import CHROMIUM, VIEWS, Server, launch, wait_rendered
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
+    ids = make_root(tmp_path)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with Server(tmp_path) as srv, pw.sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        for view, path in VIEWS.items():
+            page.goto(f"{srv.url}/{path}")
+            wait_rendered(page)
+            assert page.locator('[data-testid="stException"]').count() == 0, view
+            assert page.locator('[data-testid="stHeading"]').count() >= 1, view
+            if view not in ("runs", "notes"):
+                assert page.locator(".js-plotly-plot").count() >= 1, view
+            page.screenshot(path=str(SHOTS / f"{view}.png"), full_page=True)
+        # state in the URL reopens the same view
+        page.goto(f"{srv.url}/layer-step?ls_run={ids['b']}&ls_stat=energy")
+        wait_rendered(page)
+        assert f"energy · run {ids['b']}" in page.locator(".js-plotly-plot").first.inner_text()
+        # a broken run is a message, not a traceback
+        page.goto(f"{srv.url}/?run={ids['unreadable']}")
+        wait_rendered(page)
+        assert page.get_by_text("cannot be read").count() >= 1
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
+    assert not errors, errors
