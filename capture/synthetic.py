@@ -155,3 +155,26 @@ def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int 
     w.write_video(_video(rng, frames, video_size))
     w.complete(seconds=0.0)
     return w.run_id
+
+
+PROMPTS = ("a red circle moving left", "a blue square moving up", "a green triangle standing still",
+           "a cat walking on the beach", "fireworks over a city at night", "a car driving through snow")
+
+
+def make_root(root, *, runs: int = 200, steps: int = 25, map_runs: int = 10, heads: int = HEADS, frames: int = 16,
+              seed: int = 0, progress=None) -> list[str]:
+    """A benchmark root: ``runs`` complete runs of an AnimateDiff-shaped model (53 attention layers:
+    spatial, cross, temporal) with varied prompts, seeds and perturbations; the first ``map_runs``
+    carry attention maps, the rest scalar statistics only (maps are ~20 MB per run at this size)."""
+    rng = np.random.default_rng(seed)
+    layers = animatediff_like_layers(heads=heads, frames=frames)
+    ids = []
+    for i in range(runs):
+        pert = [] if i % 4 else [{"spec": f"{'IU'[i // 4 % 2]}@{layers[i % len(layers)]['name']}"}]
+        attrs = {"model": f"synthetic-{'ab'[i % 2]}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": int(i // 6),
+                 "perturbation": pert}
+        ids.append(write_run(root, rng, layers=layers, steps=steps, frames=frames, maps=i < map_runs, attrs=attrs,
+                             run_id=f"bench-{i:04d}", perturbed_layers=(i % len(layers),) if pert else ()))
+        if progress:
+            progress(i + 1)
+    return ids

@@ -1,5 +1,7 @@
 """Named model presets, each loadable offline, and loading a pipeline by preset name or directory.
 
+- ``demo``: the trained demo text-to-video model shipped in ``data/demo/model`` (AnimateDiff
+  architecture, trained on the demo world; ``demo:path=DIR`` loads another copy).
 - ``tiny-animatediff``, ``tiny-cogvideox``, ``tiny-wan``: random weights from a seed, built from configs.
 - ``animatediff`` (motion adapter + SD1.5 base), ``cogvideox-2b``, ``cogvideox-5b``,
   ``wan2.1-t2v-1.3b``: real checkpoints by hub id, loaded with the standard ``from_pretrained``;
@@ -56,6 +58,20 @@ def _tiny_wan(opts, dtype):
     return tiny_wan(int(opts.get("seed", 0)))
 
 
+DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo" / "model"
+
+
+def _demo(opts, dtype):
+    from diffusers import AnimateDiffPipeline
+
+    path = Path(opts.get("path", DEMO_DIR))
+    if not (path / "model_index.json").is_file():
+        raise ModelError(f"demo model not found at {path} (it ships in the repository's data/demo/model)")
+    # weights are stored in float16 to stay small; computing in float32 is what CPUs do well
+    return _guard(path, lambda: AnimateDiffPipeline.from_pretrained(
+        str(path), torch_dtype=dtype or torch.float32, local_files_only=True))
+
+
 def _from_pretrained(cls_name: str, default_id: str):
     def load(opts, dtype):
         import diffusers
@@ -92,6 +108,8 @@ def _guard(src, fn):
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
+        Preset("demo", "trained demo model (AnimateDiff architecture) of the demo world: shapes, colours, motion",
+               _demo, dict(height=32, width=32, frames=8, steps=25, guidance=7.5)),
         Preset("tiny-animatediff", "tiny random AnimateDiff (UNetMotionModel): spatial, cross, temporal attention",
                _tiny_animatediff, dict(height=64, width=64, frames=8, steps=8, guidance=7.5), tiny=True),
         Preset("tiny-cogvideox", "tiny random CogVideoX (joint text+video 3D attention); frames = 4k+1",

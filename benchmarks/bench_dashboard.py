@@ -1,0 +1,107 @@
+"""Dashboard speed on a large trace root (make one with benchmarks/make_root.py).
+
+    python benchmarks/bench_dashboard.py --root build/bench-root [--browser]
+
+Prints, against the goals of the dashboard issue:
+- opening the root (catalog of every run);
+- the proportions query (one run, all steps; and the mean of 10 runs) — goal <= 100 ms;
+- a map switch, server side: read one (step, layer) map and its per-query entropy and build both
+  figures — goal <= 200 ms;
+- with --browser: first full render of each view in Chromium (navigation until the app has
+  finished its run and drawn its figures) — goal <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from capture import dims  # noqa: E402
+from dashboard import figures  # noqa: E402
+from dashboard.data import TraceRoot  # noqa: E402
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def line(name: str, ms: list[float], goal: float | None) -> None:
+    med, worst = statistics.median(ms), max(ms)
+    verdict = "" if goal is None else ("  OK" if worst <= goal else f"  over goal ({goal:.0f} ms)")
+    print(f"{name:<52} median {med:8.1f} ms   max {worst:8.1f} ms   n={len(ms)}{verdict}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="build/bench-root")
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--browser", action="store_true")
+    args = ap.parse_args()
+    t = time.perf_counter()
+    tr = TraceRoot(args.root)
+    open_ms = (time.perf_counter() - t) * 1000
+    runs = list(tr.runs(status=["complete"])["run"])
+    n_stats = int(tr.catalog.query("SELECT count(*) AS n FROM stats")["n"].iloc[0])
+    layers = tr.layers(runs[0])
+    print(f"root {args.root}: {len(runs)} complete runs, {len(layers)} layers, {n_stats:,} statistic rows")
+    print(f"{'open root (catalog of every run)':<52} {open_ms:8.1f} ms")
+    rng = np.random.default_rng(0)
+    pick = [runs[i] for i in rng.choice(len(runs), args.n, replace=False)]
+    line("proportions query, 1 run, all steps", timed(lambda i: tr.proportions([pick[i]]), args.n), 100)
+    line("proportions query, 1 run, one step", timed(lambda i: tr.proportions([pick[i]], step=i % 25), args.n), 100)
+    line("proportions query, mean of 10 runs", timed(
+        lambda i: tr.proportions([runs[(i * 10 + k) % len(runs)] for k in range(10)]), args.n), 100)
+    line("layer x step query, 1 run", timed(lambda i: tr.layer_step(pick[i], dims.ENTROPY_NORM), args.n), None)
+    map_runs = [r for r in runs if tr.attrs(r).get("capture", {}).get("maps")]
+    if map_runs:
+        with_maps = layers[layers["kind"].isin(["spatial", "temporal"])]
+        steps = list(tr.steps(map_runs[0])[dims.STEP])
+
+        def switch(i):
+            run = map_runs[i % len(map_runs)]
+            li = int(with_maps[dims.LAYER].iloc[rng.integers(len(with_maps))])
+            step = int(steps[rng.integers(len(steps))])
+            m = tr.attention_map(run, step, li)
+            figures.map_pair(m, rule="quantile", param=0.9, title="bench")
+            figures.entropy_grid(tr.entropy_map(run, step, li), title="bench")
+
+        switch(0)  # opens the store once, as the app's first view of a run does
+        line("map switch (read map + entropy map, build figures)", timed(switch, args.n), 200)
+    if args.browser:
+        browser_render(args.root)
+
+
+def browser_render(root: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import VIEWS, Server, launch, wait_rendered
+
+    with Server(root) as srv, sync_playwright() as p:
+        b = launch(p)
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        for view, path in VIEWS.items():
+            t = time.perf_counter()
+            page.goto(f"{srv.url}/{path}")
+            wait_rendered(page, timeout_ms=60000)
+            if view not in ("runs", "notes"):
+                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            ms = (time.perf_counter() - t) * 1000
+            ok = "  OK" if ms <= 3000 else "  over goal (3000 ms)"
+            print(f"{'first render in Chromium: ' + view:<52} {ms:8.1f} ms{ok}")
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
