@@ -213,54 +213,59 @@ class TraceRoot:
         return df
 
     # -- maps -----------------------------------------------------------------------------------
-    def _group(self, run_id: str):
+    def _group(self, run_id: str) -> dict:
+        """The run's open store and the small coordinate arrays maps need, read once per run."""
         import zarr
 
         with self._lock:
-            g = self._groups.get(run_id)
-            if g is None:
+            meta = self._groups.get(run_id)
+            if meta is None:
                 self._complete(run_id)
                 try:
                     g = zarr.open_group(str(self.run_dir(run_id) / STORE_NAME), mode="r")
+                    meta = {"group": g, "steps": np.asarray(g[dims.STEP][:]),
+                            "branches": [str(b) for b in g[dims.BRANCH][:]],
+                            "names": [str(n) for n in g[dims.LAYER_NAME][:]],
+                            "kinds": [str(k) for k in g[dims.LAYER_KIND][:]],
+                            "gy": np.asarray(g["map_gy"][:]), "gx": np.asarray(g["map_gx"][:]),
+                            "maps": {k: g[k] for k in (dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP)
+                                     if k in g}}
                 except Exception as e:  # noqa: BLE001 - a broken store is a message, not a traceback
                     raise RunUnavailable(f"run {run_id}: unreadable store ({type(e).__name__}: {e})") from None
-                self._groups[run_id] = g
-            return g
+                self._groups[run_id] = meta
+            return meta
 
-    def _index(self, run_id: str, step: int, layer: int, branch: str) -> tuple[object, int, int, int]:
-        g = self._group(run_id)
-        steps = np.asarray(g[dims.STEP][:])
-        where = np.flatnonzero(steps == int(step))
+    def _index(self, run_id: str, step: int, layer: int, branch: str) -> tuple[dict, int, int, int]:
+        meta = self._group(run_id)
+        where = np.flatnonzero(meta["steps"] == int(step))
         if not where.size:
             raise RunUnavailable(f"run {run_id} has no captured step {step}")
-        branches = [str(b) for b in g[dims.BRANCH][:]]
-        if branch not in branches:
-            raise RunUnavailable(f"run {run_id} has no branch {branch!r} (it has {', '.join(branches)})")
-        n_layers = g[dims.LAYER_NAME].shape[0]
-        if not 0 <= int(layer) < n_layers:
+        if branch not in meta["branches"]:
+            raise RunUnavailable(f"run {run_id} has no branch {branch!r} (it has {', '.join(meta['branches'])})")
+        if not 0 <= int(layer) < len(meta["names"]):
             raise RunUnavailable(f"run {run_id} has no layer {layer}")
-        if dims.MAP_SPATIAL not in g:
+        if not meta["maps"]:
             raise RunUnavailable(f"run {run_id} was captured without maps")
-        return g, int(where[0]), int(layer), branches.index(branch)
+        return meta, int(where[0]), int(layer), meta["branches"].index(branch)
 
     def attention_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> MapData:
-        g, i, li, bi = self._index(run_id, step, layer, branch)
-        kind = str(g[dims.LAYER_KIND][li])
-        gy, gx = int(g["map_gy"][li]), int(g["map_gx"][li])
+        meta, i, li, bi = self._index(run_id, step, layer, branch)
+        kind = meta["kinds"][li]
+        gy, gx = int(meta["gy"][li]), int(meta["gx"][li])
         if kind == "temporal":
-            m = np.asarray(g[dims.MAP_TEMPORAL][i, li, bi])
+            m = np.asarray(meta["maps"][dims.MAP_TEMPORAL][i, li, bi])
             n = int(np.isfinite(m[0]).sum()) if m.size else 0
             return MapData("temporal", m[:n, :n], gy, gx)
         if kind == "spatial":
             g2 = gy * gx
-            return MapData("spatial", np.asarray(g[dims.MAP_SPATIAL][i, li, bi])[:g2, :g2], gy, gx)
-        raise RunUnavailable(f"layer {g[dims.LAYER_NAME][li]} is a {kind} layer: no stored query-key map")
+            return MapData("spatial", np.asarray(meta["maps"][dims.MAP_SPATIAL][i, li, bi])[:g2, :g2], gy, gx)
+        raise RunUnavailable(f"layer {meta['names'][li]} is a {kind} layer: no stored query-key map")
 
     def entropy_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> np.ndarray:
         """(frames, gy, gx) pooled per-query entropy (nats); frames without data dropped."""
-        g, i, li, bi = self._index(run_id, step, layer, branch)
-        gy, gx = int(g["map_gy"][li]), int(g["map_gx"][li])
-        m = np.asarray(g[dims.ENTROPY_MAP][i, li, bi])[:, :gy, :gx]
+        meta, i, li, bi = self._index(run_id, step, layer, branch)
+        gy, gx = int(meta["gy"][li]), int(meta["gx"][li])
+        m = np.asarray(meta["maps"][dims.ENTROPY_MAP][i, li, bi])[:, :gy, :gx]
         keep = np.isfinite(m).any(axis=(1, 2))
         return m[keep]
 

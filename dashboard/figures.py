@@ -113,24 +113,32 @@ def map_pair(m: MapData, *, rule: str, param: float, title: str) -> go.Figure:
 
 
 def entropy_grid(emap: np.ndarray, *, title: str, max_cols: int = 8) -> go.Figure:
-    """Pooled per-query entropy (frames, gy, gx) as small multiples, one per frame."""
+    """Pooled per-query entropy (frames, gy, gx) as small multiples, one tile per frame, laid out
+    in one mosaic heat map (one trace draws much faster than one subplot per frame)."""
     if emap.size == 0:
         return _empty(title, "no per-query entropy stored")
-    n = emap.shape[0]
+    n, gy, gx = emap.shape
     cols = min(n, max_cols)
     rows = -(-n // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"frame {f}" for f in range(n)],
-                        horizontal_spacing=0.01, vertical_spacing=0.08)
-    lo, hi = float(np.nanmin(emap)), float(np.nanmax(emap))
+    z = np.full((rows * (gy + 1) - 1, cols * (gx + 1) - 1), np.nan)
+    frame = np.full(z.shape, -1)
     for f in range(n):
-        fig.add_trace(go.Heatmap(z=emap[f], coloraxis="coloraxis",
-                                 hovertemplate=f"frame {f}<br>y %{{y}} x %{{x}}<br>entropy %{{z:.3f}}<extra></extra>"),
-                      row=f // cols + 1, col=f % cols + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
-    fig.update_layout(title=title, coloraxis=dict(colorscale="Magma", cmin=lo, cmax=hi,
-                                                  colorbar=dict(title="nats")),
-                      height=150 * rows + 90, font=_FONT, margin=dict(l=10, r=10, t=70, b=10))
+        r, c = divmod(f, cols)
+        z[r * (gy + 1): r * (gy + 1) + gy, c * (gx + 1): c * (gx + 1) + gx] = emap[f]
+        frame[r * (gy + 1): r * (gy + 1) + gy, c * (gx + 1): c * (gx + 1) + gx] = f
+    yy, xx = np.indices(z.shape)
+    custom = np.stack([frame, yy % (gy + 1), xx % (gx + 1)], axis=-1)
+    fig = go.Figure(go.Heatmap(z=z, customdata=custom, colorscale="Magma", colorbar=dict(title="nats"),
+                               zmin=float(np.nanmin(emap)), zmax=float(np.nanmax(emap)), hoverongaps=False,
+                               hovertemplate="frame %{customdata[0]}<br>y %{customdata[1]} x %{customdata[2]}"
+                                             "<br>entropy %{z:.3f}<extra></extra>"))
+    notes = [dict(x=(f % cols) * (gx + 1) + (gx - 1) / 2, y=(f // cols) * (gy + 1) - 0.5, yanchor="bottom",
+                  showarrow=False, text=f"frame {f}", font=dict(size=10)) for f in range(n)]
+    fig.update_layout(annotations=notes)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    fig.update_layout(title=title, height=max(220, 150 * rows + 90), font=_FONT, margin=dict(l=10, r=10, t=70, b=10),
+                      plot_bgcolor="rgba(0,0,0,0)")
     return fig
 
 

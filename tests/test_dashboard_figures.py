@@ -83,10 +83,15 @@ def test_entropy_grid_one_panel_per_frame():
     rng = np.random.default_rng(5)
     e = rng.random((6, 3, 4))
     fig = figures.entropy_grid(e, title="t", max_cols=4)
-    assert len(fig.data) == 6
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (2 * 4 - 1, 4 * 5 - 1)  # 2 rows x 4 columns of 3x4 tiles, one-cell gaps
     for f in range(6):
-        np.testing.assert_array_equal(fig.data[f].z, e[f])
-    assert fig.layout.coloraxis.cmin == pytest.approx(e.min()) and fig.layout.coloraxis.cmax == pytest.approx(e.max())
+        r, c = divmod(f, 4)
+        np.testing.assert_array_equal(z[r * 4: r * 4 + 3, c * 5: c * 5 + 4], e[f])
+        assert (np.asarray(fig.data[0].customdata)[r * 4, c * 5] == [f, 0, 0]).all()
+    assert np.isnan(z[3]).all() and np.isnan(z[:, 4]).all()  # gaps
+    assert [a.text for a in fig.layout.annotations] == [f"frame {f}" for f in range(6)]
+    assert fig.data[0].zmin == pytest.approx(e.min()) and fig.data[0].zmax == pytest.approx(e.max())
 
 
 def test_query_attention_spatial_and_temporal():
