@@ -121,7 +121,8 @@ def cmd_demo(args) -> int:
         "SELECT kind, step, round(avg(entropy_norm), 4) AS entropy_norm, round(avg(energy), 2) AS energy "
         "FROM stats JOIN runs USING (run) WHERE part = 'all' AND runs.perturbation = '' "
         "GROUP BY kind, step ORDER BY kind, step"), False)
-    print(f"\ntrace root: {cat.root.resolve()}  (explore with `attnlens runs` and `attnlens sql`)")
+    print(f"\ntrace root: {cat.root.resolve()}")
+    print(f"browse it: attnlens dashboard --root {cat.root}   (or `attnlens runs`, `attnlens sql`)")
     return 0
 
 
@@ -239,7 +240,7 @@ def cmd_catalog(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 def _add_model_args(p) -> None:
-    p.add_argument("--model", default="tiny-animatediff", help="preset name or save_pretrained directory")
+    p.add_argument("--model", default="demo", help="preset name or save_pretrained directory")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--frames", type=int)
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("demo", help="capture demo traces on the built-in model and summarize them")
-    p.add_argument("--model", default="tiny-animatediff")
+    p.add_argument("--model", default="demo")
     _add_root(p)
     p.set_defaults(func=cmd_demo)
 

@@ -55,3 +55,16 @@ def test_tokenizer_makes_grammar_words_single_tokens(demo):
     for w in W.vocabulary():
         ids = tok(w, add_special_tokens=False).input_ids
         assert len(ids) == 1, (w, ids)
+
+
+def test_demo_command_captures_the_demo_model(tmp_path, capsys):
+    """The README's main job: `attnlens demo` (the dashboard it then serves is tested elsewhere)."""
+    from capture.catalog import Catalog
+    from capture.cli import main
+
+    assert main(["demo", "--root", str(tmp_path)]) == 0
+    runs = Catalog(tmp_path).runs()
+    assert len(runs) == 7 and set(runs["state"]) == {"complete"} and set(runs["model"]) == {"demo"}
+    assert (runs["perturbation"] != "").sum() == 1
+    out = capsys.readouterr().out
+    assert "attnlens dashboard --root" in out
