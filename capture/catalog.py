@@ -7,6 +7,8 @@ be rebuilt from the stores (``rebuild``). Tables:
 
 - ``runs``: one row per run directory (any status).
 - ``stats``: one row per (run, step, layer, branch, part, head) of complete runs.
+- ``metrics``: long-form video metrics (run, metric, value, frame, baseline) from each run's
+  ``metrics.parquet``; ``frame`` is NULL for per-video values, ``baseline`` the paired run if any.
 
 Must not import torch.
 """
@@ -29,6 +31,8 @@ from .store import STORE_NAME, StoreError, list_run_dirs, open_run, read_attrs, 
 log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.parquet"
+METRICS_FILE = "metrics.parquet"
+METRIC_COLUMNS = ["run", "metric", "value", "frame", "baseline"]
 
 RUN_COLUMNS = [
     "run", "status", "state", "model", "family", "prompt", "negative_prompt", "seed", "steps", "frames", "height",
@@ -146,14 +150,23 @@ class Catalog:
         self.con.unregister("_runs_df")
         complete = set(runs.loc[runs["status"] == dims.COMPLETE, "run"])
         files = [str(d / STATS_FILE) for d in dirs if d.name in complete and (d / STATS_FILE).is_file()]
+        self._view("stats", files, stats_frame_empty())
+        mfiles = [str(d / METRICS_FILE) for d in dirs if d.name in complete and (d / METRICS_FILE).is_file()]
+        self._view("metrics", mfiles, metrics_frame_empty())
+
+    def _view(self, name: str, files: list[str], empty: pd.DataFrame) -> None:
+        for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
+            try:
+                self.con.execute(stmt)
+            except duckdb.CatalogException:
+                pass
         if files:
             lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
-            self.con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
         else:
-            empty = stats_frame_empty()
-            self.con.register("_stats_empty", empty)
-            self.con.execute("CREATE TABLE stats AS SELECT * FROM _stats_empty")
-            self.con.unregister("_stats_empty")
+            self.con.register(f"_{name}_empty", empty)
+            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")
+            self.con.unregister(f"_{name}_empty")
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
         return self.con.cursor().execute(sql, params or []).df()
@@ -182,6 +195,34 @@ def stats_frame_empty() -> pd.DataFrame:
     for c in (dims.STEP, dims.LAYER, dims.HEAD):
         df[c] = df[c].astype("int64")
     return df
+
+
+def metrics_frame_empty() -> pd.DataFrame:
+    return pd.DataFrame({"run": pd.Series(dtype=str), "metric": pd.Series(dtype=str),
+                         "value": pd.Series(dtype="float64"), "frame": pd.Series(dtype="Int64"),
+                         "baseline": pd.Series(dtype=str)})
+
+
+def write_run_metrics(run_dir: Path, rows: pd.DataFrame) -> Path:
+    """Add metric rows (columns metric, value, frame[, baseline]) to <run>/metrics.parquet, replacing
+    earlier values of the same (metric, baseline); written atomically."""
+    run_dir = Path(run_dir)
+    rows = rows.copy()
+    rows["run"] = run_dir.name
+    for c in METRIC_COLUMNS:
+        if c not in rows:
+            rows[c] = None
+    rows = rows[METRIC_COLUMNS]
+    rows["frame"] = pd.array(rows["frame"], dtype="Int64")
+    rows["value"] = rows["value"].astype("float64")
+    rows["baseline"] = rows["baseline"].astype(object).where(rows["baseline"].notna(), "").astype(str)
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        old = duckdb.connect().execute(f"SELECT * FROM read_parquet('{_sql_str(path)}')").df()
+        keep = ~old.set_index(["metric", "baseline"]).index.isin(rows.set_index(["metric", "baseline"]).index)
+        rows = pd.concat([old[keep], rows], ignore_index=True)
+    _write_parquet_atomic(rows, path)
+    return path
 
 
 def to_json(df: pd.DataFrame) -> str:

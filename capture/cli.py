@@ -126,6 +126,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    from .metrics import measure_run
+    from .store import list_run_dirs
+
+    dirs = {d.name: d for d in list_run_dirs(args.root)}
+    missing = [r for r in [*args.runs, *([args.baseline] if args.baseline else [])] if r not in dirs]
+    if missing:
+        raise CLIError(f"no run {missing[0]} in {trace_root_of(args)}")
+    for r in args.runs:
+        rows = measure_run(dirs[r], dirs[args.baseline] if args.baseline else None)
+        means = rows[rows["frame"].isna()]
+        print(r + "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(means["metric"], means["value"])), flush=True)
+    return 0
+
+
+def trace_root_of(args):
+    from .store import trace_root
+
+    return trace_root(args.root)
+
+
 def cmd_layers(args) -> int:
     from .models.presets import load_pipeline
     from .probe import probe_layers, text_tokens_for
@@ -303,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("metrics", help="weight-free video metrics of runs, stored in the catalog's metrics table")
+    _add_root(p)
+    p.add_argument("runs", nargs="+", help="run ids")
+    p.add_argument("--baseline", help="run id of the paired baseline (adds PSNR and SSIM against it)")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("catalog", help="catalog summary; --rebuild rewrites it from the stores")
     _add_root(p)

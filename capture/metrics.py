@@ -125,3 +125,46 @@ def weight_free(video: np.ndarray, baseline: np.ndarray | None = None) -> dict[s
         out[k] = v
         out[f"{k}_mean"] = float(np.mean(v))
     return out
+
+
+def to_rows(result: dict, baseline: str | None = None):
+    """Long-form rows (metric, value, frame, baseline) of a ``weight_free`` result; per-frame arrays
+    give one row per frame (of the pair's later frame for temporal metrics), means one NULL-frame row."""
+    import pandas as pd
+
+    rows = []
+    for name, v in result.items():
+        if np.ndim(v) == 0:
+            rows.append((name, float(v), None))
+        else:
+            offset = 1 if name == "motion_amount" else 0
+            rows += [(name, float(x), i + offset) for i, x in enumerate(np.asarray(v))]
+    df = pd.DataFrame(rows, columns=["metric", "value", "frame"])
+    paired = df["metric"].str.startswith(("psnr", "ssim"))
+    df["baseline"] = np.where(paired, baseline or "", "")
+    return df
+
+
+def run_video(run_dir) -> np.ndarray:
+    """The generated frames stored with a run, (frames, height, width, 3) uint8."""
+    from . import dims
+    from .store import StoreError, open_run
+
+    ds = open_run(run_dir)
+    if dims.VIDEO not in ds:
+        raise StoreError(f"run {ds.attrs.get('run_id', run_dir)} has no stored video")
+    return np.asarray(ds[dims.VIDEO].values)
+
+
+def measure_run(run_dir, baseline_dir=None):
+    """Compute the weight-free metrics of a stored run (paired ones against ``baseline_dir``) and
+    store them in its metrics table; returns the rows."""
+    from pathlib import Path
+
+    from .catalog import write_run_metrics
+
+    video = run_video(run_dir)
+    base = run_video(baseline_dir) if baseline_dir is not None else None
+    rows = to_rows(weight_free(video, base), Path(baseline_dir).name if baseline_dir is not None else None)
+    write_run_metrics(Path(run_dir), rows)
+    return rows

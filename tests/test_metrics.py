@@ -74,3 +74,30 @@ def test_weight_free_bundle():
     assert "psnr" not in M.weight_free(a)
     with pytest.raises(ValueError, match="differ in shape"):
         M.psnr(a, b[:2])
+
+
+def test_metrics_stored_per_run_and_joinable_in_sql(tmp_path):
+    from capture import synthetic as S
+    from capture.catalog import Catalog
+    from capture.cli import main
+    from capture.store import run_dir
+
+    rng = np.random.default_rng(0)
+    layers = S.animatediff_like_layers(n_down=1, heads=2, frames=4, grid=4, latent=8)
+    a = S.write_run(tmp_path, rng, layers=layers, steps=2, frames=4, grid=4, maps=False)
+    b = S.write_run(tmp_path, rng, layers=layers, steps=2, frames=4, grid=4, maps=False)
+    assert main(["metrics", "--root", str(tmp_path), b, "--baseline", a]) == 0
+    assert main(["metrics", "--root", str(tmp_path), b, "--baseline", a]) == 0  # again: replaced, not doubled
+    assert main(["metrics", "--root", str(tmp_path), a]) == 0
+    cat = Catalog(tmp_path)
+    df = cat.query("SELECT * FROM metrics ORDER BY run, metric, frame")
+    va, vb = M.run_video(run_dir(tmp_path, a)), M.run_video(run_dir(tmp_path, b))
+    ssim_rows = df[(df.run == b) & (df.metric == "ssim")]
+    assert list(ssim_rows["frame"]) == [0, 1, 2, 3] and set(ssim_rows["baseline"]) == {a}
+    np.testing.assert_allclose(ssim_rows["value"], M.ssim(vb, va))
+    assert len(df[(df.run == b) & (df.metric == "ssim_mean")]) == 1
+    assert not len(df[(df.run == a) & df.metric.str.startswith("psnr")])
+    joined = cat.query("SELECT m.value, avg(s.entropy_norm) AS h FROM metrics m JOIN stats s USING (run) "
+                       "WHERE m.metric = 'temporal_flicker' GROUP BY m.run, m.value")
+    assert len(joined) == 2
+    assert main(["metrics", "--root", str(tmp_path), "nope"]) == 2
