@@ -217,3 +217,14 @@ def test_empty_root(tmp_path, monkeypatch):
         at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=60).run()
         _ok(at)
         assert at.info, view
+
+
+def test_maps_threshold_from_url(app, root):
+    path, ids = root
+    at = app("maps", mp_run=ids["b"], mp_rule="mean_std", mp_param_mean_std="2.0")
+    _ok(at)
+    title = json.dumps(_figs(at)[0]["layout"])
+    assert "threshold (mean_std 2" in title
+    at.number_input(key="mp_param_mean_std").set_value(0.5).run()
+    assert "threshold (mean_std 0.5" in json.dumps(_figs(at)[0]["layout"])
+    assert at.query_params["mp_param_mean_std"] in ("0.5", ["0.5"])

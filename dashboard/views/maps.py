@@ -42,12 +42,13 @@ def _body() -> None:
     rule = c4.selectbox("threshold rule", list(rules.THRESHOLDS),
                         key=state.init("mp_rule", "quantile", options=list(rules.THRESHOLDS)),
                         format_func=lambda r: f"{r}: {rules.THRESHOLDS[r]}")
+    pkey = state.init(f"mp_param_{rule}", DEFAULT_PARAM[rule], cast=float)
+    if rule == "quantile":
+        st.session_state[pkey] = min(max(st.session_state[pkey], 0.0), 1.0)
     param = c5.number_input({"absolute": "t", "quantile": "q", "mean_std": "k"}[rule],
-                            value=float(st.query_params.get("mp_param", DEFAULT_PARAM[rule])),
-                            step=0.01 if rule != "mean_std" else 0.25, key=f"mp_param_{rule}",
+                            step=0.01 if rule != "mean_std" else 0.25, key=pkey,
                             min_value=0.0, max_value=1.0 if rule == "quantile" else None)
-    st.query_params["mp_param"] = str(param)
-    state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule")
+    state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule", pkey)
     layer = int(layers.set_index("layer_name").loc[name, "layer"])
     m = tr.attention_map(run_id, step, layer, branch)
     title = f"{name} · step {step} · {branch} · run {run_id}"
