@@ -135,6 +135,7 @@ class Tracer:
         self.on_step = on_step
         self.run_ids: list[str] = []
         self.run_dirs: list = []
+        self.next_run_id: str | None = None  # the id the next traced call's run gets (else a fresh one)
         self._active = False
         self.family = family_of(pipe)
         self.denoiser = self.family.denoiser(pipe)
@@ -222,7 +223,8 @@ class Tracer:
             "definitions": DEFINITIONS,
             **self.extra_attrs,
         }
-        self.writer = RunWriter(self.root, attrs)
+        run_id, self.next_run_id = self.next_run_id, None
+        self.writer = RunWriter(self.root, attrs, run_id=run_id)
         self.run_ids.append(self.writer.run_id)
         self.run_dirs.append(self.writer.dir)
         log.info("run %s started in %s", self.writer.run_id, self.writer.dir)

@@ -1,0 +1,210 @@
+"""Running a planned sweep: skip what is done, run the rest in this process or on a local process
+pool, then measure every run's metrics against its baseline. (A Dask executor is not done yet.)
+
+Each task writes its own run directory (``<sweep>-<key>``, retries ``<sweep>-<key>-r2`` …), so no
+two writers share a file, a rerun of the same spec skips keys with a complete run, and a run that
+another live process is writing is left alone. Results do not depend on the executor: every task
+loads the same pipeline, seeds its own generator and runs with the same number of torch threads.
+Tasks sharing a process take turns on its one pipeline (a lock), since a pipeline cannot be traced
+twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+from . import dims
+from .catalog import run_row
+from .store import list_run_dirs, run_dir, trace_root
+from .sweep import SweepSpec, Task, plan
+
+log = logging.getLogger(__name__)
+
+_PIPES: dict[str, tuple] = {}  # per process: model spec -> (pipe, preset, defaults)
+# One pipeline object per process is shared by every task there; a Dask worker may run tasks on
+# several threads at once, and a pipeline cannot be traced twice at the same time.
+_LOCK = threading.RLock()
+
+
+def _pipeline(model: str):
+    with _LOCK:
+        if model not in _PIPES:
+            from .models.presets import load_pipeline
+
+            _PIPES[model] = load_pipeline(model)
+        return _PIPES[model]
+
+
+def call_args(spec: SweepSpec, preset, defaults: dict) -> dict:
+    c = spec.call
+    call = dict(num_inference_steps=int(c.get("steps", defaults["steps"])),
+                num_frames=int(c.get("frames", defaults["frames"])),
+                guidance_scale=float(c.get("guidance", defaults["guidance"])), output_type="np")
+    for k in ("height", "width"):
+        v = c.get(k, defaults.get(k))
+        if v:
+            call[k] = int(v)
+    call.update(preset.call_kwargs if preset else {})
+    return call
+
+
+def run_task(job: dict) -> dict:
+    """Run one task in this process (pool workers call this); never raises."""
+    try:
+        with _LOCK:
+            return _run_locked(job)
+    except FileExistsError:
+        return {"run": job["run_id"], "ok": False, "error": "taken by another process"}
+    except Exception as e:  # noqa: BLE001 - reported in the summary; the run itself is marked failed
+        return {"run": job["run_id"], "ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def _run_locked(job: dict) -> dict:
+    import torch
+
+    from .trace import CaptureConfig, Tracer
+
+    torch.set_num_threads(job["threads"])
+    pipe, _, _ = _pipeline(job["model"])
+    tracer = Tracer(pipe, root=job["root"], config=CaptureConfig(**job["capture"]), perturb=job["perturb"],
+                    model=job["model"], attrs={"sweep": job["sweep"], "sweep_task": job["task"]})
+    tracer.next_run_id = job["run_id"]
+    with tracer:
+        pipe(job["prompt"], generator=torch.Generator().manual_seed(job["seed"]), **job["call"])
+    return {"run": job["run_id"], "ok": True}
+
+
+def attempts(root, sweep: str) -> dict[str, list[dict]]:
+    """Existing runs of a sweep by task key: [{run, state}, ...] in attempt order."""
+    pat = re.compile(rf"^{re.escape(sweep)}-([0-9a-f]{{12}})(?:-r(\d+))?$")
+    out: dict[str, list[dict]] = {}
+    for d in list_run_dirs(root):
+        m = pat.match(d.name)
+        if m:
+            row = run_row(d)
+            out.setdefault(m.group(1), []).append({"run": d.name, "state": row["state"],
+                                                   "attempt": int(m.group(2) or 1)})
+    for v in out.values():
+        v.sort(key=lambda a: a["attempt"])
+    return out
+
+
+def schedule(tasks: list[Task], root, sweep: str) -> tuple[list[tuple[Task, str]], dict]:
+    """(task, run id) pairs still to run, and counts of what is skipped and why."""
+    done = attempts(root, sweep)
+    todo, skipped = [], {"complete": 0, "running elsewhere": 0, "retried": 0}
+    for t in tasks:
+        prev = done.get(t.key, [])
+        states = [a["state"] for a in prev]
+        if dims.COMPLETE in states:
+            skipped["complete"] += 1
+        elif dims.RUNNING in states:
+            skipped["running elsewhere"] += 1
+        else:
+            rid = t.run_id(sweep) if not prev else f"{t.run_id(sweep)}-r{prev[-1]['attempt'] + 1}"
+            skipped["retried"] += bool(prev)
+            todo.append((t, rid))
+    return todo, skipped
+
+
+def completed_run(root, sweep: str, key: str) -> Path | None:
+    for a in attempts(root, sweep).get(key, []):
+        if a["state"] == dims.COMPLETE:
+            return run_dir(root, a["run"])
+    return None
+
+
+def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None = None, progress=None) -> dict:
+    """Plan, run what is missing, measure. ``progress(done, total, result)`` after every run."""
+    root = str(trace_root(root))
+    pipe, preset, defaults = _pipeline(spec.model)
+    from .layers import inventory
+    from .models.families import family_of
+
+    fam = family_of(pipe)
+    call = call_args(spec, preset, defaults)
+    tasks = plan(spec, inventory(fam.denoiser(pipe), fam), n_steps=call["num_inference_steps"])
+    todo, skipped = schedule(tasks, root, spec.name)
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    capture = {"layers": tuple(spec.capture.get("layers", ("self",))), "every": int(spec.capture.get("every", 1)),
+               "maps": bool(spec.capture.get("maps", True)), "grid": int(spec.capture.get("grid", 8))}
+    jobs = [dict(root=root, model=spec.model, sweep=spec.name, run_id=rid, prompt=t.prompt, seed=t.seed,
+                 perturb=list(t.perturb), call=call, capture=capture, threads=threads, task=asdict(t))
+            for t, rid in todo]
+    results = []
+
+    def note(r):
+        results.append(r)
+        if progress:
+            progress(len(results), len(jobs), r)
+
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(run_task, j) for j in jobs]):
+                note(fut.result())
+    else:
+        for j in jobs:
+            note(run_task(j))
+    measured = measure(spec, tasks, root)
+    failed = [r for r in results if not r["ok"]]
+    return {"sweep": spec.name, "planned": len(tasks), "ran": len(jobs), "ok": len(jobs) - len(failed),
+            "failed": failed, "skipped": skipped, "measured": measured, "root": root}
+
+
+def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
+    """Metrics of every complete run of the sweep (perturbed ones paired with their baseline)."""
+    from .metrics import measure_run
+
+    baselines = {(t.prompt, t.seed): completed_run(root, spec.name, t.key) for t in tasks if t.baseline}
+    n = 0
+    for t in tasks:
+        d = completed_run(root, spec.name, t.key)
+        if d is None:
+            continue
+        base = None if t.baseline else baselines.get((t.prompt, t.seed))
+        if "weight_free" in spec.metrics:
+            measure_run(d, base)
+        if "world" in spec.metrics:
+            world_metrics(d, t.prompt)
+        n += 1
+    return n
+
+
+def world_metrics(run_path: Path, prompt: str) -> None:
+    """The demo world's exact metrics of one run: whether the classifier reads the prompt's colour,
+    shape and motion from the video (1/0 per attribute)."""
+    import pandas as pd
+
+    from .catalog import write_run_metrics
+    from .metrics import run_video
+    from .models import world as W
+    from .models.demo_eval import DEFAULT_CLASSIFIER
+    from .models.world_classifier import HEADS, ClipClassifier
+
+    try:
+        target = W.parse_prompt(prompt).main
+    except ValueError:
+        log.warning("world metrics skipped for %s: not a demo-world prompt", run_path.name)
+        return
+    clf = _classifier(str(DEFAULT_CLASSIFIER), ClipClassifier)
+    pred = clf.predict(run_video(run_path)[None])
+    rows = pd.DataFrame([(f"world_{k}_correct", float(pred[k][0] == getattr(target, k)), None) for k in HEADS],
+                        columns=["metric", "value", "frame"])
+    write_run_metrics(run_path, rows)
+
+
+_CLASSIFIERS: dict = {}
+
+
+def _classifier(path: str, cls):
+    if path not in _CLASSIFIERS:
+        _CLASSIFIERS[path] = cls.load(Path(path))
+    return _CLASSIFIERS[path]
