@@ -126,6 +126,45 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .sweep import SweepSpec
+    from .sweep_exec import execute
+
+    d = {}
+    if args.spec:
+        d = SweepSpec.load(args.spec).as_dict()
+    over = {"name": args.name, "model": args.model, "seeds": args.seed, "layer_sets": args.layer_set,
+            "perturbations": args.perturbation, "windows": args.window, "metrics": args.metric}
+    d.update({k: v for k, v in over.items() if v})
+    if args.prompt or args.prompts:
+        d["prompts"] = _read_prompts(args)
+    if args.steps:
+        d["call"] = {**d.get("call", {}), "steps": args.steps}
+    d.setdefault("model", "demo")
+    spec = SweepSpec.from_dict(d)
+    bar = [None]
+
+    def progress(done, total, result):
+        if bar[0] is None:
+            bar[0] = tqdm(total=total, unit="run", disable=args.quiet, file=sys.stderr)
+        bar[0].update(1)
+        if not result["ok"]:
+            bar[0].write(f"failed: {result['run']}: {result['error']}")
+
+    summary = execute(spec, args.root, workers=args.workers, threads=args.threads, progress=progress)
+    if bar[0] is not None:
+        bar[0].close()
+    sk = summary["skipped"]
+    print(f"sweep {spec.name}: {summary['planned']} runs planned, {summary['ran']} run now ({summary['ok']} ok, "
+          f"{len(summary['failed'])} failed), {sk['complete']} already complete, {sk['running elsewhere']} running "
+          f"elsewhere, {sk['retried']} retried; metrics for {summary['measured']} runs in {summary['root']}")
+    for f in summary["failed"]:
+        print(f"  failed {f['run']}: {f['error']}")
+    return 1 if summary["failed"] else 0
+
+
 def cmd_metrics(args) -> int:
     from .metrics import measure_run
     from .store import list_run_dirs
@@ -324,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("sweep", help="perturbation sweep: prompts x seeds x layer sets x perturbations x windows")
+    _add_root(p)
+    p.add_argument("spec", nargs="?", help="sweep spec file (.toml or .json); flags below override its fields")
+    p.add_argument("--name", help="sweep id (part of every run id)")
+    p.add_argument("--model")
+    p.add_argument("--prompt", action="append", help="prompt (repeatable)")
+    p.add_argument("--prompts", help="prompts file, one per line")
+    p.add_argument("--seed", type=int, nargs="+")
+    p.add_argument("--layer-set", action="append", help="'each:SELECTION' (one run per layer) or 'SELECTION'")
+    p.add_argument("--perturbation", action="append", help="I, U or T=FACTOR (repeatable)")
+    p.add_argument("--window", action="append", help="'all' or A-B (repeatable)")
+    p.add_argument("--metric", action="append", help="weight_free, world (repeatable)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("metrics", help="weight-free video metrics of runs, stored in the catalog's metrics table")
     _add_root(p)

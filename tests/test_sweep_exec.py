@@ -55,3 +55,20 @@ def test_process_pool_gives_identical_runs(tmp_path):
     assert ids == sorted(p.name for p in (tmp_path / "pool" / "runs").iterdir())
     for rid in ids:
         assert np.array_equal(run_video(run_dir(tmp_path / "seq", rid)), run_video(run_dir(tmp_path / "pool", rid)))
+
+
+def test_sweep_cli(tmp_path, capsys):
+    from capture.cli import main
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "cli"\nmodel = "tiny-animatediff"\nprompts = ["a red circle moving left"]\n'
+                    'layer_sets = ["mid_block.*attn1"]\nperturbations = ["I"]\n'
+                    '[call]\nsteps = 2\nframes = 4\nheight = 32\nwidth = 32\n[capture]\nmaps = false\n')
+    assert main(["sweep", str(spec), "--root", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "2 runs planned, 2 run now (2 ok, 0 failed)" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--root", str(tmp_path / "r"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "0 run now" in out and "2 already complete" in out
+    assert main(["sweep", str(spec), "--root", str(tmp_path / "r"), "--metric", "nope"]) == 2
+    assert "unknown metric 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
