@@ -5,8 +5,7 @@
 
 import streamlit as st
 
-from dashboard import cache
-from dashboard.views import compare, layer_step, maps, notes_view, proportions, runs, selection
+from dashboard.views import common, compare, layer_step, maps, notes_view, proportions, runs, selection
 
 st.set_page_config(page_title="attnlens", page_icon="🔍", layout="wide")
 
@@ -21,8 +20,5 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-with st.sidebar:
-    st.caption(f"trace root: `{cache.root_path()}`")
-    if st.button("Reload root", key="reload_root", help="pick up new runs, notes and selections"):
-        cache.reload()
+common.sidebar()
 page.run()

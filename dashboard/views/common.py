@@ -17,6 +17,14 @@ def root() -> TraceRoot:
     return cache.root()
 
 
+def sidebar() -> None:
+    """The trace root in use and a button to pick up new runs, notes and selections."""
+    with st.sidebar:
+        st.caption(f"trace root: `{cache.root_path()}`")
+        if st.button("Reload root", key="reload_root", help="pick up new runs, notes and selections"):
+            cache.reload()
+
+
 def complete_runs(tr: TraceRoot) -> pd.DataFrame:
     return tr.runs(status=["complete"])
 
