@@ -7,7 +7,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """streamlit's AppTest runs scripts as sys.modules['__main__'] and leaves them there; a later
+    multiprocessing 'spawn' child would then re-run the dashboard script as its main module."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 ANIM_CALL = dict(num_frames=8, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=7.5)
 COG_CALL = dict(num_frames=9, height=64, width=64, num_inference_steps=3, output_type="np", guidance_scale=6.0,

@@ -33,7 +33,7 @@ def test_every_view_renders_in_chromium(tmp_path):
             assert page.locator('[data-testid="stException"]').count() == 0, view
             assert page.locator('[data-testid="stHeading"]').count() >= 1, view
             if view not in ("runs", "notes"):
-                assert page.locator(".js-plotly-plot").count() >= 1, view
+                page.wait_for_selector(".js-plotly-plot", timeout=30000)
             page.screenshot(path=str(SHOTS / f"{view}.png"), full_page=True)
         # state in the URL reopens the same view
         page.goto(f"{srv.url}/layer-step?ls_run={ids['b']}&ls_stat=energy")

@@ -26,17 +26,20 @@ class _Quiet:
 
 
 def test_training_resumes_bit_identically(tmp_path):
-    kw = dict(cfg=SMALL, vae_steps=3, unet_steps=3, batch=4, save_every=1, bar_factory=_Quiet)
+    kw = dict(cfg=SMALL, vae_steps=3, unet_steps=3, decoder_steps=2, batch=4, save_every=1, bar_factory=_Quiet)
     straight = train(tmp_path / "a", **kw)
     assert train(tmp_path / "b", stop_after=2, **kw) is None  # interrupted inside the VAE stage
     assert train(tmp_path / "b", stop_after=2, **kw) is None  # ... and again inside the UNet stage
+    assert train(tmp_path / "b", stop_after=3, **kw) is None  # ... and inside the decoder stage
     resumed = train(tmp_path / "b", **kw)
     for (name, p1), (_, p2) in zip(straight.unet.named_parameters(), resumed.unet.named_parameters()):
         assert torch.equal(p1, p2), name
     for (name, p1), (_, p2) in zip(straight.vae.named_parameters(), resumed.vae.named_parameters()):
         assert torch.equal(p1, p2), name
+    for (name, p1), (_, p2) in zip(straight.text_encoder.named_parameters(), resumed.text_encoder.named_parameters()):
+        assert torch.equal(p1, p2), name
     log = (tmp_path / "b" / "loss.csv").read_text().splitlines()
-    assert log[0] == "stage,step,loss,seconds" and len(log) == 1 + 6
+    assert log[0] == "stage,step,loss,seconds" and len(log) == 1 + 8
     frames = resumed("a small red circle moving left on a plain background", num_frames=8, height=32, width=32,
                      num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 8, 32, 32, 3) and np.isfinite(frames).all()
@@ -47,7 +50,8 @@ def test_fidelity_metrics_end_to_end_on_generated_clips(tmp_path):
     from capture.models.demo_eval import DEFAULT_CLASSIFIER, evaluate
     from capture.models.world_classifier import ClipClassifier
 
-    pipe = train(tmp_path / "m", cfg=SMALL, vae_steps=2, unet_steps=2, batch=4, save_every=10, bar_factory=_Quiet)
+    pipe = train(tmp_path / "m", cfg=SMALL, vae_steps=2, unet_steps=2, decoder_steps=1, batch=4, save_every=10,
+                 bar_factory=_Quiet)
     pipe.set_progress_bar_config(disable=True)
     rep = evaluate(pipe, ClipClassifier.load(DEFAULT_CLASSIFIER), clips=4, steps=2, random_pipe=pipe)
     assert set(rep["accuracy"]) == {"colour", "shape", "motion"}
