@@ -53,6 +53,42 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "run", default_index: in
     return st.selectbox(label, ids, key=key, format_func=run_label(runs))
 
 
+def pick_runs(runs: pd.DataFrame, key: str, label: str, empty: str):
+    """A multiselect of complete runs whose choice lives in the URL; None (after a message) when
+    there is nothing to show."""
+    ids = list(runs["run"])
+    if not ids:
+        st.info("No complete runs in this trace root yet.")
+        return None
+    chosen = st.multiselect(label, ids, format_func=run_label(runs),
+                            key=state.init(key, ids[:1], options=ids, multi=True))
+    if not chosen:
+        st.info(empty)
+        return None
+    return chosen
+
+
+def note_form(root_dir, prefix: str, target: str | None = None, targets=None, format_func=str) -> None:
+    """A form adding a note to ``target``, or to one chosen among ``targets``; widget keys start
+    with ``prefix`` (``{prefix}_author``, ``_tags``, ``_text``, ``_submit``, ``_target``)."""
+    from .. import notes
+
+    with st.form(f"{prefix}_form", clear_on_submit=True):
+        if target is None:
+            target = st.selectbox("on", targets, key=f"{prefix}_target", format_func=format_func)
+        a, b = st.columns([1, 2])
+        author = a.text_input("your name", key=f"{prefix}_author")
+        tags = b.text_input("tags (comma separated)", key=f"{prefix}_tags")
+        text = st.text_area("note", key=f"{prefix}_text", height=80)
+        if st.form_submit_button("Add note", key=f"{prefix}_submit"):
+            try:
+                notes.add_note(root_dir, target, text, author=author, tags=notes.parse_tags(tags))
+                st.success("note added")
+                st.rerun()
+            except ValueError as e:
+                st.error(str(e))
+
+
 def unavailable(e: Exception) -> None:
     st.warning(f"⚠ {e}", icon=None)
 

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from .. import notes, state
-from .common import root, run_label
+from .common import note_form, root, run_label
 
 
 def render() -> None:
@@ -30,17 +30,5 @@ def render() -> None:
         return
     st.subheader("Add a note")
     fmt = run_label(runs)
-    with st.form("nt_form", clear_on_submit=True):
-        target = st.selectbox("on", targets, key="nt_target",
-                              format_func=lambda t: t if t.startswith("selection:") else fmt(t))
-        a, b = st.columns([1, 2])
-        author = a.text_input("your name", key="nt_author")
-        tag_text = b.text_input("tags (comma separated)", key="nt_tags")
-        text = st.text_area("note", key="nt_text", height=80)
-        if st.form_submit_button("Add note", key="nt_submit"):
-            try:
-                notes.add_note(tr.root, target, text, author=author, tags=notes.parse_tags(tag_text))
-                st.success("note added")
-                st.rerun()
-            except ValueError as e:
-                st.error(str(e))
+    note_form(tr.root, "nt", targets=targets,
+              format_func=lambda t: t if t.startswith("selection:") else fmt(t))

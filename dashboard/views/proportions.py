@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from .. import cache, figures, rules, state
-from .common import complete_runs, guard, root, run_label, show
+from .common import complete_runs, guard, pick_runs, root, show
 
 ALL_STEPS = "all steps"
 
@@ -19,16 +19,10 @@ def render() -> None:
 def _body() -> None:
     tr = root()
     runs = complete_runs(tr)
-    ids = list(runs["run"])
-    if not ids:
-        st.info("No complete runs in this trace root yet.")
+    chosen = pick_runs(runs, "pr_runs", "runs (the mean over them is shown)", "Choose at least one run.")
+    if chosen is None:
         return
     path = str(tr.root)
-    chosen = st.multiselect("runs (the mean over them is shown)", ids, format_func=run_label(runs),
-                            key=state.init("pr_runs", ids[:1], options=ids, multi=True))
-    if not chosen:
-        st.info("Choose at least one run.")
-        return
     c1, c2, c3, c4, c5, c6 = st.columns(6)
     step_opts = [ALL_STEPS] + [str(s) for s in cache.steps(path, chosen[0])["step"]]
     step = c1.selectbox("step", step_opts, key=state.init("pr_step", ALL_STEPS, options=step_opts))

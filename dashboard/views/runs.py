@@ -8,7 +8,7 @@ import streamlit as st
 
 from .. import notes, state
 from ..data import RunUnavailable
-from .common import root, run_label, unavailable
+from .common import note_form, root, run_label, unavailable
 
 STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
 COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "steps", "frames", "height", "width",
@@ -67,15 +67,4 @@ def render() -> None:
     for n in notes.list_notes(tr.root, run_id):
         tags = " ".join(f"`{t}`" for t in n.tags)
         st.markdown(f"**{n.author or 'anonymous'}** · {n.created[:16].replace('T', ' ')} · {tags}\n\n{n.text}")
-    with st.form("runs_note_form", clear_on_submit=True):
-        a, b = st.columns([1, 2])
-        author = a.text_input("your name", key="runs_note_author")
-        tags = b.text_input("tags (comma separated)", key="runs_note_tags")
-        text = st.text_area("note", key="runs_note_text", height=80)
-        if st.form_submit_button("Add note", key="runs_note_submit"):
-            try:
-                notes.add_note(tr.root, run_id, text, author=author, tags=notes.parse_tags(tags))
-                st.success("note added")
-                st.rerun()
-            except ValueError as e:
-                st.error(str(e))
+    note_form(tr.root, "runs_note", target=run_id)

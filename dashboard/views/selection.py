@@ -10,7 +10,7 @@ from capture.selection import Selection, SelectionError, apply_rule
 
 from .. import cache, figures, notes, rules, state
 from ..data import STATS
-from .common import complete_runs, guard, root, run_label, show
+from .common import complete_runs, guard, pick_runs, root, show
 
 RULE_KINDS = ["top", "bottom", "threshold", "names"]
 KINDS = ["any", "spatial", "temporal", "cross", "joint"]
@@ -24,16 +24,10 @@ def render() -> None:
 def _body() -> None:
     tr = root()
     runs = complete_runs(tr)
-    ids = list(runs["run"])
-    if not ids:
-        st.info("No complete runs in this trace root yet.")
+    chosen = pick_runs(runs, "sel_runs", "calibration runs", "Choose at least one calibration run.")
+    if chosen is None:
         return
     path = str(tr.root)
-    chosen = st.multiselect("calibration runs", ids, format_func=run_label(runs),
-                            key=state.init("sel_runs", ids[:1], options=ids, multi=True))
-    if not chosen:
-        st.info("Choose at least one calibration run.")
-        return
     models = sorted(set(runs.set_index("run").loc[chosen, "model"].astype(str)))
     if len(models) > 1:
         st.warning(f"The calibration runs come from different models ({', '.join(models)}); layers are matched by name.")
