@@ -5,7 +5,9 @@ the process that owns the run; the catalog is an in-memory DuckDB database over 
 the runs' attributes, so it never has a file that two captures could both write, and it can always
 be rebuilt from the stores (``rebuild``). Tables:
 
-- ``runs``: one row per run directory (any status).
+- ``runs``: one row per run directory (any status); a sweep's runs also say what the sweep planned
+  (``sweep_layer_set``, ``sweep_layers`` comma-joined, ``sweep_perturbation`` such as I, U or T=0.5,
+  ``sweep_window``; all NULL for its baselines).
 - ``stats``: one row per (run, step, layer, branch, part, head) of complete runs.
 - ``metrics``: long-form video metrics (run, metric, value, frame, baseline) from each run's
   ``metrics.parquet``; ``frame`` is NULL for per-video values, ``baseline`` the paired run if any.
@@ -37,7 +39,7 @@ METRIC_COLUMNS = ["run", "metric", "value", "frame", "baseline"]
 RUN_COLUMNS = [
     "run", "status", "state", "model", "family", "prompt", "negative_prompt", "seed", "steps", "frames", "height",
     "width", "guidance", "perturbation", "capture_mode", "layers_captured", "steps_captured", "created", "finished",
-    "seconds", "error", "sweep", "path",
+    "seconds", "error", "sweep", "sweep_layer_set", "sweep_layers", "sweep_perturbation", "sweep_window", "path",
 ]
 STATS_COLUMNS = [
     "run", dims.STEP, dims.TIMESTEP, dims.LAYER, dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART, dims.HEAD,
@@ -122,6 +124,9 @@ def run_row(run_dir: Path) -> dict:
         steps_captured=a.get("steps_captured"), created=a.get("created"), finished=a.get("finished"),
         seconds=a.get("seconds"), error=a.get("error"), sweep=a.get("sweep"),
     )
+    task = a.get("sweep_task") or {}  # what a sweep planned for this run (capture.sweep.Task)
+    row.update(sweep_layer_set=task.get("layer_set"), sweep_layers=",".join(task.get("layers") or ()) or None,
+               sweep_perturbation=task.get("perturbation"), sweep_window=task.get("window"))
     return row
 
 

@@ -127,10 +127,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tqdm.auto import tqdm
-
     from .sweep import SweepSpec
-    from .sweep_exec import execute
 
     d = {}
     if args.spec:
@@ -144,6 +141,16 @@ def cmd_sweep(args) -> int:
         d["call"] = {**d.get("call", {}), "steps": args.steps}
     d.setdefault("model", "demo")
     spec = SweepSpec.from_dict(d)
+    summary = _run_sweep(spec, args)
+    return 1 if summary["failed"] else 0
+
+
+def _run_sweep(spec, args) -> dict:
+    """Execute a sweep with a progress bar over runs; prints the summary line and failures."""
+    from tqdm.auto import tqdm
+
+    from .sweep_exec import execute
+
     bar = [None]
 
     def progress(done, total, result):
@@ -162,7 +169,29 @@ def cmd_sweep(args) -> int:
           f"elsewhere, {sk['retried']} retried; metrics for {summary['measured']} runs in {summary['root']}")
     for f in summary["failed"]:
         print(f"  failed {f['run']}: {f['error']}")
-    return 1 if summary["failed"] else 0
+    return summary
+
+
+def cmd_study(args) -> int:
+    from .catalog import Catalog
+    from .store import trace_root
+    from .study import DEMO_PROMPTS, study_spec, write_report
+
+    prompts = _read_prompts(args) if (args.prompt or args.prompts) else DEMO_PROMPTS
+    spec = study_spec(args.name, args.model, prompts, tuple(args.seed), args.steps)
+    failed = False
+    if not args.report_only:
+        failed = bool(_run_sweep(spec, args)["failed"])
+    parts = ["attnlens study", f"--name {spec.name}", f"--model {spec.model}", f"--out {args.out}",
+             "--seed " + " ".join(map(str, spec.seeds))]
+    if args.steps:
+        parts.append(f"--steps {args.steps}")
+    if args.prompts:
+        parts.append(f"--prompts {args.prompts}")
+    parts += [f'--prompt "{p}"' for p in (args.prompt or [])]
+    path = write_report(Catalog(trace_root(args.root)), spec.name, args.out, command=" ".join(parts))
+    print(f"report: {path}")
+    return 1 if failed else 0
 
 
 def cmd_metrics(args) -> int:
@@ -381,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("study", help="the paper's one-layer-at-a-time I/U study and its Markdown report")
+    _add_root(p)
+    p.add_argument("--out", default="docs/study", help="report directory (README.md, figures, CSV)")
+    p.add_argument("--name", default="paper-study", help="sweep id (rerun to resume)")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--prompt", action="append", help="prompt (repeatable; default: four demo-world prompts)")
+    p.add_argument("--prompts", help="prompts file, one per line")
+    p.add_argument("--seed", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--report-only", action="store_true", help="only re-render the report from the root")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("metrics", help="weight-free video metrics of runs, stored in the catalog's metrics table")
     _add_root(p)

@@ -132,7 +132,8 @@ def _load_checkpoint(path: Path, stage: str, model, opt, rng) -> int:
     params = dict(model.named_parameters())
     for name, p in params.items():
         if f"opt.{name}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"opt.{name}.exp_avg"], "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
+            opt.state[p] = {"exp_avg": tensors[f"opt.{name}.exp_avg"].to(p.device),
+                            "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"].to(p.device),
                             "step": tensors[f"opt.{name}.step"].reshape(())}
     rng.bit_generator.state = state["numpy_rng"]
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
@@ -158,9 +159,11 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
            budget: list[int], after_step=None) -> bool:
     """Train one stage to `steps`, resuming from its checkpoint; False if budget[0] (steps this
     invocation may still run) ran out first, after saving a checkpoint. ``model`` is everything the
-    checkpoint holds (e.g. live and averaged weights); ``params`` what the optimizer moves;
+    checkpoint holds (e.g. live and averaged weights); ``params`` what the optimizer moves (a list of
+    tensors, or of param groups whose optional "lr_mult" scales the schedule's learning rate);
     ``after_step(step)`` runs after each optimizer step (e.g. the moving-average update)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    flat = [p for g in opt.param_groups for p in g["params"]]
     start = _load_checkpoint(out / "checkpoint", name, model, opt, rng)
     if start:
         log.info("%s: resuming at step %d", name, start)
@@ -174,11 +177,11 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
         budget[0] -= 1
         lr_now = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))  # warm-up + cosine
         for g in opt.param_groups:
-            g["lr"] = lr_now
+            g["lr"] = lr_now * g.get("lr_mult", 1.0)
         loss = loss_fn(*batch_fn())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(flat, 1.0)
         opt.step()
         if after_step is not None:
             after_step(step)
@@ -194,10 +197,12 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
 
 def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, unet_steps: int = 2800,
           decoder_steps: int = 800,
-          batch: int = 16, lr: float = 6e-4, ema_decay: float = 0.999, seed: int = 0, save_every: int = 200,
-          bar_factory=None, stop_after: int | None = None):
+          batch: int = 16, lr: float = 6e-4, motion_lr_mult: float = 1.0, motion_loss: float = 0.0, ema_decay: float = 0.999, seed: int = 0,
+          save_every: int = 200, device: str = "cpu", bar_factory=None, stop_after: int | None = None):
     """Train both stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
-    None when ``stop_after`` steps (over both stages) ran first — run again to continue."""
+    None when ``stop_after`` steps (over both stages) ran first — run again to continue.
+    ``motion_lr_mult`` scales the learning rate of the motion modules (temporal attention);
+    ``device`` is where the models train (data is rendered on the CPU)."""
     from diffusers import AnimateDiffPipeline
 
     if bar_factory is None:
@@ -206,16 +211,21 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "vae_steps": vae_steps,
                                                  "unet_steps": unet_steps, "decoder_steps": decoder_steps,
-                                                 "batch": batch, "lr": lr,
+                                                 "batch": batch, "lr": lr, "motion_lr_mult": motion_lr_mult,
+                                                 "motion_loss": motion_loss,
                                                  "ema_decay": ema_decay, "seed": seed}, indent=1))
     vae, unet, adapter, text_encoder, tokenizer, scheduler = build_components(cfg, seed)
+    dev = torch.device(device)
+    vae.to(dev)
+    unet.to(dev)
+    text_encoder.to(dev)
     rng = np.random.default_rng(seed)
     log_csv = _LossLog(out / "loss.csv")
     budget = [stop_after if stop_after is not None else vae_steps + unet_steps + decoder_steps]
 
     def vae_batch():
         x, _ = _clips(rng, max(1, batch // 2), cfg)
-        return (x.reshape(-1, *x.shape[2:]),)  # frames as images
+        return (x.reshape(-1, *x.shape[2:]).to(dev),)  # frames as images
 
     def vae_loss(x):
         post = vae.encode(x).latent_dist
@@ -226,34 +236,31 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
                   log_csv, bar_factory, budget):
         return None
     vae.eval().requires_grad_(False)
-    scale = latent_scale(vae, cfg, seed)
+    scale = latent_scale(vae, cfg, seed, device=dev)
     vae.register_to_config(scaling_factor=scale)
     log.info("VAE latent scaling factor %.4f", scale)
 
     live = torch.nn.ModuleDict({"unet": unet, "text": text_encoder})
     ema = copy.deepcopy(live).requires_grad_(False)
     held = torch.nn.ModuleDict({"live": live, "ema": ema})
-    alphas = scheduler.alphas_cumprod
+    alphas = scheduler.alphas_cumprod.to(dev)
 
     @torch.no_grad()
     def unet_batch():
         x, prompts = _clips(rng, batch, cfg)  # (B, F, 3, H, W)
+        x = x.to(dev)
         B, Fr = x.shape[:2]
         lat = vae.encode(x.reshape(B * Fr, *x.shape[2:])).latent_dist.mean * scale
         lat = lat.reshape(B, Fr, *lat.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
         prompts = [p if rng.random() > 0.1 else "" for p in prompts]
         ids = tokenizer(prompts, padding="max_length", max_length=cfg.text_tokens, truncation=True,
-                        return_tensors="pt").input_ids
-        t = torch.from_numpy(rng.integers(0, cfg.train_timesteps, B))
-        noise = torch.from_numpy(rng.standard_normal(lat.shape).astype(np.float32))
+                        return_tensors="pt").input_ids.to(dev)
+        t = torch.from_numpy(rng.integers(0, cfg.train_timesteps, B)).to(dev)
+        noise = torch.from_numpy(rng.standard_normal(lat.shape).astype(np.float32)).to(dev)
         return scheduler.add_noise(lat, noise, t), t, ids, noise
 
     def unet_loss(noisy, t, ids, noise):
-        text = text_encoder(ids)[0].repeat_interleave(noisy.shape[2], dim=0)
-        pred = unet(noisy, t, encoder_hidden_states=text).sample
-        snr = alphas[t] / (1 - alphas[t])
-        weight = snr.clamp(max=5.0) / snr  # min-SNR-5 for noise prediction
-        return (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4)) * weight).mean()
+        return denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise, motion_loss)
 
     @torch.no_grad()
     def ema_update(step):
@@ -262,7 +269,10 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
             pe.lerp_(p, 1 - decay)
 
     text_encoder.train()
-    params = [p for p in live.parameters() if p.requires_grad]
+    motion = {id(p) for name, p in unet.named_parameters() if "motion_modules" in name}
+    params = [{"params": [p for p in live.parameters() if p.requires_grad and id(p) not in motion]},
+              {"params": [p for p in live.parameters() if p.requires_grad and id(p) in motion],
+               "lr_mult": motion_lr_mult}]
     if not _stage("unet", held, params, unet_steps, lr, unet_batch, unet_loss, out, rng, save_every, log_csv,
                   bar_factory, budget, after_step=ema_update):
         return None
@@ -283,8 +293,22 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     vae.eval().requires_grad_(False)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                motion_adapter=None, scheduler=scheduler)
-    pipe.to(torch.float16).save_pretrained(out / "pipeline")
+    pipe.to("cpu", torch.float16).save_pretrained(out / "pipeline")
     return pipe.to(torch.float32)
+
+
+def denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise, motion_weight: float = 0.0):
+    """Noise-prediction MSE with min-SNR-5 weighting, plus ``motion_weight`` times the MSE of the
+    prediction's frame-to-frame differences: an error that is the same in every frame adds nothing
+    to that term, so it up-weights what changes between frames (where the motion is)."""
+    text = text_encoder(ids)[0].repeat_interleave(noisy.shape[2], dim=0)
+    pred = unet(noisy, t, encoder_hidden_states=text).sample  # (B, C, F, h, w)
+    snr = alphas[t] / (1 - alphas[t])
+    weight = snr.clamp(max=5.0) / snr  # min-SNR-5 for noise prediction
+    err = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
+    if motion_weight:
+        err = err + motion_weight * F.mse_loss(pred.diff(dim=2), noise.diff(dim=2), reduction="none").mean(dim=(1, 2, 3, 4))
+    return (err * weight).mean()
 
 
 def reconstruction_loss(rec, x):
@@ -294,11 +318,11 @@ def reconstruction_loss(rec, x):
 
 
 @torch.no_grad()
-def latent_scale(vae, cfg: DemoConfig, seed: int, clips: int = 32) -> float:
+def latent_scale(vae, cfg: DemoConfig, seed: int, clips: int = 32, device=None) -> float:
     """1 / std of the VAE's latent means over fresh training clips (its own RNG: resumable runs
     and fresh runs get the same value)."""
     x, _ = _clips(np.random.default_rng([seed, 1]), clips, cfg)
-    lat = vae.encode(x.reshape(-1, *x.shape[2:])).latent_dist.mean
+    lat = vae.encode(x.reshape(-1, *x.shape[2:]).to(device or "cpu")).latent_dist.mean
     return float(1.0 / lat.std())
 
 
@@ -309,13 +333,19 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-steps", type=int, default=2800)
     ap.add_argument("--decoder-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=6e-4, help="denoiser learning rate")
+    ap.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate factor for the motion modules")
+    ap.add_argument("--motion-loss", type=float, default=0.0,
+                    help="weight of the frame-difference term of the denoiser loss")
+    ap.add_argument("--device", default="cpu", help="where to train, e.g. cuda (data is rendered on the CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--stop-after", type=int, help="run at most this many steps now, then checkpoint and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     pipe = train(Path(args.out), vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                 decoder_steps=args.decoder_steps, batch=args.batch,
+                 decoder_steps=args.decoder_steps, batch=args.batch, lr=args.lr,
+                 motion_lr_mult=args.motion_lr_mult, motion_loss=args.motion_loss, device=args.device,
                  seed=args.seed, save_every=args.save_every, stop_after=args.stop_after)
     if pipe is None:
         print(f"stopped after {args.stop_after} steps; run the same command again to continue")
