@@ -5,7 +5,7 @@
 
 import streamlit as st
 
-from dashboard.views import common, compare, layer_step, maps, notes_view, proportions, runs, selection
+from dashboard.views import common, compare, layer_step, maps, notes_view, perturbation, proportions, runs, selection
 
 st.set_page_config(page_title="attnlens", page_icon="🔍", layout="wide")
 
@@ -15,6 +15,7 @@ PAGES = [
     st.Page(proportions.render, title="Proportions", url_path="proportions"),
     st.Page(maps.render, title="Attention maps", url_path="maps"),
     st.Page(compare.render, title="Compare", url_path="compare"),
+    st.Page(perturbation.render, title="Perturbation study", url_path="perturbation"),
     st.Page(selection.render, title="Layer selection", url_path="selection"),
     st.Page(notes_view.render, title="Notes", url_path="notes"),
 ]

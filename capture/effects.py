@@ -23,7 +23,7 @@ PAIRED = ("psnr_mean", "ssim_mean")
 LABELS = {
     "ssim_mean": "SSIM vs baseline",
     "psnr_mean": "PSNR vs baseline (dB)",
-    "temporal_flicker": "Δ temporal flicker",
+    "temporal_flicker": "Δ flickering score (higher = steadier)",
     "motion_amount_mean": "Δ motion amount",
     "sharpness_mean": "Δ sharpness",
     "world_colour_correct": "Δ colour read correctly",

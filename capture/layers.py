@@ -112,3 +112,4 @@ def resolve_names(layers: list[LayerInfo], names: list[str]) -> list[LayerInfo]:
                           for m in missing[:3])
         raise LayerSelectionError(f"{len(missing)} unknown layer name(s): {hints}")
     return [by_name[n] for n in names]
+

@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import dims
 from . import effects as E
+from .naming import short_name
 from .sweep import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,6 @@ def _plt():
     return plt
 
 
-def _short(name: str) -> str:
-    return (name.replace("down_blocks.", "d").replace("up_blocks.", "u").replace("mid_block", "mid")
-            .replace(".attentions.", ".a").replace(".motion_modules.", ".m").replace(".transformer_blocks.", ".t"))
-
-
 def _kinds(summ):
     return [k for k in ("spatial", "temporal", "joint") if k in set(summ["kind"])]
 
@@ -85,7 +81,7 @@ def fig_layers(summ: pd.DataFrame, metric: str, path: Path) -> None:
         for i, p in enumerate(sorted(set(d["perturbation"]))):
             v = d[d["perturbation"] == p].set_index("layer_name").reindex(names)
             ax.bar(x + (i - 0.5) * 0.4, v["effect"], 0.4, yerr=v["effect_std"], label=p, capsize=2)
-        ax.set_xticks(x, [_short(n) for n in names], rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, [short_name(n) for n in names], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(E.label(metric))
         ax.set_title(f"{kind} layers")
         ax.legend(title="map replaced by", fontsize=8, loc="lower left")
@@ -141,7 +137,7 @@ def _table(df: pd.DataFrame, cols: dict, fmt: str = "{:.3f}") -> str:
         for c in cols:
             v = r[c]
             if c == "layer_name":
-                cells.append(f"`{_short(v)}`")
+                cells.append(f"`{short_name(v)}`")
             elif isinstance(v, (float, np.floating)):
                 cells.append(fmt.format(v))
             else:

@@ -75,3 +75,8 @@ def branches(path: str, run_id: str):
 @st.cache_data(show_spinner=False, ttl=120, max_entries=64)
 def heads(path: str, run_id: str):
     return _open(path).heads(run_id)
+
+
+@st.cache_data(show_spinner=False, ttl=120, max_entries=32)
+def study(path: str, sweep: str, branch: str = "cond"):
+    return _open(path).study(sweep, branch)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from capture import dims
+from capture import effects
 from capture.catalog import STATS_FILE, Catalog
 from capture.store import RUNS_DIR, STORE_NAME, StoreError, read_attrs
 
@@ -268,6 +269,27 @@ class TraceRoot:
         m = np.asarray(meta["maps"][dims.ENTROPY_MAP][i, li, bi])[:, :gy, :gx]
         keep = np.isfinite(m).any(axis=(1, 2))
         return m[keep]
+
+    # -- perturbation studies (sweeps) -----------------------------------------------------------
+    def sweeps(self) -> pd.DataFrame:
+        """Sweeps with complete runs: sweep, single_layer (one-layer runs), baselines, model."""
+        return effects.sweeps(self.catalog)
+
+    def study(self, sweep: str, branch: str = "cond") -> pd.DataFrame:
+        """Per (layer, kind, perturbation, window, metric): mean effect over prompts and seeds,
+        its spread and count, and the layer's normalized entropy in the baseline runs."""
+        return effects.with_entropy(effects.layer_summary(effects.layer_effects(self.catalog, sweep)),
+                                    effects.layer_entropy(self.catalog, sweep, branch=branch))
+
+    def study_pairs(self, sweep: str, layer_name: str, perturbation: str) -> pd.DataFrame:
+        """The (perturbed run, baseline run, prompt, seed) pairs of one layer and perturbation, with
+        every per-video metric's effect as a column."""
+        e = effects.layer_effects(self.catalog, sweep)
+        e = e[(e["layer_name"] == layer_name) & (e["perturbation"] == perturbation)]
+        if e.empty:
+            return pd.DataFrame(columns=["run", "baseline_run", "prompt", "seed"])
+        return e.pivot_table(index=["run", "baseline_run", "prompt", "seed"], columns="metric",
+                             values="effect").reset_index()
 
     def video_file(self, run_id: str) -> Path | None:
         d = self.run_dir(run_id)

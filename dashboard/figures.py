@@ -12,19 +12,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from capture import dims
+from capture import effects as E
+from capture.naming import short_name
 
 from . import rules
 from .data import KIND_ORDER, MapData, pivot
 
 KIND_COLOURS = {"spatial": "#1f77b4", "temporal": "#2ca02c", "cross": "#9467bd", "joint": "#ff7f0e"}
 _FONT = dict(size=11)
-
-
-def short_name(name: str) -> str:
-    """A compact label for a qualified module name (hover text keeps the full name)."""
-    return (name.replace("down_blocks.", "d").replace("up_blocks.", "u").replace("mid_block.", "mid.")
-            .replace("attentions.", "a").replace("motion_modules.", "m").replace("transformer_blocks.", "t")
-            .replace("temporal_transformer_blocks.", "tt"))
 
 
 def layer_step_heatmap(df: pd.DataFrame, *, label: str, title: str, diverging: bool = False) -> go.Figure:
@@ -189,6 +184,83 @@ def layer_diff_bars(df: pd.DataFrame, *, label: str, title: str) -> go.Figure:
                            hovertemplate="%{customdata}<br>" + label + " %{y:.4g}<extra></extra>"))
     fig.update_xaxes(tickangle=-60, tickfont=dict(size=8))
     fig.update_layout(title=title, height=420, font=_FONT, yaxis_title=label, margin=dict(l=10, r=10, t=60, b=120))
+    return fig
+
+
+PERTURBATION_COLOURS = {"I": "#1f77b4", "U": "#ff7f0e"}
+
+
+def _study_kinds(df: pd.DataFrame) -> list[str]:
+    return sorted(set(df["kind"].dropna()), key=lambda k: KIND_ORDER.get(k, 99))
+
+
+def _pert_colour(p: str, i: int) -> str:
+    return PERTURBATION_COLOURS.get(p, ["#2ca02c", "#d62728", "#9467bd", "#8c564b"][i % 4])
+
+
+def effect_bars(df: pd.DataFrame, metric: str, *, title: str) -> go.Figure:
+    """Per-layer mean effect (``capture.effects.layer_summary`` rows of one metric), one row of
+    bars per layer kind, perturbations side by side, ± one standard deviation over prompts/seeds."""
+    if df.empty:
+        return _empty(title, "no measured one-layer runs")
+    kinds = _study_kinds(df)
+    fig = make_subplots(rows=len(kinds), cols=1, subplot_titles=[f"{k} layers" for k in kinds], vertical_spacing=0.18)
+    for r, kind in enumerate(kinds, start=1):
+        d = df[df["kind"] == kind]
+        names = list(dict.fromkeys(d[dims.LAYER_NAME]))
+        for i, p in enumerate(sorted(set(d["perturbation"]))):
+            v = d[d["perturbation"] == p].set_index(dims.LAYER_NAME).reindex(names)
+            fig.add_trace(go.Bar(x=[short_name(n) for n in names], y=v["effect"], name=p, legendgroup=p,
+                                 showlegend=r == 1, marker_color=_pert_colour(p, i), customdata=names,
+                                 error_y=dict(type="data", array=v["effect_std"].fillna(0), thickness=1),
+                                 hovertemplate="%{customdata}<br>" + p + ": %{y:.4g}<extra></extra>"), row=r, col=1)
+        fig.update_yaxes(title_text=E.label(metric), row=r, col=1)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=8))
+    fig.update_layout(title=title, barmode="group", height=300 * len(kinds) + 80, font=_FONT,
+                      legend_title_text="map replaced by", margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def effect_histograms(df: pd.DataFrame, metric: str, *, title: str) -> go.Figure:
+    """How the per-layer effect is distributed (the paper's Figure 2): one panel per layer kind,
+    perturbations overlaid."""
+    if df.empty:
+        return _empty(title, "no measured one-layer runs")
+    kinds = _study_kinds(df)
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[f"{k} layers" for k in kinds])
+    lo, hi = float(df["effect"].min()), float(df["effect"].max())
+    size = (hi - lo) / 15 if hi > lo else 1.0
+    for c, kind in enumerate(kinds, start=1):
+        for i, p in enumerate(sorted(set(df["perturbation"]))):
+            v = df[(df["kind"] == kind) & (df["perturbation"] == p)]
+            fig.add_trace(go.Histogram(x=v["effect"], name=p, legendgroup=p, showlegend=c == 1, opacity=0.65,
+                                       marker_color=_pert_colour(p, i), xbins=dict(start=lo, end=hi + size, size=size)),
+                          row=1, col=c)
+        fig.update_xaxes(title_text=E.label(metric), row=1, col=c)
+    fig.update_yaxes(title_text="layers", row=1, col=1)
+    fig.update_layout(title=title, barmode="overlay", height=360, font=_FONT, legend_title_text="map replaced by",
+                      margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def entropy_scatter(df: pd.DataFrame, metric: str, *, title: str) -> go.Figure:
+    """Layer entropy (baseline runs) against the layer's mean effect, one panel per kind; the
+    legend gives Spearman's ρ per perturbation."""
+    if df.empty:
+        return _empty(title, "no measured one-layer runs")
+    kinds = _study_kinds(df)
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[f"{k} layers" for k in kinds])
+    for c, kind in enumerate(kinds, start=1):
+        for i, p in enumerate(sorted(set(df["perturbation"]))):
+            v = df[(df["kind"] == kind) & (df["perturbation"] == p)]
+            rho = E.rank_correlation(v["entropy"], v["effect"])
+            fig.add_trace(go.Scatter(x=v["entropy"], y=v["effect"], mode="markers", marker=dict(
+                color=_pert_colour(p, i), size=8), name=f"{p} · {kind} ρ = {rho:+.2f}" if rho is not None else
+                f"{p} · {kind}", customdata=v[dims.LAYER_NAME], hovertemplate=(
+                "%{customdata}<br>entropy %{x:.3f}<br>" + p + ": %{y:.4g}<extra></extra>")), row=1, col=c)
+        fig.update_xaxes(title_text="normalized entropy (baseline)", row=1, col=c)
+    fig.update_yaxes(title_text=E.label(metric), row=1, col=1)
+    fig.update_layout(title=title, height=380, font=_FONT, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 

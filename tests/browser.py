@@ -16,7 +16,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run"]
 # view -> URL path ("" is the default page, Runs)
 VIEWS = {"runs": "", "layer-step": "layer-step", "proportions": "proportions", "maps": "maps", "compare": "compare",
-         "selection": "selection", "notes": "notes"}
+         "perturbation": "perturbation", "selection": "selection", "notes": "notes"}
 
 
 def free_port() -> int:

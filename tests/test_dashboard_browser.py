@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .dashboard_root import make_root
+from .study_root import make_study_root
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +22,7 @@ def test_every_view_renders_in_chromium(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
     ids = make_root(tmp_path)
+    make_study_root(tmp_path)  # a small sweep for the Perturbation study view
     SHOTS.mkdir(parents=True, exist_ok=True)
     with Server(tmp_path) as srv, pw.sync_playwright() as p:
         browser = launch(p)

@@ -106,6 +106,18 @@ def show(fig, data: pd.DataFrame | None, name: str, key: str) -> None:
                            mime="text/csv", key=f"csv_{key}")
 
 
+def video(tr: TraceRoot, run_id: str, caption: str, width: int = 256) -> None:
+    """A run's stored video (GIF as an image, MP4 as a player), or a note that it has none."""
+    v = tr.video_file(run_id)
+    if v is None:
+        st.caption(f"{caption}: no stored video")
+    elif v.suffix == ".gif":
+        st.image(str(v), caption=caption, width=width)
+    else:
+        st.video(str(v))
+        st.caption(caption)
+
+
 def guard(fn):
     """Run a view body; a run that cannot be read becomes a message, not a traceback."""
     try:

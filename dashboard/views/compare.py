@@ -9,7 +9,7 @@ from capture import dims
 
 from .. import cache, figures, rules, state
 from ..data import STATS
-from .common import complete_runs, guard, pick_run, root, show, unavailable
+from .common import complete_runs, guard, pick_run, root, show, unavailable, video
 
 ATTRS = ("model", "prompt", "seed", "perturbation", "num_inference_steps", "guidance_scale", "num_frames", "height",
          "width", "capture")
@@ -46,11 +46,7 @@ def _body() -> None:
     attrs = {r: tr.attrs(r) for r in (a, b)}
     for col, r in ((va, a), (vb, b)):
         with col:
-            v = tr.video_file(r)
-            if v is not None and v.suffix == ".gif":
-                st.image(str(v), caption=f"run {r}", width=256)
-            elif v is not None:
-                st.video(str(v))
+            video(tr, r, f"run {r}")
     diff = {k: (attrs[a].get(k), attrs[b].get(k)) for k in ATTRS if attrs[a].get(k) != attrs[b].get(k)}
     if diff:
         st.markdown("**Differences in attributes**")

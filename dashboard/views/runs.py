@@ -8,7 +8,7 @@ import streamlit as st
 
 from .. import notes, state
 from ..data import RunUnavailable
-from .common import note_form, root, run_label, unavailable
+from .common import note_form, root, run_label, unavailable, video
 
 STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
 COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "steps", "frames", "height", "width",
@@ -47,16 +47,9 @@ def render() -> None:
     left, right = st.columns([1, 2])
     with left:
         try:
-            video = tr.video_file(run_id)
+            video(tr, run_id, "generated video")
         except RunUnavailable as e:
-            video = None
             unavailable(e)
-        if video is not None and video.suffix == ".gif":
-            st.image(str(video), caption="generated video", width=256)
-        elif video is not None:
-            st.video(str(video))
-        else:
-            st.caption("no video stored")
     with right:
         try:
             attrs = tr.attrs(run_id)
