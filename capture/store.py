@@ -209,15 +209,17 @@ class RunWriter:
         self.group.attrs.update(_json_safe(attrs))
 
     def complete(self, **attrs) -> None:
+        """Flush, write the run's statistics table, then mark it complete: a process killed at any
+        point leaves either a complete run with its table or a run that is not complete."""
+        from .catalog import write_run_table
+
         self.flush()
         self._pool.shutdown()
+        write_run_table(self.dir)
         self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python extension to v3
             zarr.consolidate_metadata(str(self.path))
-        from .catalog import write_run_table
-
-        write_run_table(self.dir)
 
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
