@@ -141,6 +141,8 @@ def cmd_sweep(args) -> int:
         d["call"] = {**d.get("call", {}), "steps": args.steps}
     d.setdefault("model", "demo")
     spec = SweepSpec.from_dict(d)
+    if args.metric_weights:
+        os.environ["ATTNLENS_METRIC_WEIGHTS"] = args.metric_weights
     summary = _run_sweep(spec, args)
     return 1 if summary["failed"] else 0
 
@@ -202,11 +204,28 @@ def cmd_metrics(args) -> int:
     missing = [r for r in [*args.runs, *([args.baseline] if args.baseline else [])] if r not in dirs]
     if missing:
         raise CLIError(f"no run {missing[0]} in {trace_root_of(args)}")
+    base = dirs[args.baseline] if args.baseline else None
     for r in args.runs:
-        rows = measure_run(dirs[r], dirs[args.baseline] if args.baseline else None)
+        rows = measure_run(dirs[r], base)
+        if args.optional:
+            from . import metrics_optional
+
+            for a in metrics_optional.measure_run(dirs[r], base, args.metric_weights):
+                if not a.available:
+                    print(f"  {a.line()}", file=sys.stderr)
+            rows = _stored_metrics(dirs[r])
         means = rows[rows["frame"].isna()]
         print(r + "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(means["metric"], means["value"])), flush=True)
     return 0
+
+
+def _stored_metrics(run_dir):
+    """Every metric row stored with a run (after the optional tier added its own)."""
+    import duckdb
+
+    from .catalog import METRICS_FILE
+
+    return duckdb.connect().execute("SELECT * FROM read_parquet(?) ORDER BY metric", [str(run_dir / METRICS_FILE)]).df()
 
 
 def trace_root_of(args):
@@ -404,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-set", action="append", help="'each:SELECTION' (one run per layer) or 'SELECTION'")
     p.add_argument("--perturbation", action="append", help="I, U or T=FACTOR (repeatable)")
     p.add_argument("--window", action="append", help="'all' or A-B (repeatable)")
-    p.add_argument("--metric", action="append", help="weight_free, world (repeatable)")
+    p.add_argument("--metric", action="append", help="weight_free, world, optional (repeatable)")
+    p.add_argument("--metric-weights", help="local weights directory of the optional metric tier "
+                                            "(default $ATTNLENS_METRIC_WEIGHTS)")
     p.add_argument("--steps", type=int)
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
@@ -430,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(p)
     p.add_argument("runs", nargs="+", help="run ids")
     p.add_argument("--baseline", help="run id of the paired baseline (adds PSNR and SSIM against it)")
+    p.add_argument("--optional", action="store_true",
+                   help="also the optional tier (LPIPS, CLIP score, aesthetic, DINO) where its weights are found")
+    p.add_argument("--metric-weights", help="local weights directory of the optional tier "
+                                            "(default $ATTNLENS_METRIC_WEIGHTS)")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("catalog", help="catalog summary; --rebuild rewrites it from the stores")

@@ -27,7 +27,9 @@ from pathlib import Path
 from .layers import LayerInfo, LayerSelectionError, select
 from .perturb import PerturbSpec, PerturbSpecError, parse_steps
 
-METRICS = ("weight_free", "world")  # world: the demo world's classifier metrics (demo model only)
+# world: the demo world's classifier metrics (demo model only); optional: LPIPS, CLIP score,
+# aesthetic, DINO consistency from local weights (capture.metrics_optional), where available
+METRICS = ("weight_free", "world", "optional")
 
 
 class SweepSpecError(ValueError):

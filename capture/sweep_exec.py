@@ -174,6 +174,10 @@ def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
             measure_run(d, base)
         if "world" in spec.metrics:
             world_metrics(d, t.prompt)
+        if "optional" in spec.metrics:
+            from .metrics_optional import measure_run as measure_optional
+
+            measure_optional(d, base)
         n += 1
     return n
 
