@@ -159,11 +159,9 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
            budget: list[int], after_step=None) -> bool:
     """Train one stage to `steps`, resuming from its checkpoint; False if budget[0] (steps this
     invocation may still run) ran out first, after saving a checkpoint. ``model`` is everything the
-    checkpoint holds (e.g. live and averaged weights); ``params`` what the optimizer moves (a list of
-    tensors, or of param groups whose optional "lr_mult" scales the schedule's learning rate);
+    checkpoint holds (e.g. live and averaged weights); ``params`` what the optimizer moves;
     ``after_step(step)`` runs after each optimizer step (e.g. the moving-average update)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    flat = [p for g in opt.param_groups for p in g["params"]]
     start = _load_checkpoint(out / "checkpoint", name, model, opt, rng)
     if start:
         log.info("%s: resuming at step %d", name, start)
@@ -177,11 +175,11 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
         budget[0] -= 1
         lr_now = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))  # warm-up + cosine
         for g in opt.param_groups:
-            g["lr"] = lr_now * g.get("lr_mult", 1.0)
+            g["lr"] = lr_now
         loss = loss_fn(*batch_fn())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(flat, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if after_step is not None:
             after_step(step)
@@ -197,11 +195,10 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
 
 def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, unet_steps: int = 2800,
           decoder_steps: int = 800,
-          batch: int = 16, lr: float = 6e-4, motion_lr_mult: float = 1.0, motion_loss: float = 0.0, ema_decay: float = 0.999, seed: int = 0,
+          batch: int = 16, lr: float = 6e-4, ema_decay: float = 0.999, seed: int = 0,
           save_every: int = 200, device: str = "cpu", bar_factory=None, stop_after: int | None = None):
     """Train both stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
     None when ``stop_after`` steps (over both stages) ran first — run again to continue.
-    ``motion_lr_mult`` scales the learning rate of the motion modules (temporal attention);
     ``device`` is where the models train (data is rendered on the CPU)."""
     from diffusers import AnimateDiffPipeline
 
@@ -211,8 +208,7 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "vae_steps": vae_steps,
                                                  "unet_steps": unet_steps, "decoder_steps": decoder_steps,
-                                                 "batch": batch, "lr": lr, "motion_lr_mult": motion_lr_mult,
-                                                 "motion_loss": motion_loss,
+                                                 "batch": batch, "lr": lr,
                                                  "ema_decay": ema_decay, "seed": seed}, indent=1))
     vae, unet, adapter, text_encoder, tokenizer, scheduler = build_components(cfg, seed)
     dev = torch.device(device)
@@ -260,7 +256,7 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
         return scheduler.add_noise(lat, noise, t), t, ids, noise
 
     def unet_loss(noisy, t, ids, noise):
-        return denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise, motion_loss)
+        return denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise)
 
     @torch.no_grad()
     def ema_update(step):
@@ -269,10 +265,7 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
             pe.lerp_(p, 1 - decay)
 
     text_encoder.train()
-    motion = {id(p) for name, p in unet.named_parameters() if "motion_modules" in name}
-    params = [{"params": [p for p in live.parameters() if p.requires_grad and id(p) not in motion]},
-              {"params": [p for p in live.parameters() if p.requires_grad and id(p) in motion],
-               "lr_mult": motion_lr_mult}]
+    params = [p for p in live.parameters() if p.requires_grad]
     if not _stage("unet", held, params, unet_steps, lr, unet_batch, unet_loss, out, rng, save_every, log_csv,
                   bar_factory, budget, after_step=ema_update):
         return None
@@ -297,17 +290,13 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     return pipe.to(torch.float32)
 
 
-def denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise, motion_weight: float = 0.0):
-    """Noise-prediction MSE with min-SNR-5 weighting, plus ``motion_weight`` times the MSE of the
-    prediction's frame-to-frame differences: an error that is the same in every frame adds nothing
-    to that term, so it up-weights what changes between frames (where the motion is)."""
+def denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise):
+    """Noise-prediction MSE with min-SNR-5 weighting."""
     text = text_encoder(ids)[0].repeat_interleave(noisy.shape[2], dim=0)
     pred = unet(noisy, t, encoder_hidden_states=text).sample  # (B, C, F, h, w)
     snr = alphas[t] / (1 - alphas[t])
     weight = snr.clamp(max=5.0) / snr  # min-SNR-5 for noise prediction
     err = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3, 4))
-    if motion_weight:
-        err = err + motion_weight * F.mse_loss(pred.diff(dim=2), noise.diff(dim=2), reduction="none").mean(dim=(1, 2, 3, 4))
     return (err * weight).mean()
 
 
@@ -334,9 +323,6 @@ def main(argv=None) -> int:
     ap.add_argument("--decoder-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=6e-4, help="denoiser learning rate")
-    ap.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate factor for the motion modules")
-    ap.add_argument("--motion-loss", type=float, default=0.0,
-                    help="weight of the frame-difference term of the denoiser loss")
     ap.add_argument("--device", default="cpu", help="where to train, e.g. cuda (data is rendered on the CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
@@ -345,7 +331,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     pipe = train(Path(args.out), vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                  decoder_steps=args.decoder_steps, batch=args.batch, lr=args.lr,
-                 motion_lr_mult=args.motion_lr_mult, motion_loss=args.motion_loss, device=args.device,
+                 device=args.device,
                  seed=args.seed, save_every=args.save_every, stop_after=args.stop_after)
     if pipe is None:
         print(f"stopped after {args.stop_after} steps; run the same command again to continue")
