@@ -162,7 +162,8 @@ def _run_sweep(spec, args) -> dict:
         if not result["ok"]:
             bar[0].write(f"failed: {result['run']}: {result['error']}")
 
-    summary = execute(spec, args.root, workers=args.workers, threads=args.threads, progress=progress)
+    summary = execute(spec, args.root, workers=args.workers, threads=args.threads,
+                      scheduler=getattr(args, "scheduler", None), progress=progress)
     if bar[0] is not None:
         bar[0].close()
     sk = summary["skipped"]
@@ -427,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-weights", help="local weights directory of the optional metric tier "
                                             "(default $ATTNLENS_METRIC_WEIGHTS)")
     p.add_argument("--steps", type=int)
+    p.add_argument("--scheduler", help="run on the Dask distributed cluster at this address (tcp://HOST:PORT); "
+                                       "its workers need attnlens and the trace root")
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     p.add_argument("--quiet", action="store_true")

@@ -260,7 +260,9 @@ def open_run(path: str | os.PathLike, *, require_complete: bool = False):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = xr.open_zarr(str(p), consolidated=None, zarr_format=3)
+            # chunks=None: lazily indexed numpy, no dask graph. Reads stay in the calling thread, so
+            # they cannot wait on a Dask cluster's scheduler from inside one of its workers.
+            ds = xr.open_zarr(str(p), consolidated=None, zarr_format=3, chunks=None)
     except ValueError as e:
         if status == dims.COMPLETE or "conflicting sizes" not in str(e):
             raise StoreError(f"unreadable run store {p}: {type(e).__name__}: {e}") from None

@@ -1,5 +1,6 @@
-"""Running a planned sweep: skip what is done, run the rest in this process or on a local process
-pool, then measure every run's metrics against its baseline. (A Dask executor is not done yet.)
+"""Running a planned sweep: skip what is done, run the rest in this process, on a local process
+pool or on a Dask distributed cluster (``scheduler``: its address; workers need attnlens installed
+and the trace root on a shared filesystem), then measure every run's metrics against its baseline.
 
 Each task writes its own run directory (``<sweep>-<key>``, retries ``<sweep>-<key>-r2`` …), so no
 two writers share a file, a rerun of the same spec skips keys with a complete run, and a run that
@@ -120,7 +121,8 @@ def completed_run(root, sweep: str, key: str) -> Path | None:
     return None
 
 
-def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None = None, progress=None) -> dict:
+def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None = None, scheduler: str | None = None,
+            progress=None) -> dict:
     """Plan, run what is missing, measure. ``progress(done, total, result)`` after every run."""
     root = str(trace_root(root))
     pipe, preset, defaults = _pipeline(spec.model)
@@ -144,7 +146,10 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
         if progress:
             progress(len(results), len(jobs), r)
 
-    if workers > 1 and len(jobs) > 1:
+    if scheduler:
+        for r in _run_dask(scheduler, jobs):
+            note(r)
+    elif workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
@@ -157,6 +162,24 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
     failed = [r for r in results if not r["ok"]]
     return {"sweep": spec.name, "planned": len(tasks), "ran": len(jobs), "ok": len(jobs) - len(failed),
             "failed": failed, "skipped": skipped, "measured": measured, "root": root}
+
+
+def _run_dask(address: str, jobs: list[dict]):
+    """Results of ``run_task`` over ``jobs`` on the Dask cluster at ``address``, as they finish.
+    Each task asks for the resource ``attnlens-run`` = 1 when workers declare it (``dask worker
+    --resources attnlens-run=1`` keeps one run per worker process at a time); a worker that
+    declares none runs tasks on its threads, which take turns on its one pipeline."""
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise RuntimeError("--scheduler needs the distributed package: pip install 'attnlens[dask]'") from None
+    with Client(address, timeout="30s") as client:
+        declared = any("attnlens-run" in (w.get("resources") or {})
+                       for w in client.scheduler_info().get("workers", {}).values())
+        kw = {"resources": {"attnlens-run": 1}} if declared else {}
+        futures = [client.submit(run_task, j, key=f"attnlens-{j['run_id']}", pure=False, **kw) for j in jobs]
+        for fut in dask_completed(futures):
+            yield fut.result()
 
 
 def measure(spec: SweepSpec, tasks: list[Task], root) -> int:

@@ -72,3 +72,20 @@ def test_sweep_cli(tmp_path, capsys):
     assert main(["sweep", str(spec), "--root", str(tmp_path / "r"), "--metric", "nope"]) == 2
     assert "unknown metric 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+def test_dask_cluster_gives_identical_runs(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    seq = execute(_spec(), tmp_path / "seq", threads=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        dk = execute(_spec(), tmp_path / "dask", threads=1, scheduler=cluster.scheduler_address)
+        assert dk["ok"] == 3 and not dk["failed"], dk["failed"]
+        again = execute(_spec(), tmp_path / "dask", threads=1, scheduler=cluster.scheduler_address)
+        assert again["ran"] == 0 and again["skipped"]["complete"] == 3
+    ids = sorted(p.name for p in (tmp_path / "seq" / "runs").iterdir())
+    assert seq["ok"] == 3 and ids == sorted(p.name for p in (tmp_path / "dask" / "runs").iterdir())
+    for rid in ids:
+        assert np.array_equal(run_video(run_dir(tmp_path / "seq", rid)), run_video(run_dir(tmp_path / "dask", rid)))
+    m = Catalog(tmp_path / "dask").query("SELECT count(*) AS n FROM metrics WHERE metric = 'ssim_mean'")
+    assert m["n"][0] == 2
