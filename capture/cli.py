@@ -185,7 +185,7 @@ def cmd_study(args) -> int:
     failed = False
     if not args.report_only:
         failed = bool(_run_sweep(spec, args)["failed"])
-    parts = ["attnlens study", f"--name {spec.name}", f"--model {spec.model}", f"--out {args.out}",
+    parts = ["attnlens study", "--root ROOT", f"--name {spec.name}", f"--model {spec.model}", f"--out {args.out}",
              "--seed " + " ".join(map(str, spec.seeds))]
     if args.steps:
         parts.append(f"--steps {args.steps}")

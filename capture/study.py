@@ -238,9 +238,14 @@ def write_report(cat, sweep: str, out_dir, *, title: str = "The paper's one-laye
                   "change in the share read correctly (−1 = every prompt × seed lost the attribute).", ""]
         w = summ[summ["metric"].isin(world)].pivot_table(index=["layer_name", "kind", "perturbation"],
                                                          columns="metric", values="effect").reset_index()
+        w["worst"] = w[world].min(axis=1)
         w["total"] = w[world].sum(axis=1)
         for kind in kinds:
-            t = w[w["kind"] == kind].sort_values("total").head(5)
+            t = w[(w["kind"] == kind) & (w["worst"] < 0)].sort_values(["worst", "total"]).head(5)
+            if t.empty:
+                lines += [f"No single {kind} layer's I or U replacement lowered how often the classifier reads "
+                          "the prompt's colour, shape or motion.", ""]
+                continue
             lines += [f"Largest fidelity loss, {kind} layers:", "",
                       _table(t, {"layer_name": "layer", "perturbation": "map",
                                  **{m: m.split("_")[1] for m in world}}, "{:+.2f}")]

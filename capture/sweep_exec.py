@@ -114,8 +114,10 @@ def schedule(tasks: list[Task], root, sweep: str) -> tuple[list[tuple[Task, str]
     return todo, skipped
 
 
-def completed_run(root, sweep: str, key: str) -> Path | None:
-    for a in attempts(root, sweep).get(key, []):
+def completed_run(root, sweep: str, key: str, done: dict | None = None) -> Path | None:
+    """The complete attempt of a task, if any; ``done`` is ``attempts(root, sweep)`` when the
+    caller already has it (it reads every run of the root)."""
+    for a in (done if done is not None else attempts(root, sweep)).get(key, []):
         if a["state"] == dims.COMPLETE:
             return run_dir(root, a["run"])
     return None
@@ -186,10 +188,11 @@ def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
     """Metrics of every complete run of the sweep (perturbed ones paired with their baseline)."""
     from .metrics import measure_run
 
-    baselines = {(t.prompt, t.seed): completed_run(root, spec.name, t.key) for t in tasks if t.baseline}
+    done = attempts(root, spec.name)
+    baselines = {(t.prompt, t.seed): completed_run(root, spec.name, t.key, done) for t in tasks if t.baseline}
     n = 0
     for t in tasks:
-        d = completed_run(root, spec.name, t.key)
+        d = completed_run(root, spec.name, t.key, done)
         if d is None:
             continue
         base = None if t.baseline else baselines.get((t.prompt, t.seed))
