@@ -44,6 +44,7 @@ def main(argv=None) -> int:
                                     layer_sets=[args.layers], perturbations=["I", "U"], call={"steps": args.steps},
                                     capture={"maps": False}))
     modes = [("sequential", dict(workers=1, threads=cores)),
+             ("sequential 1 thread", dict(workers=1, threads=1)),
              (f"process pool x{args.workers}", dict(workers=args.workers, threads=max(1, cores // args.workers)))]
     if not args.no_dask:
         modes.append((f"dask x{args.workers}", dict(threads=max(1, cores // args.workers), dask=args.workers)))
@@ -66,15 +67,19 @@ def main(argv=None) -> int:
                 print(f"{name}: {len(s['failed'])} failed: {s['failed'][0]}")
                 return 1
             videos[name] = {d.name: run_video(d) for d in list_run_dirs(root)}
-            rows.append((name, s["ran"], dt))
+            rows.append((name, s["ran"], dt, kw["threads"]))
             print(f"{name}: {s['ran']} runs in {dt:.1f} s", flush=True)
     base = rows[0][1] / rows[0][2] * 60
     print(f"\nmodel {args.model}, {args.steps} steps, {rows[0][1]} runs, {cores} cores")
-    print(f"{'mode':<20} {'runs':>5} {'seconds':>8} {'runs/min':>9} {'vs sequential':>14} {'same videos':>12}")
-    ref = videos[rows[0][0]]
-    for name, n, dt in rows:
+    print("same videos: identical to the sequential run with the same torch threads per run (a different thread "
+          "count changes float reduction order)")
+    print(f"{'mode':<22} {'threads/run':>11} {'runs':>5} {'seconds':>8} {'runs/min':>9} {'vs sequential':>14} "
+          f"{'same videos':>12}")
+    refs = {}
+    for name, n, dt, th in rows:
+        ref = refs.setdefault(th, videos[name])
         same = videos[name].keys() == ref.keys() and all(np.array_equal(videos[name][k], ref[k]) for k in ref)
-        print(f"{name:<20} {n:>5} {dt:>8.1f} {n / dt * 60:>9.1f} {n / dt * 60 / base:>13.2f}x {str(same):>12}")
+        print(f"{name:<22} {th:>11} {n:>5} {dt:>8.1f} {n / dt * 60:>9.1f} {n / dt * 60 / base:>13.2f}x {str(same):>12}")
     print("batched variants: not implemented yet")
     return 0
 
