@@ -196,9 +196,11 @@ def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
         if d is None:
             continue
         base = None if t.baseline else baselines.get((t.prompt, t.seed))
-        if "weight_free" in spec.metrics:
+        have = stored_metrics(d)  # a resumed sweep does not measure its complete runs again
+        if "weight_free" in spec.metrics and not (("temporal_flicker", "") in have and (
+                base is None or ("ssim_mean", base.name) in have)):
             measure_run(d, base)
-        if "world" in spec.metrics:
+        if "world" in spec.metrics and ("world_motion_correct", "") not in have:
             world_metrics(d, t.prompt)
         if "optional" in spec.metrics:
             from .metrics_optional import measure_run as measure_optional
@@ -206,6 +208,19 @@ def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
             measure_optional(d, base)
         n += 1
     return n
+
+
+def stored_metrics(run_path: Path) -> set[tuple[str, str]]:
+    """(metric, baseline) pairs already stored with a run."""
+    from .catalog import METRICS_FILE
+
+    f = Path(run_path) / METRICS_FILE
+    if not f.is_file():
+        return set()
+    import duckdb
+
+    rows = duckdb.connect().execute("SELECT DISTINCT metric, baseline FROM read_parquet(?)", [str(f)]).fetchall()
+    return {(m, b or "") for m, b in rows}
 
 
 def world_metrics(run_path: Path, prompt: str) -> None:

@@ -34,8 +34,10 @@ def test_sweep_runs_resumes_retries_and_measures(tmp_path):
     assert (m["value"] < 1).all()  # a perturbed layer changes the video
     assert read_attrs(run_dir(tmp_path, base))["sweep"] == "sw"
 
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.parquet")}
     again = execute(_spec(), tmp_path, threads=1)
     assert again["ran"] == 0 and again["skipped"]["complete"] == 3
+    assert len(stamps) == 3 and {p: p.stat().st_mtime_ns for p in stamps} == stamps  # not measured again
 
     # a run that failed is retried under a new attempt id, the failed one is kept
     victim = runs.loc[runs["perturbation"] != "", "run"].iloc[0]
