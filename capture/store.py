@@ -223,6 +223,11 @@ class RunWriter:
 
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if self.attrs.get("status") == dims.COMPLETE:
+            # everything was written before the run was marked complete; an interrupt that lands
+            # while its metadata is being consolidated does not make the data incomplete
+            log.warning("run %s was already complete when %s arrived; it stays complete", self.run_id, msg)
+            return
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - the write error is secondary to the run's own error

@@ -94,3 +94,15 @@ def test_two_sweeps_into_one_root_do_not_collide(tmp_path):
     pairs = cat.query("SELECT ra.run AS a, rb.run AS b FROM runs ra JOIN runs rb USING (prompt, seed, perturbation) "
                       "WHERE ra.sweep = 'a' AND rb.sweep = 'b'")
     assert len(pairs) == PLANNED and not set(pairs["a"]) & set(pairs["b"])
+
+
+def test_an_interrupt_after_a_run_is_complete_does_not_mark_it_failed(tmp_path):
+    from capture.store import RunWriter
+
+    w = RunWriter(tmp_path, {"model": "m"}, run_id="r1")
+    w.complete()
+    w.fail(KeyboardInterrupt())  # e.g. Ctrl-C while the metadata was being consolidated
+    assert read_attrs(w.dir / "trace.zarr")["status"] == "complete"
+    w2 = RunWriter(tmp_path, {"model": "m"}, run_id="r2")
+    w2.fail(KeyboardInterrupt())
+    assert read_attrs(w2.dir / "trace.zarr")["status"] == "failed"
