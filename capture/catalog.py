@@ -221,13 +221,21 @@ def write_run_metrics(run_dir: Path, rows: pd.DataFrame) -> Path:
     rows["frame"] = pd.array(rows["frame"], dtype="Int64")
     rows["value"] = rows["value"].astype("float64")
     rows["baseline"] = rows["baseline"].astype(object).where(rows["baseline"].notna(), "").astype(str)
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        old = duckdb.connect().execute(f"SELECT * FROM read_parquet('{_sql_str(path)}')").df()
+    old = read_run_metrics(run_dir)
+    if len(old):
         keep = ~old.set_index(["metric", "baseline"]).index.isin(rows.set_index(["metric", "baseline"]).index)
         rows = pd.concat([old[keep], rows], ignore_index=True)
+    path = run_dir / METRICS_FILE
     _write_parquet_atomic(rows, path)
     return path
+
+
+def read_run_metrics(run_dir) -> pd.DataFrame:
+    """The metric rows stored with one run (empty, with the columns, if it has none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return metrics_frame_empty()
+    return duckdb.connect().execute(f"SELECT * FROM read_parquet('{_sql_str(path)}') ORDER BY metric, frame").df()
 
 
 def to_json(df: pd.DataFrame) -> str:

@@ -210,23 +210,15 @@ def cmd_metrics(args) -> int:
         rows = measure_run(dirs[r], base)
         if args.optional:
             from . import metrics_optional
+            from .catalog import read_run_metrics
 
             for a in metrics_optional.measure_run(dirs[r], base, args.metric_weights):
                 if not a.available:
                     print(f"  {a.line()}", file=sys.stderr)
-            rows = _stored_metrics(dirs[r])
+            rows = read_run_metrics(dirs[r])
         means = rows[rows["frame"].isna()]
         print(r + "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(means["metric"], means["value"])), flush=True)
     return 0
-
-
-def _stored_metrics(run_dir):
-    """Every metric row stored with a run (after the optional tier added its own)."""
-    import duckdb
-
-    from .catalog import METRICS_FILE
-
-    return duckdb.connect().execute("SELECT * FROM read_parquet(?) ORDER BY metric", [str(run_dir / METRICS_FILE)]).df()
 
 
 def trace_root_of(args):
@@ -479,7 +471,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .perturb import PerturbSpecError
     from .store import StoreError
 
-    errs = [CLIError, LayerSelectionError, PerturbSpecError, StoreError, FileNotFoundError]
+    errs = [CLIError, LayerSelectionError, PerturbSpecError, StoreError, FileNotFoundError, ConnectionError,
+            ImportError]
     try:
         from .models.presets import ModelError
 

@@ -70,12 +70,25 @@ def _kinds(summ):
     return [k for k in ("spatial", "temporal", "joint") if k in set(summ["kind"])]
 
 
-def fig_layers(summ: pd.DataFrame, metric: str, path: Path) -> None:
+def _per_kind(summ: pd.DataFrame, metric: str, path: Path, draw, *, panel=(5, 3.2), stacked=False) -> None:
+    """One panel per layer kind (stacked or side by side); ``draw(ax, rows of that kind)`` fills
+    it with the ``metric`` rows; saved to ``path``."""
     plt = _plt()
     kinds = _kinds(summ)
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(10, 3.2 * len(kinds)), squeeze=False)
-    for ax, kind in zip(axes[:, 0], kinds):
-        d = summ[(summ["metric"] == metric) & (summ["kind"] == kind)]
+    d = summ[summ["metric"] == metric]
+    n = len(kinds)
+    shape, size = ((n, 1), (panel[0], panel[1] * n)) if stacked else ((1, n), (panel[0] * n, panel[1]))
+    fig, axes = plt.subplots(*shape, figsize=size, squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        draw(ax, d[d["kind"] == kind])
+        ax.set_title(f"{kind} layers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fig_layers(summ: pd.DataFrame, metric: str, path: Path) -> None:
+    def draw(ax, d):
         names = list(dict.fromkeys(d["layer_name"]))
         x = np.arange(len(names))
         for i, p in enumerate(sorted(set(d["perturbation"]))):
@@ -83,49 +96,40 @@ def fig_layers(summ: pd.DataFrame, metric: str, path: Path) -> None:
             ax.bar(x + (i - 0.5) * 0.4, v["effect"], 0.4, yerr=v["effect_std"], label=p, capsize=2)
         ax.set_xticks(x, [short_name(n) for n in names], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(E.label(metric))
-        ax.set_title(f"{kind} layers")
         ax.legend(title="map replaced by", fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _per_kind(summ, metric, path, draw, panel=(10, 3.2), stacked=True)
 
 
 def fig_histograms(summ: pd.DataFrame, metric: str, path: Path) -> None:
     """The paper's Figure 2: how the per-layer effect is distributed, I vs U, per layer kind."""
-    plt = _plt()
-    kinds = _kinds(summ)
     d = summ[summ["metric"] == metric]
     bins = np.linspace(d["effect"].min(), d["effect"].max(), 16) if len(d) else 10
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.2), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for p in sorted(set(d["perturbation"])):
-            ax.hist(d[(d["kind"] == kind) & (d["perturbation"] == p)]["effect"], bins=bins, alpha=0.6, label=p)
+    perts = sorted(set(d["perturbation"]))
+
+    def draw(ax, dk):
+        for p in perts:
+            ax.hist(dk[dk["perturbation"] == p]["effect"], bins=bins, alpha=0.6, label=p)
         ax.set_xlabel(E.label(metric))
         ax.set_ylabel("layers")
-        ax.set_title(f"{kind} layers")
         ax.legend(title="map replaced by", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _per_kind(summ, metric, path, draw)
 
 
 def fig_entropy(summ: pd.DataFrame, metric: str, path: Path) -> None:
-    plt = _plt()
-    kinds = _kinds(summ)
-    d = summ[summ["metric"] == metric]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for p in sorted(set(d["perturbation"])):
-            v = d[(d["kind"] == kind) & (d["perturbation"] == p)]
+    perts = sorted(set(summ.loc[summ["metric"] == metric, "perturbation"]))
+
+    def draw(ax, dk):
+        for p in perts:
+            v = dk[dk["perturbation"] == p]
             rho = E.rank_correlation(v["entropy"], v["effect"])
             ax.scatter(v["entropy"], v["effect"], s=18, label=f"{p} (ρ = {rho:.2f})" if rho is not None else p)
         ax.set_xlabel("normalized entropy of the layer (baseline runs)")
         ax.set_ylabel(E.label(metric))
-        ax.set_title(f"{kind} layers")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _per_kind(summ, metric, path, draw, panel=(5, 3.4))
 
 
 # -- the report ----------------------------------------------------------------------------------

@@ -174,8 +174,12 @@ def _run_dask(address: str, jobs: list[dict]):
     try:
         from distributed import Client, as_completed as dask_completed
     except ImportError:
-        raise RuntimeError("--scheduler needs the distributed package: pip install 'attnlens[dask]'") from None
-    with Client(address, timeout="30s") as client:
+        raise ImportError("--scheduler needs the distributed package: pip install 'attnlens[dask]'") from None
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    with client:
         declared = any("attnlens-run" in (w.get("resources") or {})
                        for w in client.scheduler_info().get("workers", {}).values())
         kw = {"resources": {"attnlens-run": 1}} if declared else {}
@@ -212,15 +216,10 @@ def measure(spec: SweepSpec, tasks: list[Task], root) -> int:
 
 def stored_metrics(run_path: Path) -> set[tuple[str, str]]:
     """(metric, baseline) pairs already stored with a run."""
-    from .catalog import METRICS_FILE
+    from .catalog import read_run_metrics
 
-    f = Path(run_path) / METRICS_FILE
-    if not f.is_file():
-        return set()
-    import duckdb
-
-    rows = duckdb.connect().execute("SELECT DISTINCT metric, baseline FROM read_parquet(?)", [str(f)]).fetchall()
-    return {(m, b or "") for m, b in rows}
+    rows = read_run_metrics(run_path)
+    return set(zip(rows["metric"], rows["baseline"].fillna("")))
 
 
 def world_metrics(run_path: Path, prompt: str) -> None:
