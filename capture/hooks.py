@@ -19,6 +19,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 LAYER_HOOK = "attnlens.attention"
 DENOISER_HOOK = "attnlens.denoiser"
+WRAP_HOOK = "attnlens.method"
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
@@ -132,6 +133,19 @@ class DenoiserInputHook(ModelHook):
     def pre_forward(self, module, *args, **kwargs):
         self.on_call(args, kwargs)
         return args, kwargs
+
+
+class DenoiserWrapHook(ModelHook):
+    """Runs ``wrap(forward, args, kwargs)`` in place of the denoiser's forward, for methods that
+    change its output or make extra denoiser calls (IE-Adapt guidance); ``forward`` is the rest of
+    the hook chain, so an active tracer still sees the call."""
+
+    def __init__(self, wrap: Callable[[Callable, tuple, dict], object]):
+        super().__init__()
+        self.wrap = wrap
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.wrap(self.fn_ref.original_forward, args, kwargs)
 
 
 def register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:

@@ -1,4 +1,4 @@
-"""``attnlens select``: registered with the ``attnlens.commands`` entry point."""
+"""``attnlens select`` and ``attnlens apply``: registered with the ``attnlens.commands`` entry point."""
 
 from __future__ import annotations
 
@@ -25,6 +25,71 @@ def cmd_select(args) -> int:
     return 0
 
 
+def _call(args, defaults: dict, preset) -> dict:
+    call = dict(num_inference_steps=args.num_steps or defaults["steps"],
+                num_frames=args.frames or defaults["frames"],
+                guidance_scale=args.guidance if args.guidance is not None else defaults["guidance"], output_type="np")
+    for k in ("height", "width"):
+        v = getattr(args, k) or defaults.get(k)
+        if v:
+            call[k] = int(v)
+    call.update(preset.call_kwargs if preset else {})
+    return call
+
+
+def cmd_apply_enhance(args) -> int:
+    from tqdm.auto import tqdm
+
+    from capture.models.presets import load_pipeline
+    from capture.perturb import parse_steps
+
+    from .enhance import EnhanceConfig, enhance
+
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    call = _call(args, defaults, preset)
+    n = call["num_inference_steps"]
+    window = parse_steps(args.steps, n) if args.steps else None
+    cfg = EnhanceConfig(mode=args.mode, scale=args.scale, perturb=args.perturb, steps=window,
+                        schedule=args.schedule, factor=args.factor)
+    sel = _selection(args.selection, pipe, None if args.any_model else args.model)
+    runs = [("cfg", EnhanceConfig(mode="cfg"))] if args.baseline else []
+    runs.append((args.mode, cfg))
+    bar = tqdm(total=n * len(runs), unit="step", disable=args.quiet, file=sys.stderr)
+    results = []
+    for label, c in runs:
+        bar.set_description(label)
+        r = enhance(pipe, sel.layers, c, prompt=args.prompt, seed=args.seed, call=call, root=args.root,
+                    model=args.model, on_step=lambda i, t: bar.update(1),
+                    attrs={"ieadapt": {"selection": {"file": str(args.selection), "rule": sel.rule,
+                                                     "statistic": sel.statistic, "model": sel.model}}})
+        results.append((label, r))
+    bar.close()
+    for label, r in results:
+        extra = f"  {r.extra_calls} extra denoiser calls ({r.extra_seconds:.2f} s)" if r.extra_calls else ""
+        print(f"{r.run_id}  {label}  {r.seconds:.2f} s{extra}", flush=True)
+    if args.baseline:
+        from capture.metrics import measure_run
+
+        rows = measure_run(results[-1][1].run_dir, results[0][1].run_dir)
+        means = rows[rows["frame"].isna()]
+        print("vs baseline: " + "  ".join(f"{m}={v:.4g}" for m, v in zip(means["metric"], means["value"])))
+    return 0
+
+
+def _selection(path, pipe, model: str | None):
+    """The selection file, checked against the pipeline's layers (and model name unless None)."""
+    from capture.layers import inventory
+    from capture.models.families import family_of
+    from capture.selection import Selection
+
+    from .select import check_layers
+
+    fam = family_of(pipe)
+    sel = Selection.load(path)
+    check_layers(sel, [l.name for l in inventory(fam.denoiser(pipe), fam)], model)
+    return sel
+
+
 def register(sub) -> None:
     p = sub.add_parser("select", help="choose layers for IE-Adapt from stored statistics or sweep effects")
     p.add_argument("--root", help=f"trace root (default ${ROOT_ENV} or data/traces)")
@@ -37,3 +102,37 @@ def register(sub) -> None:
     p.add_argument("--model", help="model name to record (default: the source runs' model)")
     p.add_argument("-o", "--output", default="-", help="selection JSON file (default: print it)")
     p.set_defaults(func=cmd_select)
+
+    ap = sub.add_parser("apply", help="apply IE-Adapt (enhancement, editing) with a layer selection")
+    asub = ap.add_subparsers(dest="method", required=True, metavar="METHOD")
+    e = asub.add_parser("enhance", help="guidance away from a perturbed prediction, or temperature, on the selected layers")
+    _add_common(e)
+    e.add_argument("--prompt", required=True)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--mode", choices=["guidance", "temperature"], default="guidance")
+    e.add_argument("--scale", type=float, default=3.0, help="guidance scale s of the perturbed-prediction term")
+    e.add_argument("--perturb", choices=["I", "U"], default="I", help="the degraded prediction's map (guidance)")
+    e.add_argument("--steps", help="step window A-B (inclusive, default every step)")
+    e.add_argument("--schedule", choices=["constant", "linear", "cosine"], default="constant",
+                   help="how s changes over the window (guidance)")
+    e.add_argument("--factor", type=float, default=0.8,
+                   help="temperature mode: logits x factor (< 1 raises the layers' entropy)")
+    e.add_argument("--baseline", action="store_true",
+                   help="also capture plain CFG with the same seed and print metrics against it")
+    e.set_defaults(func=cmd_apply_enhance)
+
+
+def _add_common(p) -> None:
+    p.add_argument("--model", default="demo", help="preset name or save_pretrained directory")
+    p.add_argument("--selection", required=True, help="selection JSON (attnlens select or the dashboard's export)")
+    p.add_argument("--any-model", action="store_true",
+                   help="accept a selection made on another model name (its layer names must still exist)")
+    p.add_argument("--root", help=f"trace root (default ${ROOT_ENV} or data/traces)")
+    p.add_argument("--num-steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="CFG scale w (default: the model's; <= 1 turns CFG off)")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", help="cpu, cuda, ...")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -196,10 +196,13 @@ def _stage(name, model, params, steps, lr, batch_fn, loss_fn, out: Path, rng, sa
 def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, unet_steps: int = 2800,
           decoder_steps: int = 800,
           batch: int = 16, lr: float = 6e-4, ema_decay: float = 0.999, seed: int = 0,
-          save_every: int = 200, device: str = "cpu", bar_factory=None, stop_after: int | None = None):
-    """Train both stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
-    None when ``stop_after`` steps (over both stages) ran first — run again to continue.
-    ``device`` is where the models train (data is rendered on the CPU)."""
+          save_every: int = 200, device: str = "cpu", bar_factory=None, stop_after: int | None = None,
+          freeze_text: bool = False, reuse_vae: Path | None = None):
+    """Train the stages into ``out`` (resuming if a checkpoint is there); returns the pipeline, or
+    None when ``stop_after`` steps (over all stages) ran first — run again to continue.
+    ``device`` is where the models train (data is rendered on the CPU). ``freeze_text`` keeps the
+    text encoder at its seeded random weights (only the denoiser learns); ``reuse_vae`` takes a
+    trained AutoencoderKL from that directory and skips the VAE and decoder stages."""
     from diffusers import AnimateDiffPipeline
 
     if bar_factory is None:
@@ -209,8 +212,15 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "vae_steps": vae_steps,
                                                  "unet_steps": unet_steps, "decoder_steps": decoder_steps,
                                                  "batch": batch, "lr": lr,
-                                                 "ema_decay": ema_decay, "seed": seed}, indent=1))
+                                                 "ema_decay": ema_decay, "seed": seed,
+                                                 "freeze_text": freeze_text,
+                                                 "reuse_vae": str(reuse_vae) if reuse_vae else None}, indent=1))
     vae, unet, adapter, text_encoder, tokenizer, scheduler = build_components(cfg, seed)
+    if reuse_vae is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(reuse_vae, torch_dtype=torch.float32)
+        vae_steps = decoder_steps = 0
     dev = torch.device(device)
     vae.to(dev)
     unet.to(dev)
@@ -232,8 +242,10 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
                   log_csv, bar_factory, budget):
         return None
     vae.eval().requires_grad_(False)
-    scale = latent_scale(vae, cfg, seed, device=dev)
-    vae.register_to_config(scaling_factor=scale)
+    if reuse_vae is None:
+        scale = latent_scale(vae, cfg, seed, device=dev)
+        vae.register_to_config(scaling_factor=scale)
+    scale = float(vae.config.scaling_factor)
     log.info("VAE latent scaling factor %.4f", scale)
 
     live = torch.nn.ModuleDict({"unet": unet, "text": text_encoder})
@@ -264,7 +276,10 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
         for pe, p in zip(ema.parameters(), live.parameters()):
             pe.lerp_(p, 1 - decay)
 
-    text_encoder.train()
+    if freeze_text:
+        text_encoder.requires_grad_(False)
+    else:
+        text_encoder.train()
     params = [p for p in live.parameters() if p.requires_grad]
     if not _stage("unet", held, params, unet_steps, lr, unet_batch, unet_loss, out, rng, save_every, log_csv,
                   bar_factory, budget, after_step=ema_update):
@@ -327,12 +342,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--stop-after", type=int, help="run at most this many steps now, then checkpoint and exit")
+    ap.add_argument("--freeze-text-encoder", action="store_true",
+                    help="keep the text encoder at its seeded random weights; only the denoiser learns")
+    ap.add_argument("--reuse-vae", type=Path, help="a trained AutoencoderKL directory: skip the VAE stages")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     pipe = train(Path(args.out), vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                  decoder_steps=args.decoder_steps, batch=args.batch, lr=args.lr,
                  device=args.device,
-                 seed=args.seed, save_every=args.save_every, stop_after=args.stop_after)
+                 seed=args.seed, save_every=args.save_every, stop_after=args.stop_after,
+                 freeze_text=args.freeze_text_encoder, reuse_vae=args.reuse_vae)
     if pipe is None:
         print(f"stopped after {args.stop_after} steps; run the same command again to continue")
     else:

@@ -83,6 +83,22 @@ class Family(abc.ABC):
         m = re.match(r"(?:transformer_)?blocks\.(\d+)", name)
         return f"block.{m.group(1)}" if m else name.split(".")[0]
 
+    def batch_slice(self, args: tuple, kwargs: dict, lo: int, batch: int) -> tuple[tuple, dict]:
+        """The denoiser inputs of batch items ``lo:`` of a call with ``batch`` items: every tensor
+        whose first dimension is the batch is sliced (also inside dicts, lists and tuples);
+        everything else (scalar timesteps, rotary embeddings, flags) is passed unchanged."""
+
+        def cut(x):
+            if isinstance(x, torch.Tensor):
+                return x[lo:] if x.dim() > 0 and x.shape[0] == batch else x
+            if isinstance(x, dict):
+                return {k: cut(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return type(x)(cut(v) for v in x)
+            return x
+
+        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
     @abc.abstractmethod
     def geometry(self, args, kwargs) -> Geometry:
         """The video geometry of one denoiser call, from its forward arguments."""
@@ -108,6 +124,18 @@ class AnimateDiffFamily(Family):
         sample = kwargs.get("sample", args[0] if args else None)  # (B, C, F, H, W)
         b, _, f, h, w = sample.shape
         return Geometry(batch=b, frames=f, height=h, width=w)
+
+    def batch_slice(self, args, kwargs, lo, batch):
+        # the pipeline repeats the text embeddings per frame: (batch × frames, tokens, dim)
+        frames = self.geometry(args, kwargs).frames
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        args, kwargs = super().batch_slice(args, kwargs, lo, batch)
+        if isinstance(ehs, torch.Tensor) and ehs.shape[0] == batch * frames and frames > 1:
+            if "encoder_hidden_states" in kwargs:
+                kwargs["encoder_hidden_states"] = ehs[lo * frames:]
+            else:
+                args = args[:2] + (ehs[lo * frames:],) + args[3:]
+        return args, kwargs
 
     def probe_inputs(self, denoiser, frames, height, width, text_tokens):
         cfg = denoiser.config
@@ -173,6 +201,19 @@ class WanFamily(Family):
         hs = torch.zeros(1, cfg.in_channels, lat_f, height // self.vae_scale, width // self.vae_scale)
         text = torch.zeros(1, text_tokens, cfg.text_dim)
         return (hs, torch.tensor([1]), text), {}
+
+
+def output_sample(out) -> torch.Tensor:
+    """The prediction tensor of a denoiser's output (a diffusers output object or a tuple)."""
+    return out[0] if isinstance(out, tuple) else out.sample
+
+
+def with_sample(out, sample: torch.Tensor):
+    """The denoiser output ``out`` with its prediction replaced by ``sample``."""
+    if isinstance(out, tuple):
+        return (sample, *out[1:])
+    out.sample = sample
+    return out
 
 
 def family_of(pipe_or_denoiser) -> Family:
