@@ -2,12 +2,18 @@
 
 Spec grammar (several per run)::
 
-    KIND@LAYERS[:steps=A-B][:branch=cond|uncond][:text=1]
-    KIND = I | U | T=<factor>
+    KIND@LAYERS[:steps=A-B][:branch=cond|uncond][:video=K][:text=1]
+    KIND = I | U | T=<factor> | M=<video>
 
 - ``I``: the identity map (each query keeps itself): output = V. Self-attention only.
 - ``U``: the uniform map over the allowed keys: output = mean of V over those keys.
 - ``T=f``: logits × f (f < 1 raises entropy, f > 1 lowers it), through SDPA's own ``scale``.
+- ``M=k``: the attention map of video ``k`` of the same batch (same CFG branch, frame or position)
+  applied to each other video's values: output = softmax(q_k k_kᵀ) V. Used by editing: the
+  target video takes the source video's maps. Needs a pipeline call with several videos.
+
+``video=K`` applies a spec to video K of a batched call only (several videos per call: batched
+sweep variants); by default every video (for ``M``: every video but the source).
 
 ``LAYERS`` uses the selection syntax of layers.py (no ``:`` inside). ``steps`` is an inclusive
 window of step indices. In joint text+video layers only video query rows (and, for I/U, video
@@ -21,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-KINDS = ("I", "U", "T")
+KINDS = ("I", "U", "T", "M")
 
 
 class PerturbSpecError(ValueError):
@@ -36,14 +42,16 @@ class PerturbSpec:
     steps: tuple[int, int] | None = None  # inclusive
     branch: str | None = None  # None = every branch
     text: bool = False
+    source: int | None = None  # M: the video whose maps are used
+    video: int | None = None  # only this video of a batched call (None: every video)
 
     @classmethod
     def parse(cls, spec: str) -> "PerturbSpec":
-        m = re.fullmatch(r"\s*([IUT])(?:=([^@]+))?@([^:]+)((?::[^:]+)*)\s*", spec)
+        m = re.fullmatch(r"\s*([IUTM])(?:=([^@]+))?@([^:]+)((?::[^:]+)*)\s*", spec)
         if not m:
             raise PerturbSpecError(
-                f"bad perturbation {spec!r}: expected I@LAYERS, U@LAYERS or T=FACTOR@LAYERS, "
-                "optionally followed by :steps=A-B :branch=cond|uncond :text=1"
+                f"bad perturbation {spec!r}: expected I@LAYERS, U@LAYERS, T=FACTOR@LAYERS or M=VIDEO@LAYERS, "
+                "optionally followed by :steps=A-B :branch=cond|uncond :video=K :text=1"
             )
         kind, factor, layers, opts = m.groups()
         kw: dict = {}
@@ -54,8 +62,12 @@ class PerturbSpec:
                 raise PerturbSpecError(f"bad perturbation {spec!r}: T needs a numeric factor, e.g. T=0.5@...") from None
             if not kw["factor"] >= 0:
                 raise PerturbSpecError(f"bad perturbation {spec!r}: temperature factor must be >= 0")
+        elif kind == "M":
+            if factor is None or not factor.strip().isdigit():
+                raise PerturbSpecError(f"bad perturbation {spec!r}: M needs the source video's index, e.g. M=0@...")
+            kw["source"] = int(factor)
         elif factor is not None:
-            raise PerturbSpecError(f"bad perturbation {spec!r}: only T takes a value")
+            raise PerturbSpecError(f"bad perturbation {spec!r}: only T and M take a value")
         for opt in filter(None, opts.split(":")):
             key, _, val = opt.partition("=")
             if key == "steps":
@@ -64,6 +76,10 @@ class PerturbSpec:
                 if val not in ("cond", "uncond"):
                     raise PerturbSpecError(f"bad perturbation {spec!r}: branch must be cond or uncond")
                 kw["branch"] = val
+            elif key == "video":
+                if not val.isdigit():
+                    raise PerturbSpecError(f"bad perturbation {spec!r}: video must be a batch index >= 0")
+                kw["video"] = int(val)
             elif key == "text":
                 kw["text"] = val in ("1", "true", "yes")
             else:
@@ -71,17 +87,26 @@ class PerturbSpec:
         return cls(kind=kind, layers=layers.strip(), **kw)
 
     def __str__(self) -> str:
-        s = self.kind + (f"={self.factor:g}" if self.factor is not None else "") + "@" + self.layers
+        s = self.kind + (f"={self.factor:g}" if self.factor is not None else "")
+        s += (f"={self.source}" if self.source is not None else "") + "@" + self.layers
         if self.steps:
             s += f":steps={self.steps[0]}-{self.steps[1]}"
         if self.branch:
             s += f":branch={self.branch}"
+        if self.video is not None:
+            s += f":video={self.video}"
         if self.text:
             s += ":text=1"
         return s
 
     def active(self, step: int) -> bool:
         return self.steps is None or self.steps[0] <= step <= self.steps[1]
+
+    def applies_to(self, video: int) -> bool:
+        """Whether this spec changes video ``video`` of a batched call."""
+        if self.video is not None and video != self.video:
+            return False
+        return not (self.kind == "M" and video == self.source)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -132,7 +157,8 @@ def uniform_output(v: torch.Tensor, nq: int, mask: torch.Tensor | None) -> torch
     return out.expand(*v.shape[:-2], nq, v.shape[-1]).clone()
 
 
-def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.Tensor | None, text: int) -> torch.Tensor:
+def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.Tensor | None, text: int,
+                     source_items: torch.Tensor | None = None) -> torch.Tensor:
     """The layer output with ``spec`` applied to every batch item (the caller picks branches).
 
     text: number of leading text tokens (joint layers); their rows and keys are left alone unless
@@ -142,6 +168,11 @@ def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.
     T = 0 if spec.text else text
     if spec.kind == "T":
         out = sdpa(q, k, v, attn_mask=mask, scale=scale * spec.factor)
+    elif spec.kind == "M":
+        if source_items is None:
+            raise PerturbSpecError(f"{spec}: M needs the batch's video layout")
+        m = mask[source_items] if mask is not None and mask.dim() == 4 and mask.shape[0] == q.shape[0] else mask
+        out = sdpa(q[source_items], k[source_items], v, attn_mask=m, scale=scale)
     elif spec.kind == "I":
         out = identity_output(v, nq)
     else:

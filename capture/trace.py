@@ -14,7 +14,7 @@ import inspect
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -96,6 +96,16 @@ def _jsonable(v):
     return None
 
 
+def _seeds(args, kwargs, pipe_cls) -> list:
+    """The initial seed of each generator passed to the call (one per video, or one for all)."""
+    bound = inspect.signature(pipe_cls.__call__).bind_partial(None, *args, **kwargs).arguments
+    gens = bound.get("generator")
+    if gens is None:
+        return []
+    gens = gens if isinstance(gens, list) else [gens]
+    return [int(g.initial_seed()) if hasattr(g, "initial_seed") else None for g in gens]
+
+
 def _call_record(pipe_cls, args, kwargs) -> dict:
     """Explicit call arguments merged with the pipeline's defaults (JSON-able values only)."""
     sig = inspect.signature(pipe_cls.__call__)
@@ -122,7 +132,8 @@ class Tracer:
     """Context manager returned by :func:`trace`. See the module docstring."""
 
     def __init__(self, pipe, *, root=None, config: CaptureConfig | None = None, perturb=(), model: str | None = None,
-                 attrs: dict | None = None, on_step: Callable[[int, int], None] | None = None, side_perturb=()):
+                 attrs: dict | None = None, on_step: Callable[[int, int], None] | None = None, side_perturb=(),
+                 split_videos: bool = False):
         if getattr(type(pipe), "_attnlens_traced", False):
             raise RuntimeError("this pipeline is already being traced (nested trace contexts are not supported)")
         self.pipe = pipe
@@ -135,6 +146,9 @@ class Tracer:
         self.model = model
         self.extra_attrs = attrs or {}
         self.on_step = on_step
+        # True: each video of a batched call is a run of its own (its prompt, seed, perturbations,
+        # statistics and video); False: one run per call, statistics averaged over its videos
+        self.split_videos = split_videos
         self.run_ids: list[str] = []
         self.run_dirs: list = []
         self.next_run_id: str | None = None  # the id the next traced call's run gets (else a fresh one)
@@ -238,15 +252,21 @@ class Tracer:
             if self.config.steps and self.config.steps[0] >= n_steps:
                 raise ValueError(f"capture steps {self.config.steps} start after the last step ({n_steps - 1})")
         prompt = record.get("prompt")
-        n_prompts = len(prompt) if isinstance(prompt, list) else 1
-        self._n_videos = n_prompts * int(record.get("num_videos_per_prompt") or 1)
-        attrs = {
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        per_prompt = int(record.get("num_videos_per_prompt") or 1)
+        self._n_videos = len(prompts) * per_prompt
+        for spec in self.specs:
+            if spec.kind == "M" and self._n_videos < 2:
+                raise PerturbSpecError(f"perturbation {spec}: M needs a call with several videos (source and target)")
+            for idx in (spec.source, spec.video):
+                if idx is not None and idx >= self._n_videos:
+                    raise PerturbSpecError(f"perturbation {spec}: the call generates {self._n_videos} video(s)")
+        seeds = _seeds(args, kwargs, self._pipe_cls)
+        base = {
             "model": self.model or getattr(self.pipe.config, "_name_or_path", None) or type(self.pipe).__name__,
             "pipeline": type(self.pipe).__name__,
             "family": self.family.name,
-            "prompt": prompt if isinstance(prompt, str) else (prompt[0] if prompt else None),
             "negative_prompt": record.get("negative_prompt"),
-            "seed": record.get("seed"),
             "height": record.get("height"),
             "width": record.get("width"),
             "num_frames": record.get("num_frames"),
@@ -255,17 +275,31 @@ class Tracer:
             "scheduler": {"class": type(self.pipe.scheduler).__name__, "config": dict(self.pipe.scheduler.config)},
             "call": record,
             "capture": self.config.as_dict(),
-            "perturbation": [s.as_dict() for s in self.specs],
             "layers_selected": [l.name for l in self.layers],
             "versions": _versions(),
             "definitions": DEFINITIONS,
-            **self.extra_attrs,
         }
-        run_id, self.next_run_id = self.next_run_id, None
-        self.writer = RunWriter(self.root, attrs, run_id=run_id)
-        self.run_ids.append(self.writer.run_id)
-        self.run_dirs.append(self.writer.dir)
-        log.info("run %s started in %s", self.writer.run_id, self.writer.dir)
+        n_runs = self._n_videos if self.split_videos else 1
+        self.writers = []
+        for vi in range(n_runs):
+            attrs = dict(base, prompt=prompts[vi // per_prompt] if prompts else None,
+                         seed=seeds[vi] if vi < len(seeds) else record.get("seed"),
+                         perturbation=[s.as_dict() for s in self.specs if not self.split_videos or s.applies_to(vi)],
+                         **self.extra_attrs)
+            if self.split_videos:
+                attrs["batch"] = {"video": vi, "videos": self._n_videos, "prompts": prompts, "seeds": seeds}
+            run_id, self.next_run_id = self.next_run_id, None
+            try:
+                w = RunWriter(self.root, attrs, run_id=run_id)
+            except BaseException:
+                for done in self.writers:
+                    done.fail("another video of the batch could not be stored")
+                raise
+            self.writers.append(w)
+            self.run_ids.append(w.run_id)
+            self.run_dirs.append(w.dir)
+            log.info("run %s started in %s", w.run_id, w.dir)
+        self.writer = self.writers[0]
         self._reset_run_state()
         user_cb = kwargs.get("callback_on_step_end")
 
@@ -286,7 +320,8 @@ class Tracer:
         try:
             out = call_original(*args, **kwargs)
         except BaseException as e:
-            self.writer.fail(e if not isinstance(e, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)")
+            for w in self.writers:
+                w.fail(e if not isinstance(e, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)")
             raise
         try:
             frames = getattr(out, "frames", None)
@@ -297,26 +332,30 @@ class Tracer:
                 extra["side_passes"] = {"steps": sorted(self._side_log),
                                         "layers": sorted(set().union(*self._side_log.values())),
                                         "specs": [str(s) for s in self.side_specs]}
-            if record.get("output_type") != "latent" and frames is not None:
-                from .video import frames_to_uint8
+            for vi, w in enumerate(self.writers):
+                x = dict(extra)
+                if record.get("output_type") != "latent" and frames is not None:
+                    from .video import frames_to_uint8
 
-                arr = frames_to_uint8(frames)
-                self.writer.write_video(arr)
-                extra["video_shape"] = list(arr.shape)
-            self.writer.complete(**extra)
+                    arr = frames_to_uint8(frames[vi:vi + 1] if self.split_videos else frames)
+                    w.write_video(arr)
+                    x["video_shape"] = list(arr.shape)
+                w.complete(**x)
         except BaseException as e:
-            self.writer.fail(e)
+            for w in self.writers:
+                w.fail(e)
             raise
-        log.info("run %s complete (%d steps captured)", self.writer.run_id, self.writer.n_steps)
+        for w in self.writers:
+            log.info("run %s complete (%d steps captured)", w.run_id, w.n_steps)
         return out
 
     def _reset_run_state(self):
         self.step = 0
         self.geometry: Geometry | None = None
-        self._acc: dict[str, Accumulator] = {}
+        self._acc: dict[tuple[int, str], Accumulator] = {}  # (run slot, layer); slot = video when split
         self._layouts: dict[str, Layout] = {}  # first layout seen per layer (store metadata)
         self._layout_cache: dict[tuple, Layout] = {}
-        self._perturbed: dict[str, set[int]] = {}
+        self._perturbed: dict[tuple[int, str], set[int]] = {}  # (run slot, layer) -> perturbed branches
         self._meta: dict[str, dict] = {}
         self._branches: list[str] | None = None
         self._calls_in_step = 0
@@ -360,19 +399,19 @@ class Tracer:
         if self._branches is None:
             self._branches = self._branch_names(any_lay.n_branch)
         nb = len(self._branches)
-        metas, results = [], []
-        for layer in self.layers:
-            meta = self._meta.get(layer.name) or {"name": layer.name, "kind": layer.kind, "block": layer.block,
-                                                  "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
-            metas.append(meta)
-            acc = self._acc.get(layer.name)
-            results.append({k: v.numpy() for k, v in acc.result().items()} if acc is not None else None)
-        perturbed = np.zeros((len(self.layers), nb), dtype=bool)
-        for li, layer in enumerate(self.layers):
-            for b in self._perturbed.get(layer.name, ()):
-                perturbed[li, b] = True
         frames = max(lay.frames for lay in self._layouts.values())
-        self.writer.write_step(i, t, metas, self._branches, results, perturbed, self.config.grid, frames)
+        for slot, writer in enumerate(self.writers):
+            metas, results = [], []
+            perturbed = np.zeros((len(self.layers), nb), dtype=bool)
+            for li, layer in enumerate(self.layers):
+                meta = self._meta.get(layer.name) or {"name": layer.name, "kind": layer.kind, "block": layer.block,
+                                                      "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
+                metas.append(meta)
+                acc = self._acc.get((slot, layer.name))
+                results.append({k: v.numpy() for k, v in acc.result().items()} if acc is not None else None)
+                for b in self._perturbed.get((slot, layer.name), ()):
+                    perturbed[li, b] = True
+            writer.write_step(i, t, metas, self._branches, results, perturbed, self.config.grid, frames)
 
     # -- the SDPA handler --------------------------------------------------------------------------
     def _layout(self, name: str, call: hooks.SDPACall) -> Layout:
@@ -415,10 +454,16 @@ class Tracer:
                 self._capture(name, call, lay, orig)
         return out
 
+    def _items(self, lay: Layout, n: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(branch, video) of each of the call's n batch items, and the items per video."""
+        items = torch.arange(n, device=device)
+        per_video = max(1, lay.per_branch // max(1, self._n_videos))
+        return items // lay.per_branch + lay.branch_base, (items % lay.per_branch) // per_video, per_video
+
     def _perturb(self, name, call, lay: Layout, specs, orig) -> torch.Tensor:
         out = orig.clone()
         branches = self._branches or self._branch_names(lay.n_branch)
-        items = torch.arange(out.shape[0], device=out.device) // lay.per_branch + lay.branch_base
+        branch, video, per_video = self._items(lay, out.shape[0], out.device)
         for spec in specs:
             if spec.branch is None:
                 sel_b = list(range(lay.n_branch))
@@ -426,11 +471,20 @@ class Tracer:
                 sel_b = [b for b, nm in enumerate(branches) if nm == spec.branch]
             if not sel_b:
                 continue
+            sel = torch.isin(branch, torch.tensor(sel_b, device=out.device))
+            videos = [vi for vi in range(self._n_videos) if spec.applies_to(vi)]
+            sel &= torch.isin(video, torch.tensor(videos, device=out.device, dtype=video.dtype))
+            if not sel.any():
+                continue
             k, v = call.kv_for_heads()
-            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text)
-            sel = torch.isin(items, torch.tensor(sel_b, device=out.device))
+            src = None
+            if spec.kind == "M":  # the same item of the source video: same branch, frame or position
+                src = torch.arange(out.shape[0], device=out.device) + (spec.source - video) * per_video
+            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src)
             out[sel] = ptb[sel]
-            self._perturbed.setdefault(name, set()).update(sel_b)
+            for vi in videos:
+                self._perturbed.setdefault((vi if self.split_videos else 0, name), set()).update(
+                    b for b in sel_b if bool((sel & (video == vi) & (branch == b)).any()))
         return out
 
     def _side_sdpa(self, name: str, call: hooks.SDPACall) -> torch.Tensor:
@@ -459,12 +513,38 @@ class Tracer:
         rows = None
         if self.config.sample_rows and self.config.sample_rows < Nq:
             rows = sampled_rows(Nq, self.config.sample_rows, q.device)
-        acc = self._acc.get(name)
-        if acc is None:
-            acc = self._acc[name] = Accumulator(lay, H, q.device)
-        accumulate(acc, q, k, v, call.mask(), call.scale, orig, maps=self.config.maps, rows=rows,
-                   chunk_bytes=self.config.chunk_bytes, n_videos=self._n_videos,
-                   lay=lay)
+        mask = call.mask()
+        if not self.split_videos:
+            parts = [(0, None, lay, self._n_videos)]
+        else:  # each video's items go to its own run's accumulator, with a one-video layout
+            _, video, _ = self._items(lay, q.shape[0], q.device)
+            parts = []
+            for vi in range(self._n_videos):
+                idx = (video == vi).nonzero().squeeze(1)
+                parts.append((vi, idx, self._video_layout(name, lay, idx.numel(), Nq, k.shape[-2]), 1))
+        for slot, idx, lay_s, n_videos in parts:
+            if idx is None:
+                qs, ks, vs, ms, os_ = q, k, v, mask, orig
+            else:
+                qs, ks, vs, os_ = q[idx], k[idx], v[idx], orig[idx]
+                ms = mask[idx] if mask is not None and mask.dim() == 4 and mask.shape[0] == q.shape[0] else mask
+            acc = self._acc.get((slot, name))
+            if acc is None:
+                acc = self._acc[(slot, name)] = Accumulator(lay_s, H, q.device)
+            accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps, rows=rows,
+                       chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s)
+
+    def _video_layout(self, name: str, lay: Layout, n_items: int, nq: int, nk: int) -> Layout:
+        key = (name, n_items, lay.branch_base, "video")
+        got = self._layout_cache.get(key)
+        if got is None:
+            layer = next(l for l in self._hooked if l.name == name)
+            geo = replace(self.geometry, batch=self.geometry.batch // self._n_videos)
+            split = self.family.separate_cfg_calls
+            got = make_layout(layer.kind, n_items, nq, nk, geo, 1, self.config.grid,
+                              total_branches=lay.n_branch if split else None, branch_base=lay.branch_base)
+            self._layout_cache[key] = got
+        return got
 
 
 def sampled_rows(n: int, k: int, device=None) -> torch.Tensor:
@@ -494,17 +574,19 @@ def _wrapped_call(pipe, handler):
 
 def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=None, maps: bool = True, grid: int = 8,
           sample_rows: int | None = None, model: str | None = None, attrs: dict | None = None,
-          on_step=None) -> Tracer:
+          on_step=None, split_videos: bool = False) -> Tracer:
     """Capture attention statistics of every ``pipe(...)`` call made inside the returned context.
 
     layers: selection terms (see capture.layers), default every self-attention layer.
     perturb: perturbation specs (strings or PerturbSpec), see capture.perturb.
+    split_videos: each video of a batched call becomes a run of its own (see Tracer).
     """
     from .layers import split_terms
 
     cfg = CaptureConfig(layers=tuple(split_terms(layers)), every=every, steps=steps, maps=maps, grid=grid,
                         sample_rows=sample_rows)
-    return Tracer(pipe, root=root, config=cfg, perturb=perturb, model=model, attrs=attrs, on_step=on_step)
+    return Tracer(pipe, root=root, config=cfg, perturb=perturb, model=model, attrs=attrs, on_step=on_step,
+                  split_videos=split_videos)
 
 
 __all__ = ["trace", "Tracer", "CaptureConfig", "LayerSelectionError", "PerturbSpecError", "sampled_rows"]

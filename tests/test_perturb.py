@@ -109,3 +109,17 @@ def test_step_windows():
         parse_steps("10-3")
     with pytest.raises(PerturbSpecError):
         parse_steps("30-40", n_steps=25)
+
+
+def test_map_of_another_video_equals_explicit_product():
+    """M=0: each item uses the source item's softmax(q kᵀ) with its own values."""
+    q, k, v = qkv(7, B=4)  # items: (video 0, video 1) x 2 branches, one item per video
+    src = torch.tensor([0, 0, 2, 2])
+    spec = PerturbSpec.parse("M=0@x")
+    out = perturbed_output(spec, F.scaled_dot_product_attention, q, k, v, None, 0.4, None, 0, src)
+    a = torch.softmax(q @ k.transpose(-1, -2) * 0.4, dim=-1)  # (B,H,N,N)
+    torch.testing.assert_close(out, a[src] @ v)
+    assert spec.applies_to(1) and not spec.applies_to(0)
+    assert str(spec) == "M=0@x" and PerturbSpec.parse("I@x:video=2").video == 2
+    with pytest.raises(PerturbSpecError, match="source video"):
+        PerturbSpec.parse("M@x")
