@@ -163,7 +163,7 @@ def _run_sweep(spec, args) -> dict:
             bar[0].write(f"failed: {result['run']}: {result['error']}")
 
     summary = execute(spec, args.root, workers=args.workers, threads=args.threads,
-                      scheduler=getattr(args, "scheduler", None), progress=progress)
+                      scheduler=getattr(args, "scheduler", None), progress=progress, batch=args.batch)
     if bar[0] is not None:
         bar[0].close()
     sk = summary["skipped"]
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "its workers need attnlens and the trace root")
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="variants of one prompt and seed generated together in one batched call (default 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 
@@ -438,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--workers", type=int, default=1, help="local processes (default 1: this process)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="variants of one prompt and seed generated together in one batched call (default 1)")
     p.add_argument("--report-only", action="store_true", help="only re-render the report from the root")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)

@@ -55,30 +55,51 @@ def call_args(spec: SweepSpec, preset, defaults: dict) -> dict:
     return call
 
 
-def run_task(job: dict) -> dict:
-    """Run one task in this process (pool workers call this); never raises."""
+def run_task(job: dict) -> list[dict]:
+    """Run one job (one task, or a batch of variants of one prompt and seed) in this process (pool
+    workers call this); one result per run, never raises."""
+    ids = [v["run_id"] for v in job["variants"]]
     try:
         with _LOCK:
-            return _run_locked(job)
+            _run_locked(job)
+        return [{"run": r, "ok": True} for r in ids]
     except FileExistsError:
-        return {"run": job["run_id"], "ok": False, "error": "taken by another process"}
+        return [{"run": r, "ok": False, "error": "taken by another process"} for r in ids]
     except Exception as e:  # noqa: BLE001 - reported in the summary; the run itself is marked failed
-        return {"run": job["run_id"], "ok": False, "error": f"{type(e).__name__}: {e}"}
+        return [{"run": r, "ok": False, "error": f"{type(e).__name__}: {e}"} for r in ids]
 
 
-def _run_locked(job: dict) -> dict:
+def _run_locked(job: dict) -> None:
+    """One pipeline call. Several variants (perturbations of one prompt and seed) go in one
+    batched call: video i gets variant i's perturbations, its own identically seeded generator
+    and its own run (``split_videos``), recorded exactly as if it had run alone."""
     import torch
 
     from .trace import CaptureConfig, Tracer
 
     torch.set_num_threads(job["threads"])
     pipe, _, _ = _pipeline(job["model"])
-    tracer = Tracer(pipe, root=job["root"], config=CaptureConfig(**job["capture"]), perturb=job["perturb"],
-                    model=job["model"], attrs={"sweep": job["sweep"], "sweep_task": job["task"]})
-    tracer.next_run_id = job["run_id"]
+    variants = job["variants"]
+    batched = len(variants) > 1
+    perturb = [f"{p}:video={i}" if batched else p for i, v in enumerate(variants) for p in v["perturb"]]
+    tracer = Tracer(pipe, root=job["root"], config=CaptureConfig(**job["capture"]), perturb=perturb,
+                    model=job["model"], attrs={"sweep": job["sweep"]}, split_videos=batched)
+    tracer.next_run_ids = [v["run_id"] for v in variants]
+    tracer.next_video_attrs = [{"sweep_task": v["task"]} for v in variants]
+    if not batched:
+        tracer.extra_attrs["sweep_task"] = variants[0]["task"]
+    gens = [torch.Generator().manual_seed(job["seed"]) for _ in variants]
     with tracer:
-        pipe(job["prompt"], generator=torch.Generator().manual_seed(job["seed"]), **job["call"])
-    return {"run": job["run_id"], "ok": True}
+        pipe([job["prompt"]] * len(variants) if batched else job["prompt"], generator=gens if batched else gens[0],
+             **job["call"])
+
+
+def batch_jobs(todo: list[tuple[Task, str]], batch: int) -> list[list[tuple[Task, str]]]:
+    """Tasks grouped into jobs of at most ``batch`` variants sharing a prompt and seed (plan order kept)."""
+    groups: dict[tuple, list] = {}
+    for t, rid in todo:
+        groups.setdefault((t.prompt, t.seed), []).append((t, rid))
+    return [g[i:i + batch] for g in groups.values() for i in range(0, len(g), max(1, batch))]
 
 
 def attempts(root, sweep: str) -> dict[str, list[dict]]:
@@ -124,8 +145,9 @@ def completed_run(root, sweep: str, key: str, done: dict | None = None) -> Path 
 
 
 def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None = None, scheduler: str | None = None,
-            progress=None) -> dict:
-    """Plan, run what is missing, measure. ``progress(done, total, result)`` after every run."""
+            progress=None, batch: int = 1) -> dict:
+    """Plan, run what is missing, measure. ``progress(done, total, result)`` after every run.
+    ``batch``: variants of one prompt and seed generated together in one batched call."""
     root = str(trace_root(root))
     pipe, preset, defaults = _pipeline(spec.model)
     from .layers import inventory
@@ -138,15 +160,17 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     capture = {"layers": tuple(spec.capture.get("layers", ("self",))), "every": int(spec.capture.get("every", 1)),
                "maps": bool(spec.capture.get("maps", True)), "grid": int(spec.capture.get("grid", 8))}
-    jobs = [dict(root=root, model=spec.model, sweep=spec.name, run_id=rid, prompt=t.prompt, seed=t.seed,
-                 perturb=list(t.perturb), call=call, capture=capture, threads=threads, task=asdict(t))
-            for t, rid in todo]
+    jobs = [dict(root=root, model=spec.model, sweep=spec.name, prompt=g[0][0].prompt, seed=g[0][0].seed, call=call,
+                 capture=capture, threads=threads,
+                 variants=[dict(run_id=rid, perturb=list(t.perturb), task=asdict(t)) for t, rid in g])
+            for g in batch_jobs(todo, batch)]
     results = []
 
-    def note(r):
-        results.append(r)
-        if progress:
-            progress(len(results), len(jobs), r)
+    def note(rs):
+        for r in rs:
+            results.append(r)
+            if progress:
+                progress(len(results), len(todo), r)
 
     if scheduler:
         for r in _run_dask(scheduler, jobs):
@@ -162,7 +186,7 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
             note(run_task(j))
     measured = measure(spec, tasks, root)
     failed = [r for r in results if not r["ok"]]
-    return {"sweep": spec.name, "planned": len(tasks), "ran": len(jobs), "ok": len(jobs) - len(failed),
+    return {"sweep": spec.name, "planned": len(tasks), "ran": len(todo), "ok": len(todo) - len(failed),
             "failed": failed, "skipped": skipped, "measured": measured, "root": root}
 
 
@@ -183,7 +207,8 @@ def _run_dask(address: str, jobs: list[dict]):
         declared = any("attnlens-run" in (w.get("resources") or {})
                        for w in client.scheduler_info().get("workers", {}).values())
         kw = {"resources": {"attnlens-run": 1}} if declared else {}
-        futures = [client.submit(run_task, j, key=f"attnlens-{j['run_id']}", pure=False, **kw) for j in jobs]
+        futures = [client.submit(run_task, j, key=f"attnlens-{j['variants'][0]['run_id']}", pure=False, **kw)
+                   for j in jobs]
         for fut in dask_completed(futures):
             yield fut.result()
 

@@ -152,6 +152,9 @@ class Tracer:
         self.run_ids: list[str] = []
         self.run_dirs: list = []
         self.next_run_id: str | None = None  # the id the next traced call's run gets (else a fresh one)
+        # with split_videos: ids and extra attributes of the next call's runs, one per video
+        self.next_run_ids: list[str] | None = None
+        self.next_video_attrs: list[dict] | None = None
         self._active = False
         self.family = family_of(pipe)
         self.denoiser = self.family.denoiser(pipe)
@@ -280,15 +283,20 @@ class Tracer:
             "definitions": DEFINITIONS,
         }
         n_runs = self._n_videos if self.split_videos else 1
+        ids = self.next_run_ids or [self.next_run_id]
+        video_attrs = self.next_video_attrs or []
+        self.next_run_id = self.next_run_ids = self.next_video_attrs = None
         self.writers = []
         for vi in range(n_runs):
             attrs = dict(base, prompt=prompts[vi // per_prompt] if prompts else None,
-                         seed=seeds[vi] if vi < len(seeds) else record.get("seed"),
-                         perturbation=[s.as_dict() for s in self.specs if not self.split_videos or s.applies_to(vi)],
-                         **self.extra_attrs)
-            if self.split_videos:
+                         seed=seeds[vi] if vi < len(seeds) else record.get("seed"), **self.extra_attrs)
+            if self.split_videos:  # recorded as if the video had been generated alone
+                attrs["perturbation"] = [replace(s, video=None).as_dict() for s in self.specs if s.applies_to(vi)]
                 attrs["batch"] = {"video": vi, "videos": self._n_videos, "prompts": prompts, "seeds": seeds}
-            run_id, self.next_run_id = self.next_run_id, None
+                attrs.update(video_attrs[vi] if vi < len(video_attrs) else {})
+            else:
+                attrs["perturbation"] = [s.as_dict() for s in self.specs]
+            run_id = ids[vi] if vi < len(ids) else None
             try:
                 w = RunWriter(self.root, attrs, run_id=run_id)
             except BaseException:

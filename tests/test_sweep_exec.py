@@ -59,6 +59,34 @@ def test_process_pool_gives_identical_runs(tmp_path):
         assert np.array_equal(run_video(run_dir(tmp_path / "seq", rid)), run_video(run_dir(tmp_path / "pool", rid)))
 
 
+def test_batched_variants_equal_one_by_one(tmp_path):
+    """--batch 3: the baseline and both one-layer variants of the prompt and seed in one call; the
+    same run ids, attributes and catalog rows as sequential runs, statistics and videos equal."""
+    import xarray as xr  # noqa: F401 - open_run returns xarray datasets
+
+    from capture.store import open_run
+
+    seq = execute(_spec(), tmp_path / "seq", threads=1)
+    bat = execute(_spec(), tmp_path / "bat", threads=1, batch=3)
+    assert bat["ok"] == 3 and bat["ran"] == 3, bat["failed"]
+    ids = sorted(p.name for p in (tmp_path / "seq" / "runs").iterdir())
+    assert ids == sorted(p.name for p in (tmp_path / "bat" / "runs").iterdir())
+    for rid in ids:
+        a, b = open_run(run_dir(tmp_path / "seq", rid)), open_run(run_dir(tmp_path / "bat", rid))
+        for name in ("entropy", "entropy_norm", "energy"):
+            np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(a["perturbed"].values, b["perturbed"].values)
+        assert np.abs(run_video(run_dir(tmp_path / "seq", rid)).astype(int)
+                      - run_video(run_dir(tmp_path / "bat", rid))).max() <= 1
+        assert a.attrs["sweep_task"] == b.attrs["sweep_task"] and a.attrs["perturbation"] == b.attrs["perturbation"]
+    q = "SELECT run, perturbation, sweep_layers, sweep_perturbation FROM runs ORDER BY run"
+    assert Catalog(tmp_path / "seq").query(q).equals(Catalog(tmp_path / "bat").query(q))
+    m = "SELECT run, metric, baseline, value FROM metrics WHERE frame IS NULL ORDER BY run, metric"
+    ms, mb = Catalog(tmp_path / "seq").query(m), Catalog(tmp_path / "bat").query(m)
+    assert ms[["run", "metric", "baseline"]].equals(mb[["run", "metric", "baseline"]])
+    np.testing.assert_allclose(ms["value"], mb["value"], rtol=0.02, atol=1e-3)
+
+
 def test_sweep_cli(tmp_path, capsys):
     from capture.cli import main
 
