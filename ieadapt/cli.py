@@ -76,6 +76,55 @@ def cmd_apply_enhance(args) -> int:
     return 0
 
 
+def cmd_apply_edit(args) -> int:
+    from tqdm.auto import tqdm
+
+    from capture.layers import inventory
+    from capture.models.families import family_of
+    from capture.models.presets import load_pipeline
+
+    from .edit import edit, injected_layers, measure_edit
+
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    call = _call(args, defaults, preset)
+    n = call["num_inference_steps"]
+    sel = _selection(args.selection, pipe, None if args.any_model else args.model)
+    fam = family_of(pipe)
+    kinds = {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam)}
+    layers = injected_layers(sel.layers, kinds, args.temporal)
+    if not layers:
+        from capture.selection import SelectionError
+
+        raise SelectionError(f"the selection has no spatial layers to inject into ({len(sel.layers)} layers of other "
+                             "kinds); select spatial layers or add --temporal")
+    latents = None
+    bar = tqdm(total=n * (2 if args.source_video else 1), unit="step", disable=args.quiet, file=sys.stderr)
+    if args.source_video:
+        from .invert import ddim_invert, read_video
+
+        frames = read_video(args.source_video)
+        call["num_frames"] = frames.shape[0]
+        call["height"], call["width"] = frames.shape[1:3]
+        bar.set_description("DDIM inversion")
+        latents = ddim_invert(pipe, frames, args.source_prompt, n, progress=lambda i: bar.update(1))
+    bar.set_description("edit")
+    res = edit(pipe, layers, source_prompt=args.source_prompt, target_prompt=args.target_prompt, inject=args.inject,
+               call=call, seed=None if latents is not None else args.source_seed, source_latents=latents,
+               root=args.root, model=args.model, on_step=lambda i, t: bar.update(1),
+               attrs={"ieadapt": {"selection": {"file": str(args.selection), "rule": sel.rule,
+                                                "statistic": sel.statistic, "model": sel.model},
+                                  "source_video": str(args.source_video) if args.source_video else None}})
+    bar.close()
+    m = measure_edit(res, args.target_prompt, args.metric_weights)
+    print(f"{res.source_run}  source  {args.source_prompt}")
+    print(f"{res.target_run}  target  {args.target_prompt}  ({len(layers)} layers injected for "
+          f"{res.inject_steps}/{n} steps, {res.seconds:.2f} s)")
+    keys = [k for k in ("ssim_mean", "psnr_mean", "lpips_mean", "temporal_flicker", "world_colour_correct",
+                        "world_shape_correct", "world_motion_correct", "clip_score_mean") if k in m]
+    print("target vs source: " + "  ".join(f"{k}={m[k]:.4g}" for k in keys))
+    return 0
+
+
 def _selection(path, pipe, model: str | None):
     """The selection file, checked against the pipeline's layers (and model name unless None)."""
     from capture.layers import inventory
@@ -120,6 +169,19 @@ def register(sub) -> None:
     e.add_argument("--baseline", action="store_true",
                    help="also capture plain CFG with the same seed and print metrics against it")
     e.set_defaults(func=cmd_apply_enhance)
+
+    d = asub.add_parser("edit", help="text-guided editing: the target takes the source's maps in the selected layers")
+    _add_common(d)
+    d.add_argument("--source-prompt", required=True)
+    d.add_argument("--target-prompt", required=True)
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source-seed", type=int, help="generate the source from this seed")
+    src.add_argument("--source-video", help="invert this video with DDIM (a run directory, .npy, .gif or .mp4); "
+                                            "use --guidance 1 for a faithful source")
+    d.add_argument("--inject", type=float, default=0.5, help="fraction of steps, from the first, with injected maps")
+    d.add_argument("--temporal", action="store_true", help="inject temporal maps too")
+    d.add_argument("--metric-weights", help="local weights of the optional metrics (LPIPS, CLIP score)")
+    d.set_defaults(func=cmd_apply_edit)
 
 
 def _add_common(p) -> None:
