@@ -39,7 +39,8 @@ METRIC_COLUMNS = ["run", "metric", "value", "frame", "baseline"]
 RUN_COLUMNS = [
     "run", "status", "state", "model", "family", "prompt", "negative_prompt", "seed", "steps", "frames", "height",
     "width", "guidance", "perturbation", "capture_mode", "layers_captured", "steps_captured", "created", "finished",
-    "seconds", "error", "sweep", "sweep_layer_set", "sweep_layers", "sweep_perturbation", "sweep_window", "path",
+    "seconds", "error", "sweep", "sweep_layer_set", "sweep_layers", "sweep_perturbation", "sweep_window",
+    "ieadapt", "ieadapt_pair", "path",
 ]
 STATS_COLUMNS = [
     "run", dims.STEP, dims.TIMESTEP, dims.LAYER, dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART, dims.HEAD,
@@ -127,7 +128,23 @@ def run_row(run_dir: Path) -> dict:
     task = a.get("sweep_task") or {}  # what a sweep planned for this run (capture.sweep.Task)
     row.update(sweep_layer_set=task.get("layer_set"), sweep_layers=",".join(task.get("layers") or ()) or None,
                sweep_perturbation=task.get("perturbation"), sweep_window=task.get("window"))
+    row.update(ieadapt=ieadapt_label(a.get("ieadapt")), ieadapt_pair=(a.get("ieadapt") or {}).get("source_run")
+               or (a.get("ieadapt") or {}).get("target_run"))
     return row
+
+
+def ieadapt_label(rec: dict | None) -> str | None:
+    """A short description of an IE-Adapt run's method (None for other runs)."""
+    if not rec:
+        return None
+    if rec.get("method") == "edit":
+        return f"edit {rec.get('role', '')} inject={rec.get('inject', 0):g}".replace("  ", " ")
+    mode = rec.get("mode")
+    if mode == "guidance":
+        return f"guidance s={rec.get('scale', 0):g} {rec.get('perturb', '')} {rec.get('schedule', 'constant')}"
+    if mode == "temperature":
+        return f"temperature x{rec.get('factor', 1):g}"
+    return "cfg"
 
 
 class Catalog:

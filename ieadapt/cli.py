@@ -125,6 +125,40 @@ def cmd_apply_edit(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tqdm.auto import tqdm
+
+    from capture.models.presets import load_pipeline
+    from capture.perturb import parse_steps
+    from capture.store import trace_root
+
+    from .compare import METHODS, CompareConfig, demo_pairs, frechet_by_method, run_comparison, write_report
+
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    call = _call(args, defaults, preset)
+    if args.prompts:
+        prompts = [l.strip() for l in open(args.prompts) if l.strip() and not l.startswith("#")]
+        pairs = [(p, s) for p in prompts for s in args.seed]
+    else:
+        pairs = demo_pairs(args.clips, args.seed)
+    window = parse_steps(args.steps, call["num_inference_steps"]) if args.steps else None
+    cfg = CompareConfig(scale=args.scale, perturb=args.perturb, fraction=args.fraction, factor=args.factor,
+                        steps=window)
+    bar = tqdm(total=len(pairs) * len(METHODS), unit="video", disable=args.quiet, file=sys.stderr)
+    df, sets = run_comparison(pipe, pairs, call, trace_root(args.root), model=args.model, cfg=cfg,
+                              progress=lambda m: (bar.set_description(m), bar.update(1)))
+    bar.close()
+    fd = frechet_by_method(df) if "world_colour" in df else None
+    cmd = (f"attnlens compare --model {args.model}" + ("" if args.prompts else f" --clips {args.clips}")
+           + f" --seed {' '.join(map(str, args.seed))} "
+           f"--scale {args.scale:g} --perturb {args.perturb} --fraction {args.fraction:g}"
+           + (f" --steps {args.steps}" if args.steps else "") + (f" --prompts {args.prompts}" if args.prompts else ""))
+    path = write_report(df, sets, fd, args.out, model=args.model, cfg=cfg, call=call, command=cmd)
+    print(path.read_text().split("## Entropy")[0])
+    print(f"report: {path}")
+    return 0
+
+
 def _selection(path, pipe, model: str | None):
     """The selection file, checked against the pipeline's layers (and model name unless None)."""
     from capture.layers import inventory
@@ -152,6 +186,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default="-", help="selection JSON file (default: print it)")
     p.set_defaults(func=cmd_select)
 
+    register_compare(sub)
     ap = sub.add_parser("apply", help="apply IE-Adapt (enhancement, editing) with a layer selection")
     asub = ap.add_subparsers(dest="method", required=True, metavar="METHOD")
     e = asub.add_parser("enhance", help="guidance away from a perturbed prediction, or temperature, on the selected layers")
@@ -198,3 +233,25 @@ def _add_common(p) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", help="cpu, cuda, ...")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def register_compare(sub) -> None:
+    c = sub.add_parser("compare", help="IE-Adapt vs CFG, PAG and random layers over prompts x seeds, with a report")
+    c.add_argument("--model", default="demo")
+    c.add_argument("--root", help=f"trace root (default ${ROOT_ENV} or data/traces)")
+    c.add_argument("--prompts", help="prompts file (default: --clips held-out demo-world prompts)")
+    c.add_argument("--clips", type=int, default=16, help="number of demo-world prompts when no file is given")
+    c.add_argument("--seed", type=int, nargs="+", default=[0, 1])
+    c.add_argument("--scale", type=float, default=3.0)
+    c.add_argument("--perturb", choices=["I", "U"], default="I")
+    c.add_argument("--fraction", type=float, default=0.5, help="share of each kind's layers for ie-high / ie-low")
+    c.add_argument("--factor", type=float, default=0.8, help="ie-temp-high: logits x factor")
+    c.add_argument("--steps", help="guidance step window A-B")
+    c.add_argument("--out", default="docs/ieadapt", help="report directory")
+    for a in ("--num-steps", "--frames", "--height", "--width"):
+        c.add_argument(a, type=int)
+    c.add_argument("--guidance", type=float)
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    c.add_argument("--device")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)

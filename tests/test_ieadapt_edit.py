@@ -35,6 +35,11 @@ def test_inject_zero_is_plain_generation_of_the_target(anim_pipe, root):
     t, s = open_run(r.target_dir), open_run(r.source_dir)
     assert t.attrs["prompt"] == TGT and s.attrs["prompt"] == SRC
     assert t.attrs["ieadapt"]["source_run"] == r.source_run and s.attrs["ieadapt"]["target_run"] == r.target_run
+    from capture.catalog import Catalog
+
+    rows = Catalog(root).query("SELECT run, ieadapt, ieadapt_pair FROM runs ORDER BY run").set_index("run")
+    assert rows.loc[r.target_run, "ieadapt"] == "edit target inject=0" and rows.loc[r.target_run, "ieadapt_pair"] == r.source_run
+    assert rows.loc[r.source_run, "ieadapt_pair"] == r.target_run
 
 
 def test_identical_prompts_and_full_injection_reproduce_the_source(anim_pipe, root):

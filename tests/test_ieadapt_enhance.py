@@ -176,6 +176,10 @@ def test_cli_apply_enhance_with_selection_file(root, tmp_path, capsys):
     run = out.splitlines()[1].split()[0]  # the guidance run (after the baseline's line)
     ds = open_run(root / "runs" / run)
     assert ds.attrs["ieadapt"]["layers"] == sel.layers and ds.attrs["ieadapt"]["selection"]["rule"] == "top:0.5"
+    from capture.catalog import Catalog
+
+    labels = Catalog(root).query("SELECT run, ieadapt FROM runs").set_index("run")["ieadapt"]
+    assert labels[run] == "guidance s=2 I constant" and labels[out.splitlines()[0].split()[0]] == "cfg"
     # a selection naming a layer this model lacks, and one made for another model: one line, exit 2
     bad = json.loads(sel_file.read_text())
     bad["layers"] = ["down_blocks.0.attentions.0.transformer_blocks.0.attn9"]
@@ -189,3 +193,60 @@ def test_cli_apply_enhance_with_selection_file(root, tmp_path, capsys):
     assert main(args[:5] + [str(tmp_path / "other.json")] + args[6:]) == 2
     assert "made for model 'demo'" in capsys.readouterr().err
     assert main(args[:5] + [str(tmp_path / "other.json")] + args[6:] + ["--any-model"]) == 0
+
+
+def test_selection_round_trip_dashboard_select_apply(root, tmp_path, capsys, monkeypatch):
+    """The same rule in the dashboard's Layer selection view and in ``attnlens select`` gives the
+    same file content; both files drive ``attnlens apply enhance``."""
+    import sys
+
+    from capture.cli import main
+    from dashboard import cache, notes
+
+    AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+    assert main(["capture", "--model", "tiny-animatediff", "--root", str(root), "--prompt", PROMPT,
+                 "--steps", "2", "--frames", "8", "--height", "64", "--width", "64", "--quiet"]) == 0
+    run = capsys.readouterr().out.split()[0]
+    monkeypatch.setenv("ATTNLENS_ROOT", str(root))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    cache.reload()
+    at = AppTest.from_string("from dashboard.views import selection\nselection.render()", default_timeout=90)
+    for k, v in dict(sel_runs=run, sel_kind="temporal", sel_rule="bottom", sel_frac="0.5").items():
+        at.query_params[k] = v
+    at.run()
+    at.text_input(key="sel_save_name").input("low temporal")
+    at.button(key="sel_save_submit").click().run()
+    (dash_sel,) = notes.list_selections(root).values()
+    dash_file = next((root / notes.SELECTIONS_DIR).glob("*.json"))
+    cli_file = tmp_path / "cli.json"
+    assert main(["select", "--root", str(root), "--runs", run, "--stat", "entropy_norm", "--rule", "bottom:0.5",
+                 "--kind", "temporal", "-o", str(cli_file)]) == 0
+    from capture.selection import Selection
+
+    cli_sel = Selection.load(cli_file)
+    assert cli_sel.layers == dash_sel.layers and cli_sel.model == dash_sel.model == "tiny-animatediff"
+    assert (cli_sel.rule, cli_sel.statistic, cli_sel.kind, cli_sel.source_runs) == \
+        (dash_sel.rule, dash_sel.statistic, dash_sel.kind, dash_sel.source_runs)
+    for f in (dash_file, cli_file):
+        assert main(["apply", "enhance", "--model", "tiny-animatediff", "--selection", str(f), "--root", str(root),
+                     "--prompt", PROMPT, "--num-steps", "2", "--frames", "8", "--height", "64", "--width", "64",
+                     "-q"]) == 0
+        rid = capsys.readouterr().out.split()[0]
+        assert open_run(root / "runs" / rid).attrs["ieadapt"]["layers"] == dash_sel.layers
+
+
+@pytest.mark.parametrize("which", ["cog", "wan"])
+def test_guidance_on_transformer_families(which, cog_pipe, wan_pipe, root):
+    """Batched CFG (CogVideoX) and one denoiser call per branch (Wan, cond first): one extra call
+    per step on the conditional items; s = 0 stays bit-identical."""
+    from .conftest import COG_CALL, WAN_CALL
+
+    pipe, call = (cog_pipe, COG_CALL) if which == "cog" else (wan_pipe, WAN_CALL)
+    layers = [n for n, k in _layers(pipe) if k == "joint"][:1]
+    base = _run(pipe, root, EnhanceConfig(mode="cfg"), layers, call)
+    zero = _run(pipe, root, EnhanceConfig(mode="guidance", scale=0.0), layers, call)
+    on = _run(pipe, root, EnhanceConfig(mode="guidance", scale=2.0, perturb="U"), layers, call)
+    assert np.array_equal(base.frames, zero.frames)
+    assert on.extra_calls == call["num_inference_steps"]
+    assert np.abs(on.frames - base.frames).max() > 1e-4
+    assert open_run(on.run_dir).sizes["step"] == call["num_inference_steps"]
