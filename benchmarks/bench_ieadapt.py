@@ -7,7 +7,8 @@ Modes: the plain pipeline (no capture), diffusers' AnimateDiffPAGPipeline on the
 capture; it batches [uncond, cond, perturbed] in one call), and through attnlens with attention
 capture (statistics only): plain CFG, IE-Adapt guidance (one extra call on the conditional half
 per step) and temperature mode. Denoiser calls and batch items are counted with a forward
-pre-hook; seconds are the median over the videos.
+pre-hook, plus the extra calls guidance reports (they run inside the hooked forward, so a torch
+pre-hook does not see them); seconds are the median over the videos.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def main(argv=None) -> int:
                 for name, fn in modes:
                     counts.update(calls=0, items=0)
                     t0 = time.perf_counter()
-                    fn(i)
+                    res = fn(i)
                     dt = time.perf_counter() - t0
+                    counts["calls"] += getattr(res, "extra_calls", 0)
+                    counts["items"] += getattr(res, "extra_items", 0)
                     if i:
                         rows.append((name, dt, counts["calls"], counts["items"]))
         finally:

@@ -66,6 +66,7 @@ class EnhanceResult:
     run_dir: object
     seconds: float
     extra_calls: int = 0  # guidance: extra denoiser calls made
+    extra_items: int = 0  # guidance: batch items of those calls
     extra_seconds: float = 0.0
     layers: list[str] = field(default_factory=list)
     frames: object = None  # the pipeline's output frames (e.g. (videos, F, H, W, 3) floats for output_type="np")
@@ -111,7 +112,8 @@ def enhance(pipe, layers: list[str], cfg: EnhanceConfig, *, prompt: str, seed: i
             if remove is not None:
                 remove()
     return EnhanceResult(run_id=tracer.run_id, run_dir=tracer.run_dirs[-1], seconds=time.perf_counter() - t0,
-                         extra_calls=g.extra_calls if g else 0, extra_seconds=g.extra_seconds if g else 0.0,
+                         extra_calls=g.extra_calls if g else 0,
+                         extra_items=g.extra_items if g else 0, extra_seconds=g.extra_seconds if g else 0.0,
                          layers=list(layers), frames=getattr(out, "frames", None))
 
 

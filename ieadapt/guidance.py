@@ -81,6 +81,7 @@ class Guidance:
         self.w = float(guidance_scale)
         self.n_steps = int(n_steps)
         self.extra_calls = 0
+        self.extra_items = 0  # batch items of the extra calls
         self.extra_seconds = 0.0
 
     def __call__(self, forward, args, kwargs):
@@ -97,6 +98,7 @@ class Guidance:
         with torch.no_grad(), self.tracer.side_pass():
             eps_p = output_sample(forward(*a, **k))
         self.extra_calls += 1
+        self.extra_items += eps.shape[0] - lo
         self.extra_seconds += time.perf_counter() - t0
         eps_c = eps[lo:]
         factor = s / self.w if cfg_on else s
