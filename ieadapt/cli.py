@@ -91,7 +91,7 @@ def cmd_apply_edit(args) -> int:
     sel = _selection(args.selection, pipe, None if args.any_model else args.model)
     fam = family_of(pipe)
     kinds = {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam)}
-    layers = injected_layers(sel.layers, kinds, args.temporal)
+    layers = injected_layers(sel.layers, kinds, args.temporal, args.cross)
     if not layers:
         from capture.selection import SelectionError
 
@@ -176,7 +176,7 @@ def _selection(path, pipe, model: str | None):
 def register(sub) -> None:
     p = sub.add_parser("select", help="choose layers for IE-Adapt from stored statistics or sweep effects")
     p.add_argument("--root", help=f"trace root (default ${ROOT_ENV} or data/traces)")
-    p.add_argument("--runs", nargs="+", help="calibration runs (default: every complete unperturbed run)")
+    p.add_argument("--runs", nargs="+", help="calibration runs (default: every complete unperturbed run, IE-Adapt method runs left out)")
     p.add_argument("--stat", default="entropy_norm",
                    help="entropy_norm, entropy, energy, energy_proportion or effect:SWEEP:METRIC[:I|U]")
     p.add_argument("--rule", default="bottom:0.5", help="top:F, bottom:F, threshold:>=X, threshold:<=X, names:a,b")
@@ -215,6 +215,8 @@ def register(sub) -> None:
                                             "use --guidance 1 for a faithful source")
     d.add_argument("--inject", type=float, default=0.5, help="fraction of steps, from the first, with injected maps")
     d.add_argument("--temporal", action="store_true", help="inject temporal maps too")
+    d.add_argument("--cross", action="store_true",
+                   help="inject cross-attention maps too (prompt-to-prompt style; prompts whose words line up)")
     d.add_argument("--metric-weights", help="local weights of the optional metrics (LPIPS, CLIP score)")
     d.set_defaults(func=cmd_apply_edit)
 

@@ -9,7 +9,9 @@ two runs (source and target), each captured and stored like any other run; their
 attributes link them.
 
 Injected layers: the selection's spatial layers (by default chosen low-entropy: structure-carrying),
-and with ``temporal`` also its temporal layers, or every temporal layer when it has none.
+and with ``temporal`` also its temporal layers, or every temporal layer when it has none; likewise
+``cross`` for cross-attention (prompt-to-prompt style: the target's words placed where the source's
+words attended; needs source and target prompts whose tokens line up, e.g. one word swapped).
 
 Metrics (stored with the target run): structure preservation against the source (SSIM, PSNR;
 LPIPS with local weights), temporal consistency (flicker), fidelity to the target prompt (the demo
@@ -44,13 +46,13 @@ class EditResult:
     metrics: dict = field(default_factory=dict)
 
 
-def injected_layers(selection_layers: list[str], kinds: dict[str, str], temporal: bool) -> list[str]:
+def injected_layers(selection_layers: list[str], kinds: dict[str, str], temporal: bool, cross: bool = False) -> list[str]:
     """The layers whose maps the target takes from the source (see the module docstring)."""
-    spatial = [n for n in selection_layers if kinds.get(n) == "spatial"]
-    out = list(spatial)
-    if temporal:
-        sel_t = [n for n in selection_layers if kinds.get(n) == "temporal"]
-        out += sel_t or [n for n, k in kinds.items() if k == "temporal"]
+    out = [n for n in selection_layers if kinds.get(n) == "spatial"]
+    for flag, kind in ((temporal, "temporal"), (cross, "cross")):
+        if flag:
+            chosen = [n for n in selection_layers if kinds.get(n) == kind]
+            out += chosen or [n for n, k in kinds.items() if k == kind]
     joint = [n for n in selection_layers if kinds.get(n) == "joint"]  # 3D-attention models: their self layers
     return out + joint
 

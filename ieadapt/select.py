@@ -50,9 +50,10 @@ def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = 
     if stat not in STATS:
         raise SelectionError(f"unknown statistic {stat!r}; one of {', '.join(STATS)}, effect:SWEEP:METRIC")
     complete = list(tr.runs(status=[dims.COMPLETE])["run"])
-    if not runs:  # default: every complete unperturbed run
+    if not runs:  # default: every complete unperturbed run that is not an IE-Adapt method run (plain CFG ones count)
         runs = list(tr.catalog.query(f"""SELECT run FROM runs WHERE status = '{dims.COMPLETE}'
-                                        AND coalesce(perturbation, '') = '' AND sweep_layers IS NULL ORDER BY run""")["run"])
+                                        AND coalesce(perturbation, '') = '' AND sweep_layers IS NULL
+                                        AND coalesce(ieadapt, 'cfg') = 'cfg' ORDER BY run""")["run"])
     missing = [r for r in runs if r not in complete]
     if missing:
         raise SelectionError(f"no complete run {missing[0]!r} in {tr.root}")

@@ -71,6 +71,8 @@ def test_injected_layers_rule():
     assert injected_layers(["a", "b", "c"], kinds, temporal=False) == ["a"]
     assert injected_layers(["a", "b"], kinds, temporal=True) == ["a", "b"]
     assert injected_layers(["e"], kinds, temporal=True) == ["e", "b", "d"]
+    assert injected_layers(["a"], kinds, temporal=False, cross=True) == ["a", "c"]
+    assert injected_layers(["a", "c"], dict(kinds, f="cross"), temporal=False, cross=True) == ["a", "c"]
 
 
 @pytest.mark.slow
