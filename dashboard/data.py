@@ -71,7 +71,8 @@ class TraceRoot:
     # -- runs -----------------------------------------------------------------------------------
     def runs(self, *, model=None, prompt=None, seed=None, perturbation=None, status=None) -> pd.DataFrame:
         """The runs table, filtered: ``model``/``status`` lists of values, ``prompt`` a substring
-        (case-insensitive), ``seed`` a list of ints, ``perturbation`` 'none', 'any' or a substring."""
+        (case-insensitive), ``seed`` a list of ints, ``perturbation`` 'none', 'any' or a substring
+        (of the perturbation specs or the IE-Adapt method label)."""
         where, params = [], []
         if model:
             where.append(f"model IN (SELECT unnest(?::VARCHAR[]))")
@@ -90,8 +91,8 @@ class TraceRoot:
         elif perturbation == "any":
             where.append("coalesce(perturbation, '') <> ''")
         elif perturbation:
-            where.append("perturbation ILIKE ?")
-            params.append(f"%{perturbation}%")
+            where.append("(perturbation ILIKE ? OR ieadapt ILIKE ?)")
+            params += [f"%{perturbation}%"] * 2
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, run"
         return self._q(sql, params)
 

@@ -81,6 +81,23 @@ def test_layer_step_diff(root):
     np.testing.assert_allclose(d.set_index([dims.LAYER_NAME, dims.STEP])["value"].sort_index(), ref, rtol=1e-5, atol=1e-6)
 
 
+
+
+def test_runs_filter_matches_ieadapt_method(tmp_path):
+    from capture import synthetic as S
+
+    rng = np.random.default_rng(3)
+    layers = S.animatediff_like_layers(n_down=1, heads=1, frames=2, grid=2, latent=4)
+    g = S.write_run(tmp_path, rng, layers=layers, steps=2, frames=2, grid=2, run_id="20260101-000000-a1a1a1",
+                    attrs={"model": "m", "ieadapt": {"method": "enhance", "mode": "guidance", "scale": 3, "perturb": "I"}})
+    S.write_run(tmp_path, rng, layers=layers, steps=2, frames=2, grid=2, run_id="20260101-000001-b2b2b2",
+                attrs={"model": "m"})
+    tr = TraceRoot(tmp_path)
+    assert list(tr.runs(perturbation="guidance")["run"]) == [g]
+    labels = tr.runs()["ieadapt"]
+    assert labels.iloc[0] == "guidance s=3 I constant" and labels.isna().iloc[1]
+
+
 @pytest.mark.parametrize("step", [None, 2])
 @pytest.mark.parametrize("step_agg", ["mean", "max"])
 def test_per_layer_over_runs(root, step, step_agg):

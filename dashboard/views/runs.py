@@ -11,7 +11,7 @@ from ..data import RunUnavailable
 from .common import note_form, root, run_label, unavailable, video
 
 STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
-COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "steps", "frames", "height", "width",
+COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "ieadapt", "steps", "frames", "height", "width",
            "guidance", "capture_mode", "layers_captured", "steps_captured", "sweep", "created", "seconds"]
 
 
@@ -25,7 +25,7 @@ def render() -> None:
     c1.multiselect("model", models, key=state.init("runs_model", [], options=models, multi=True))
     c2.text_input("prompt contains", key=state.init("runs_prompt", ""))
     c3.multiselect("seed", seeds, key=state.init("runs_seed", [], cast=int, options=seeds, multi=True))
-    c4.text_input("perturbation (none / any / text)", key=state.init("runs_pert", ""))
+    c4.text_input("perturbation / IE-Adapt (none / any / text)", key=state.init("runs_pert", ""))
     c5.multiselect("status", STATES, key=state.init("runs_status", [], options=STATES, multi=True))
     state.sync("runs_model", "runs_prompt", "runs_seed", "runs_pert", "runs_status")
     ss = st.session_state
