@@ -59,3 +59,23 @@ def test_fidelity_metrics_end_to_end_on_generated_clips(tmp_path):
     fd = rep["frechet"]
     assert fd["real_vs_real"] >= 0 and fd["generated_vs_real"] > fd["real_vs_real"]  # noise is far from real clips
     assert fd["random_weights_vs_real"] == pytest.approx(fd["generated_vs_real"])  # same pipe, same seeds
+
+
+def test_frozen_text_encoder_and_reused_vae(tmp_path):
+    """--freeze-text-encoder keeps the seeded random encoder; --reuse-vae skips both VAE stages and
+    ships that VAE unchanged, while the denoiser still trains."""
+    from capture.models.demo_train import build_components
+
+    kw = dict(cfg=SMALL, vae_steps=2, unet_steps=2, decoder_steps=1, batch=4, save_every=10, bar_factory=_Quiet)
+    first = train(tmp_path / "a", **kw)
+    first.vae.save_pretrained(tmp_path / "vae")
+    pipe = train(tmp_path / "b", freeze_text=True, reuse_vae=tmp_path / "vae", **kw)
+    _, unet0, _, te0, _, _ = build_components(SMALL, 0)
+    for (name, p), (_, p0) in zip(pipe.text_encoder.named_parameters(), te0.named_parameters()):
+        assert torch.equal(p.half().float(), p0.half().float()), name  # shipped in float16
+    for (name, p), (_, p0) in zip(pipe.vae.named_parameters(), first.vae.named_parameters()):
+        assert torch.equal(p, p0), name
+    assert not all(torch.equal(p.half().float(), p0.half().float())
+                   for p, p0 in zip(pipe.unet.parameters(), unet0.parameters()))
+    stages = {line.split(",")[0] for line in (tmp_path / "b" / "loss.csv").read_text().splitlines()[1:]}
+    assert stages == {"unet"}
