@@ -43,7 +43,7 @@ def _read_prompts(args) -> list[str]:
 
 
 def cmd_capture(args) -> int:
-    from .models.presets import load_pipeline
+    from .models.presets import load_pipeline, pipeline_call
     from .perturb import PerturbSpec, parse_steps
     from .trace import CaptureConfig, Tracer
     from .layers import split_terms
@@ -60,21 +60,10 @@ def cmd_capture(args) -> int:
             raise CLIError(f"perturbation {s}: step window starts after the last step ({steps - 1})")
     if capture_steps and capture_steps[0] >= steps:
         raise CLIError(f"--capture-steps {args.capture_steps} starts after the last step ({steps - 1})")
-    call = dict(
-        num_inference_steps=steps,
-        num_frames=args.frames or defaults["frames"],
-        guidance_scale=args.guidance if args.guidance is not None else defaults["guidance"],
-        output_type="np",
-    )
-    h = args.height or defaults.get("height")
-    w = args.width or defaults.get("width")
-    if h:
-        call["height"] = h
-    if w:
-        call["width"] = w
+    call = pipeline_call(preset, defaults, steps=steps, frames=args.frames, guidance=args.guidance,
+                         height=args.height, width=args.width)
     if args.negative_prompt:
         call["negative_prompt"] = args.negative_prompt
-    call.update(preset.call_kwargs if preset else {})
     seeds = args.seed or [0]
     import torch
     from tqdm.auto import tqdm

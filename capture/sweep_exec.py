@@ -43,16 +43,11 @@ def _pipeline(model: str):
 
 
 def call_args(spec: SweepSpec, preset, defaults: dict) -> dict:
+    from .models.presets import pipeline_call
+
     c = spec.call
-    call = dict(num_inference_steps=int(c.get("steps", defaults["steps"])),
-                num_frames=int(c.get("frames", defaults["frames"])),
-                guidance_scale=float(c.get("guidance", defaults["guidance"])), output_type="np")
-    for k in ("height", "width"):
-        v = c.get(k, defaults.get(k))
-        if v:
-            call[k] = int(v)
-    call.update(preset.call_kwargs if preset else {})
-    return call
+    return pipeline_call(preset, defaults, steps=c.get("steps"), frames=c.get("frames"), guidance=c.get("guidance"),
+                         height=c.get("height"), width=c.get("width"))
 
 
 def run_task(job: dict) -> list[dict]:

@@ -362,7 +362,7 @@ class Tracer:
         self.geometry: Geometry | None = None
         self._acc: dict[tuple[int, str], Accumulator] = {}  # (run slot, layer); slot = video when split
         self._layouts: dict[str, Layout] = {}  # first layout seen per layer (store metadata)
-        self._layout_cache: dict[tuple, Layout] = {}
+        self._layout_cache: dict[tuple, object] = {}  # layouts, and per-video item indices
         self._perturbed: dict[tuple[int, str], set[int]] = {}  # (run slot, layer) -> perturbed branches
         self._meta: dict[str, dict] = {}
         self._branches: list[str] | None = None
@@ -490,9 +490,10 @@ class Tracer:
                 src = torch.arange(out.shape[0], device=out.device) + (spec.source - video) * per_video
             ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src)
             out[sel] = ptb[sel]
-            for vi in videos:
-                self._perturbed.setdefault((vi if self.split_videos else 0, name), set()).update(
-                    b for b in sel_b if bool((sel & (video == vi) & (branch == b)).any()))
+            hit = torch.unique(video[sel] * lay.n_branch + branch[sel]).tolist()  # one device sync
+            for code in hit:
+                vi, b = divmod(int(code), lay.n_branch)
+                self._perturbed.setdefault((vi if self.split_videos else 0, name), set()).add(b)
         return out
 
     def _side_sdpa(self, name: str, call: hooks.SDPACall) -> torch.Tensor:
@@ -525,11 +526,8 @@ class Tracer:
         if not self.split_videos:
             parts = [(0, None, lay, self._n_videos)]
         else:  # each video's items go to its own run's accumulator, with a one-video layout
-            _, video, _ = self._items(lay, q.shape[0], q.device)
-            parts = []
-            for vi in range(self._n_videos):
-                idx = (video == vi).nonzero().squeeze(1)
-                parts.append((vi, idx, self._video_layout(name, lay, idx.numel(), Nq, k.shape[-2]), 1))
+            parts = [(vi, idx, self._video_layout(name, lay, idx.numel(), Nq, k.shape[-2]), 1)
+                     for vi, idx in enumerate(self._video_items(lay, q.shape[0], q.device))]
         for slot, idx, lay_s, n_videos in parts:
             if idx is None:
                 qs, ks, vs, ms, os_ = q, k, v, mask, orig
@@ -541,6 +539,15 @@ class Tracer:
                 acc = self._acc[(slot, name)] = Accumulator(lay_s, H, q.device)
             accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps, rows=rows,
                        chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s)
+
+    def _video_items(self, lay: Layout, n: int, device) -> list[torch.Tensor]:
+        """Batch item indices of each video (cached per call shape: computed once, not per call)."""
+        key = (n, lay.per_branch, lay.branch_base, "items")
+        got = self._layout_cache.get(key)
+        if got is None:
+            _, video, _ = self._items(lay, n, device)
+            got = self._layout_cache[key] = [(video == vi).nonzero().squeeze(1) for vi in range(self._n_videos)]
+        return got
 
     def _video_layout(self, name: str, lay: Layout, n_items: int, nq: int, nk: int) -> Layout:
         key = (name, n_items, lay.branch_base, "video")

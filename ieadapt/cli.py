@@ -26,15 +26,10 @@ def cmd_select(args) -> int:
 
 
 def _call(args, defaults: dict, preset) -> dict:
-    call = dict(num_inference_steps=args.num_steps or defaults["steps"],
-                num_frames=args.frames or defaults["frames"],
-                guidance_scale=args.guidance if args.guidance is not None else defaults["guidance"], output_type="np")
-    for k in ("height", "width"):
-        v = getattr(args, k) or defaults.get(k)
-        if v:
-            call[k] = int(v)
-    call.update(preset.call_kwargs if preset else {})
-    return call
+    from capture.models.presets import pipeline_call
+
+    return pipeline_call(preset, defaults, steps=args.num_steps, frames=args.frames, guidance=args.guidance,
+                         height=args.height, width=args.width)
 
 
 def cmd_apply_enhance(args) -> int:
@@ -97,14 +92,15 @@ def cmd_apply_edit(args) -> int:
 
         raise SelectionError(f"the selection has no spatial layers to inject into ({len(sel.layers)} layers of other "
                              "kinds); select spatial layers or add --temporal")
-    latents = None
-    bar = tqdm(total=n * (2 if args.source_video else 1), unit="step", disable=args.quiet, file=sys.stderr)
-    if args.source_video:
+    latents = frames = None
+    if args.source_video:  # read (and fail on a bad file) before any progress is shown
         from .invert import ddim_invert, read_video
 
         frames = read_video(args.source_video)
         call["num_frames"] = frames.shape[0]
         call["height"], call["width"] = frames.shape[1:3]
+    bar = tqdm(total=n * (2 if args.source_video else 1), unit="step", disable=args.quiet, file=sys.stderr)
+    if frames is not None:
         bar.set_description("DDIM inversion")
         latents = ddim_invert(pipe, frames, args.source_prompt, n, progress=lambda i: bar.update(1))
     bar.set_description("edit")

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from capture.perturb import parse_steps
 from capture.selection import SelectionError
 from capture.trace import CaptureConfig, Tracer
 
@@ -115,7 +114,3 @@ def enhance(pipe, layers: list[str], cfg: EnhanceConfig, *, prompt: str, seed: i
                          extra_calls=g.extra_calls if g else 0,
                          extra_items=g.extra_items if g else 0, extra_seconds=g.extra_seconds if g else 0.0,
                          layers=list(layers), frames=getattr(out, "frames", None))
-
-
-def parse_window(text: str | None, n_steps: int) -> tuple[int, int] | None:
-    return parse_steps(text, n_steps) if text else None

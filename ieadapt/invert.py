@@ -38,10 +38,13 @@ def read_video(path) -> np.ndarray:
     if suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
     elif suffix == ".gif":
-        from PIL import Image, ImageSequence
+        from PIL import Image, ImageSequence, UnidentifiedImageError
 
-        with Image.open(p) as im:
-            arr = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+        try:
+            with Image.open(p) as im:
+                arr = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read {p} as a GIF: {e}") from None
     else:
         try:
             import imageio.v3 as iio

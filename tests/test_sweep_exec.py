@@ -62,8 +62,6 @@ def test_process_pool_gives_identical_runs(tmp_path):
 def test_batched_variants_equal_one_by_one(tmp_path):
     """--batch 3: the baseline and both one-layer variants of the prompt and seed in one call; the
     same run ids, attributes and catalog rows as sequential runs, statistics and videos equal."""
-    import xarray as xr  # noqa: F401 - open_run returns xarray datasets
-
     from capture.store import open_run
 
     seq = execute(_spec(), tmp_path / "seq", threads=1)

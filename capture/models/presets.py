@@ -160,6 +160,20 @@ def resolve(spec: str) -> tuple[Preset | None, dict, Path | None]:
     raise ModelError(f"unknown model {name!r}{hint}; presets: {', '.join(PRESETS)}, or a local pipeline directory")
 
 
+def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=None, height=None,
+                  width=None) -> dict:
+    """The keyword arguments of one generation call: the given values, else the model's defaults,
+    plus the preset's own call arguments; frames come back as numpy arrays."""
+    call = dict(num_inference_steps=int(steps or defaults["steps"]), num_frames=int(frames or defaults["frames"]),
+                guidance_scale=float(guidance if guidance is not None else defaults["guidance"]), output_type="np")
+    for k, v in (("height", height), ("width", width)):
+        v = v or defaults.get(k)
+        if v:
+            call[k] = int(v)
+    call.update(preset.call_kwargs if preset else {})
+    return call
+
+
 def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None):
     """(pipeline, preset or None, defaults) for a preset name or a save_pretrained directory."""
     preset, opts, path = resolve(spec)
