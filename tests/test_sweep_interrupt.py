@@ -20,13 +20,17 @@ SPEC = ('name = "{name}"\nmodel = "tiny-animatediff"\nprompts = ["a red circle m
         'layer_sets = ["each:mid_block.*attn1"]\nperturbations = ["I", "U"]\n'
         '[call]\nsteps = 2\nframes = 4\nheight = 32\nwidth = 32\n[capture]\nmaps = false\n')
 PLANNED = 2 * (1 + 2 * 2)  # seeds x (baseline + 2 layers x {I, U})
+_CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from capture.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _start(tmp_path, root, name):
     spec = tmp_path / f"{name}.toml"
     spec.write_text(SPEC.format(name=name))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "capture.cli", "sweep", str(spec), "--root", str(root), "--quiet", "--threads", "1"]
+    # `attnlens sweep`, with the KeyboardInterrupt handler a terminal gives it: a job started in the
+    # background (CI under nohup or `&`) inherits SIGINT ignored, and Python then installs none
+    cmd = [sys.executable, "-c", _CLI, "sweep", str(spec), "--root", str(root), "--quiet", "--threads", "1"]
     return spec, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
