@@ -93,3 +93,12 @@ def test_resample_from_the_last_step_keeps_the_real_clips_direction(pipe):
     assert rows[0]["own_keeps_clip"] == 1.0 and rows[0]["reversed_keeps_clip"] == 1.0
     assert rows[0]["reversed_follows_prompt"] == 0.0
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in r if k not in ("start", "t"))
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert D.main(["--pipeline", str(tmp_path / "missing")]) == 2
+    assert D.main(["--clips", "0"]) == 2
+    (tmp_path / "model_index.json").write_text("{not json")
+    assert D.main(["--pipeline", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err), err

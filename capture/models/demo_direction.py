@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -220,7 +222,19 @@ def main(argv=None) -> int:
                     help="also sample real clips from DDIM steps 0, 4 and 8 with their own and the reversed prompt")
     ap.add_argument("--control", action="store_true", help="fit one prompt instead of a direction-swapped pair")
     args = ap.parse_args(argv)
-    pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True, torch_dtype=torch.float32)
+    problem = None
+    if not (Path(args.pipeline) / "model_index.json").is_file():
+        problem = f"{args.pipeline} is not a saved diffusers pipeline (no model_index.json)"
+    elif args.clips < 1 or args.fit < 0:
+        problem = "--clips must be at least 1 and --fit at least 0"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True, torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot load {args.pipeline}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     print(f"{'predictor':26s} {'t':>4s} {'x0 MSE, own prompt':>19s} {'swapped direction':>18s} {'gap':>7s}")
     for r in direction_gap(pipe, clips=args.clips):
         t = "" if r["t"] is None else str(r["t"])
