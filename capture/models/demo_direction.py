@@ -129,11 +129,13 @@ def resample_from_step(pipe, classifier, *, clips: int = 32, starts=(0, 4, 8), s
     guidance, once with each clip's prompt and once with the direction reversed; the classifier then
     reads the direction. Per start: the fraction that keeps the clip's direction under its own prompt,
     under the reversed prompt, and the fraction that follows the reversed prompt."""
-    _, specs, real, z0, noise = _real_clips(pipe, clips, seed)
+    _, specs, _, z0, noise = _real_clips(pipe, clips, seed)
     frames = z0.shape[2]
     truth = [s.main.motion for s in specs]
     uncond = _embed(pipe, [""] * len(specs), frames)
     sched = copy.deepcopy(pipe.scheduler)
+    from ..video import frames_to_uint8
+
     rows = []
     for start in starts:
         sched.set_timesteps(steps)
@@ -147,9 +149,8 @@ def resample_from_step(pipe, classifier, *, clips: int = 32, starts=(0, 4, 8), s
                 out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
                 e_u, e_c = out.chunk(2)
                 x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
-            img = pipe.vae.decode(x.permute(0, 2, 1, 3, 4).flatten(0, 1) / pipe.vae.config.scaling_factor).sample
-            img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-            read[name] = classifier.predict(img.reshape(real.shape).numpy())["motion"]
+            video = pipe.video_processor.postprocess_video(pipe.decode_latents(x), output_type="np")
+            read[name] = classifier.predict(np.stack([frames_to_uint8(v[None]) for v in video]))["motion"]
         def share(pred, want):
             return float(np.mean([p == w for p, w in zip(pred, want)]))
 
