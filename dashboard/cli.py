@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +36,69 @@ def cmd_dashboard(args) -> int:
         raise FileNotFoundError(f"dashboard app not found at {app_path()}")
     print(f"attnlens dashboard: serving {root} at http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
     env = {**os.environ, ROOT_ENV: str(root)}
+    return supervise(streamlit_command(root, args.host, args.port, args.open), env=env)
+
+
+# signals that stop the launcher; each is passed on to the server it started
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
+def _child_setup() -> None:
+    """In the child, before exec: its own process group (so the launcher alone decides what it
+    is sent), and on Linux a SIGTERM from the kernel if the launcher dies, even by SIGKILL."""
+    os.setpgid(0, 0)
     try:
-        return subprocess.call(streamlit_command(root, args.host, args.port, args.open), env=env)
-    except KeyboardInterrupt:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's signal handlers still cover stops
+        pass
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(child.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def supervise(cmd: list[str], env: dict | None = None, grace: float = 5.0, poll: float = 0.2) -> int:
+    """Run ``cmd`` as a child process group that lives exactly as long as this process.
+
+    SIGTERM, SIGINT and SIGHUP to the launcher are passed on to the child's group (SIGINT as
+    SIGINT, the others as SIGTERM); whatever is still running ``grace`` seconds later is killed.
+    Returns the child's exit status, or 0 when it ended because the launcher was told to stop, so
+    a server that dies on its own ends the launcher with its status.
+    """
+    import time
+
+    child = subprocess.Popen(cmd, env=env, preexec_fn=_child_setup if os.name == "posix" else None)
+    stop_at: list[float] = []
+
+    def forward(signum, _frame):
+        if not stop_at:
+            stop_at.append(time.monotonic())
+        _signal_group(child, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        while True:
+            try:
+                rc = child.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_at and time.monotonic() - stop_at[0] > grace:
+                    _signal_group(child, signal.SIGKILL)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if child.poll() is None:  # an error in the launcher itself: never leave the server behind
+            _signal_group(child, signal.SIGKILL)
+            child.wait()
+    _signal_group(child, signal.SIGKILL)  # anything the server itself started and left
+    if stop_at:
         return 0
+    return rc if rc >= 0 else 128 - rc
 
 
 def register(sub) -> None:
