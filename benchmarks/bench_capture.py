@@ -50,7 +50,7 @@ def build(args):
 def worker(args) -> dict:
     import torch
 
-    from capture.trace import trace
+    from capture.tracer import trace
 
     pipe, extra = build(args)
     call = dict(num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,

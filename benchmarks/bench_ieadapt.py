@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from capture.layers import inventory
     from capture.models.families import family_of
     from capture.models.presets import load_pipeline
-    from capture.trace import CaptureConfig
+    from capture.tracer import CaptureConfig
     from ieadapt.enhance import EnhanceConfig, enhance, pag_layers
 
     pipe, preset, d = load_pipeline(args.model)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from capture.stats import default_chunk_bytes, row_stats  # noqa: E402
-from capture.trace import sampled_rows  # noqa: E402
+from capture.tracer import sampled_rows  # noqa: E402
 
 
 def timeit(fn, reps: int, device: str) -> float:

@@ -12,7 +12,7 @@ from .store import open_run  # noqa: E402  (torch-free)
 def __getattr__(name):
     # torch-heavy parts load on first use, so `import capture.store` stays light for the dashboard
     if name in ("trace", "Tracer", "CaptureConfig"):
-        from . import trace as _t
+        from . import tracer as _t  # the module is `tracer`, the function `trace`: no name clash
 
         return getattr(_t, name)
     if name == "load_pipeline":

@@ -45,7 +45,7 @@ def _read_prompts(args) -> list[str]:
 def cmd_capture(args) -> int:
     from .models.presets import load_pipeline, pipeline_call
     from .perturb import PerturbSpec, parse_steps
-    from .trace import CaptureConfig, Tracer
+    from .tracer import CaptureConfig, Tracer
     from .layers import split_terms
 
     prompts = _read_prompts(args)
@@ -220,11 +220,15 @@ def cmd_layers(args) -> int:
     from .models.presets import load_pipeline
     from .probe import probe_layers, text_tokens_for
 
+    from .models.presets import pipeline_call
+
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    frames = args.frames or defaults["frames"]
+    height, width = args.height or defaults.get("height") or 512, args.width or defaults.get("width") or 512
     rows = probe_layers(
-        pipe, frames=args.frames or defaults["frames"], height=args.height or defaults.get("height") or 512,
-        width=args.width or defaults.get("width") or 512,
+        pipe, frames=frames, height=height, width=width,
         text_tokens=text_tokens_for(pipe, preset.call_kwargs if preset else None),
+        call=pipeline_call(preset, defaults, steps=1, frames=frames, height=height, width=width),
     )
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -25,7 +25,7 @@ CHANNEL = "channel"
 # Coordinates.
 TIMESTEP = "timestep"  # the scheduler's timestep value at `step`
 LAYER_NAME = "layer_name"  # qualified module name, exactly as in model.named_modules()
-LAYER_KIND = "layer_kind"  # spatial | temporal | cross | joint
+LAYER_KIND = "layer_kind"  # spatial | temporal | cross | joint | other
 LAYER_BLOCK = "layer_block"  # down.0, mid, up.2, block.7, ...
 N_QUERY = "n_query"  # query tokens per attention map
 N_KEY = "n_key"  # key tokens per attention map
@@ -48,7 +48,7 @@ MAP_TEMPORAL = "map_temporal"  # (step, layer, branch, query_frame, key_frame)
 ENTROPY_MAP = "entropy_map"  # (step, layer, branch, frame, y, x): pooled per-query entropy
 VIDEO = "video"  # (video_frame, pixel_y, pixel_x, channel) uint8
 
-KINDS = ("spatial", "temporal", "cross", "joint")
+KINDS = ("spatial", "temporal", "cross", "joint", "other")  # other: kind not inferable (scalars only)
 SELF_KINDS = ("spatial", "temporal", "joint")
 PARTS = ("all", "spatial", "temporal", "text")
 BRANCHES_CFG = ("uncond", "cond")

@@ -4,7 +4,7 @@ One mechanism for every model: while a selected attention module runs its forwar
 ``TorchFunctionMode`` sees every ``torch.nn.functional.scaled_dot_product_attention`` call and hands
 it to a handler, which returns the output to use. Hooks are registered by name in diffusers'
 ``HookRegistry`` (a second registration under the same name is an error) and removed by name.
-This and models/families.py are the only modules that touch diffusers internals.
+This and models/families/ are the only modules that touch diffusers internals.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class SDPACall:
     func: Callable
     args: tuple
     kwargs: dict
+    index: int = 0  # which SDPA call of the module's current forward (0 = first)
 
     def __post_init__(self):
         bound = dict(_SDPA_DEFAULTS)
@@ -98,7 +99,7 @@ class _SDPAMode(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             self.calls += 1
-            return self.handler(SDPACall(func, args, kwargs))
+            return self.handler(SDPACall(func, args, kwargs, self.calls - 1))
         return func(*args, **kwargs)
 
 

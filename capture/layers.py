@@ -4,7 +4,9 @@ Names are the model's own qualified module names (``denoiser.named_modules()``).
 comma-separated list of terms; a layer is selected when any term matches it:
 
 - a glob over the qualified name: ``down_blocks.*attn1``, ``*motion_modules*``, an exact name;
-- ``kind=temporal`` (spatial | temporal | cross | joint), ``block=up.1``;
+- ``kind=temporal`` (spatial | temporal | cross | joint | other), ``block=up.1``; on a model of
+  the generic family kinds are inferred at run time, so before a run only ``kind=cross`` and
+  ``kind=self`` select there;
 - ``all`` (every attention layer, cross-attention included), ``self`` (spatial + temporal + joint).
 
 The default selection is ``self``. A selection matching nothing is an error that names the
@@ -29,21 +31,34 @@ class LayerSelectionError(ValueError):
 
 @dataclass(frozen=True)
 class LayerInfo:
-    name: str  # qualified module name inside the denoiser
-    kind: str
+    name: str  # qualified module name inside the denoiser (``module.label`` for one SDPA call of several)
+    kind: str  # spatial | temporal | cross | joint | other; "self" until inferred (generic family)
     block: str
     heads: int
     index: int  # position in the model's full attention-layer list
+    module: str = ""  # the attention module's qualified name (= name unless a sub-layer)
+    call: int | None = None  # which SDPA call of the module's forward (sub-layers only)
+
+    def __post_init__(self):
+        if not self.module:
+            object.__setattr__(self, "module", self.name)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def inventory(denoiser, family: Family) -> list[LayerInfo]:
+    """Every attention layer of the denoiser; a module that makes several SDPA calls per forward
+    (declared by its family) is listed once per call, as ``module.label``."""
     out = []
-    for i, (name, mod, kind, block) in enumerate(family.attention_layers(denoiser)):
+    for name, mod, kind, block in family.attention_layers(denoiser):
         heads = int(getattr(mod, "heads", 0) or getattr(mod, "num_heads", 0))
-        out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=i))
+        labels = family.calls(name, mod)
+        if not labels:
+            out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=len(out)))
+        for ci, label in enumerate(labels):
+            out.append(LayerInfo(name=f"{name}.{label}", kind=kind, block=block, heads=heads, index=len(out),
+                                 module=name, call=ci))
     return out
 
 
@@ -51,7 +66,7 @@ def _term_matches(term: str, layer: LayerInfo) -> bool:
     if term == "all":
         return True
     if term == "self":
-        return layer.kind in dims.SELF_KINDS
+        return layer.kind in dims.SELF_KINDS or layer.kind == "self"
     if "=" in term:
         key, _, value = term.partition("=")
         key, value = key.strip(), value.strip()
@@ -66,7 +81,7 @@ def _term_matches(term: str, layer: LayerInfo) -> bool:
 def _check_term(term: str, layers: list[LayerInfo]) -> None:
     if "=" in term:
         key, _, value = term.partition("=")
-        if key.strip() == "kind" and value.strip() not in dims.KINDS:
+        if key.strip() == "kind" and value.strip() not in dims.KINDS + ("self",):
             raise LayerSelectionError(f"unknown layer kind {value.strip()!r}; kinds are {', '.join(dims.KINDS)}")
 
 

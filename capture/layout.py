@@ -33,6 +33,20 @@ class Layout:
     gx: int
     tokens3d: bool = False  # query tokens are (frame, y, x) of one video, not one frame's grid
     branch_base: int = 0  # branch of the first batch item (pipelines that run CFG branches as separate calls)
+    text_first: bool = True  # joint layers: the text tokens come before the video tokens (else after)
+
+    @property
+    def vid0(self) -> int:
+        """Index of the first video token of a joint sequence."""
+        return self.text if self.text_first else 0
+
+    @property
+    def n_video(self) -> int:
+        return self.frames * self.th * self.tw
+
+    def video_rows(self, row_ids: torch.Tensor) -> torch.Tensor:
+        """Which of the given token indices are video tokens (bool)."""
+        return (row_ids >= self.vid0) & (row_ids < self.vid0 + self.n_video)
 
     @property
     def cells(self) -> int:
@@ -59,7 +73,7 @@ def _grid_for(tokens: int, height: int, width: int) -> tuple[int, int]:
 
 
 def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos: int, grid: int, *,
-                total_branches: int | None = None, branch_base: int = 0) -> Layout:
+                total_branches: int | None = None, branch_base: int = 0, text_first: bool = True) -> Layout:
     """total_branches/branch_base: for pipelines that run each CFG branch as its own denoiser call,
     the number of branches of a step and the one this call computes; otherwise branches are
     concatenated in the batch (diffusers' usual [uncond; cond])."""
@@ -70,9 +84,10 @@ def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos
     per = batch // call_branches
     tokens3d = False
     if kind in ("spatial", "cross"):
-        if kind == "cross" and geo.patch > 1:  # transformer cross-attention: queries are 3D video tokens
-            f = geo.frames // geo.patch_t
-            th, tw = geo.height // geo.patch, geo.width // geo.patch
+        th3, tw3 = geo.token_hw
+        if kind == "cross" and per == max(1, n_videos) and nq == geo.token_frames * th3 * tw3:
+            # transformer cross-attention: the queries are one video's 3D tokens
+            f, th, tw = geo.token_frames, th3, tw3
             tokens3d = True
         else:
             f = geo.frames
@@ -88,9 +103,12 @@ def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos
         text = nk - f * th * tw
         if text < 0 or nq != nk:
             raise ValueError(f"joint layer with {nq}x{nk} tokens does not match {f}x{th}x{tw} video tokens")
+    elif kind == "other":  # kind not inferred: exact scalar statistics, no maps
+        return Layout(kind, n_branch, per, 1, 1, 1, 0, 1, 1, False, branch_base)
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
-    return Layout(kind, n_branch, per, f, th, tw, text, min(grid, th), min(grid, tw), tokens3d, branch_base)
+    return Layout(kind, n_branch, per, f, th, tw, text, min(grid, th), min(grid, tw), tokens3d, branch_base,
+                  text_first)
 
 
 def kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
@@ -99,12 +117,16 @@ def kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
     if lay.kind == "joint":
         vid = torch.arange(nk - lay.text, device=device)
         hw = lay.th * lay.tw
-        frame = torch.cat([torch.full((lay.text,), -1, device=device), vid // hw])
-        pos = torch.cat([torch.full((lay.text,), -1, device=device), vid % hw])
+        txt = torch.full((lay.text,), -1, device=device)
+
+        def with_text(t):  # text tokens (-1: in no part, no cell) where the sequence has them
+            return torch.cat([txt, t] if lay.text_first else [t, txt])
+
+        frame, pos = with_text(vid // hw), with_text(vid % hw)
         kw["parts"] = (Part("spatial", frame, frame), Part("temporal", pos, pos))
         if maps:
-            cells = torch.cat([torch.full((lay.text,), -1, device=device), (vid // hw) * lay.cells + lay.cell_of(vid % hw)])
-            kw.update(key_cells=cells, n_key_cells=lay.frames * lay.cells, key_grid=lay.key_grid(lay.text))
+            cells = with_text((vid // hw) * lay.cells + lay.cell_of(vid % hw))
+            kw.update(key_cells=cells, n_key_cells=lay.frames * lay.cells, key_grid=lay.key_grid(lay.vid0))
     elif maps and lay.kind == "spatial":
         kw.update(key_cells=lay.cell_of(torch.arange(nk, device=device)), n_key_cells=lay.cells, key_grid=lay.key_grid(0))
     elif maps and lay.kind == "temporal":
@@ -161,13 +183,16 @@ class Accumulator:
         self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), device=dev))
         ent = rs.entropy
         if lay.kind == "joint":
-            T = lay.text
-            vid_rows = row_ids >= T
+            T, v0 = lay.text, lay.vid0
+            vid_rows = lay.video_rows(row_ids)
             txt_rows = ~vid_rows
-            v_vid = v_sq_tok[..., T:].sum(-1)
-            self._scalars("all", branch_of, ent[..., vid_rows], rs.n_keys[..., vid_rows], out_sq[..., T:], v_vid)
+            all_ids = torch.arange(Nq, device=dev)
+            vid_all = lay.video_rows(all_ids)
+            v_vid = v_sq_tok[..., v0:v0 + lay.n_video].sum(-1)
+            self._scalars("all", branch_of, ent[..., vid_rows], rs.n_keys[..., vid_rows], out_sq[..., vid_all], v_vid)
             if T:
-                self._scalars("text", branch_of, ent[..., txt_rows], rs.n_keys[..., txt_rows], out_sq[..., :T], v_sq_tok.sum(-1))
+                self._scalars("text", branch_of, ent[..., txt_rows], rs.n_keys[..., txt_rows], out_sq[..., ~vid_all],
+                              v_sq_tok.sum(-1))
             for name, pt in rs.parts.items():
                 self._scalars(name, branch_of, pt["entropy"][..., vid_rows], pt["n_keys"][..., vid_rows],
                               pt["out_sq"][..., vid_rows], v_vid, pt["mass"][..., vid_rows])
@@ -200,9 +225,9 @@ class Accumulator:
             if kp is not None:
                 self._add_rows(self.map_t, self.map_t_n, branch_of, row_ids.expand(B, -1), kp)
         elif lay.kind == "joint":
-            T, hw = lay.text, lay.th * lay.tw
-            vid = row_ids >= T
-            vr = row_ids[vid] - T
+            hw = lay.th * lay.tw
+            vid = lay.video_rows(row_ids)
+            vr = row_ids[vid] - lay.vid0
             qf, qc = vr // hw, lay.cell_of(vr % hw)
             self._emap_rows(branch_of, qf.expand(B, -1), qc.expand(B, -1), ent_h[:, vid], ok[:, vid])
             if kp is not None:
@@ -265,8 +290,8 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
     N² per part. lse_full: (B,H,R) full-row log-normalizers of the computed rows (R = rows or all).
     """
     B, H, _, D = q.shape
-    T, F, hw = lay.text, lay.frames, lay.th * lay.tw
-    qv, kv, vv = (x[:, :, T:].reshape(B, H, F, hw, x.shape[-1]) for x in (q, k, v))
+    v0, F, hw = lay.vid0, lay.frames, lay.th * lay.tw
+    qv, kv, vv = (x[:, :, v0:v0 + F * hw].reshape(B, H, F, hw, x.shape[-1]) for x in (q, k, v))
     n_vid = F * hw
 
     def frames_to_rows(t):  # (B*F, H, hw) -> (B, H, F*hw)
@@ -277,8 +302,8 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
 
     per_frame = [x.permute(0, 2, 1, 3, 4).reshape(B * F, H, hw, x.shape[-1]) for x in (qv, kv, vv)]
     per_pos = [x.permute(0, 3, 1, 2, 4).reshape(B * hw, H, F, x.shape[-1]) for x in (qv, kv, vv)]
-    vid_rows = (rows[rows >= T] - T) if rows is not None else None
-    lse_vid = lse_full[..., (rows >= T) if rows is not None else slice(T, None)]
+    vid_rows = (rows[lay.video_rows(rows)] - v0) if rows is not None else None
+    lse_vid = lse_full[..., lay.video_rows(rows) if rows is not None else slice(v0, v0 + F * hw)]
     out = {}
     for name, blocks, to_rows in (("spatial", per_frame, frames_to_rows), ("temporal", per_pos, positions_to_rows)):
         ent, lse, out_sq, n = _block_stats(*blocks, scale, chunk_bytes, to_rows)
@@ -320,8 +345,8 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
             full[name] = {}
             for key, t in d.items():
                 slot = torch.full(t.shape[:-1] + (rs.entropy.shape[-1],), float("nan"), device=t.device)
-                idx = (rows >= lay.text).nonzero().squeeze(-1) if rows is not None else torch.arange(
-                    lay.text, Nq, device=t.device)
+                idx = lay.video_rows(rows).nonzero().squeeze(-1) if rows is not None else torch.arange(
+                    lay.vid0, lay.vid0 + lay.n_video, device=t.device)
                 slot[..., idx] = t
                 full[name][key] = slot
         rs.parts = full

@@ -134,7 +134,9 @@ def _allowed(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | No
         return None
     if mask.dtype == torch.bool:
         return mask.to(like.dtype)
-    return torch.isfinite(mask).to(like.dtype)
+    from .stats import allowed_keys  # padding written as a large finite bias counts as masked
+
+    return allowed_keys(mask).to(like.dtype)
 
 
 def identity_output(v: torch.Tensor, nq: int) -> torch.Tensor:
@@ -158,14 +160,16 @@ def uniform_output(v: torch.Tensor, nq: int, mask: torch.Tensor | None) -> torch
 
 
 def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.Tensor | None, text: int,
-                     source_items: torch.Tensor | None = None) -> torch.Tensor:
+                     source_items: torch.Tensor | None = None, text_first: bool = True) -> torch.Tensor:
     """The layer output with ``spec`` applied to every batch item (the caller picks branches).
 
-    text: number of leading text tokens (joint layers); their rows and keys are left alone unless
-    spec.text. ``orig`` is the unperturbed output, needed only to keep text rows.
+    text: number of text tokens of a joint sequence, in front of the video tokens (or behind them
+    with ``text_first=False``); their rows and keys are left alone unless spec.text. ``orig`` is
+    the unperturbed output, needed only to keep text rows.
     """
     nq = q.shape[-2]
     T = 0 if spec.text else text
+    vid = slice(T, None) if text_first else slice(0, nq - T)  # the video tokens
     if spec.kind == "T":
         out = sdpa(q, k, v, attn_mask=mask, scale=scale * spec.factor)
     elif spec.kind == "M":
@@ -177,13 +181,14 @@ def perturbed_output(spec: PerturbSpec, sdpa, q, k, v, mask, scale, orig: torch.
         out = identity_output(v, nq)
     else:
         if T:
-            vm = None if mask is None else mask[..., T:]
-            vid = uniform_output(v[..., T:, :], nq, vm)
-            out = vid
+            vm = None if mask is None else mask[..., vid]
+            out = uniform_output(v[..., vid, :], nq, vm)
         else:
             out = uniform_output(v, nq, mask)
-    if T:
+    if T:  # text rows keep the original output
         if orig is None:
             orig = sdpa(q, k, v, attn_mask=mask, scale=scale)
-        out = torch.cat([orig[..., :T, :], out[..., T:, :]], dim=-2)
+        kept = orig.clone()
+        kept[..., vid, :] = out[..., vid, :].to(kept.dtype)
+        out = kept
     return out.to(v.dtype)

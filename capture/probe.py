@@ -28,7 +28,29 @@ def text_tokens_for(pipe, call_kwargs: dict | None = None) -> int:
     return int(getattr(tok, "model_max_length", 77) or 77)
 
 
-def probe_layers(pipe, *, frames: int, height: int, width: int, text_tokens: int) -> list[dict]:
+def probe_by_generation(pipe, call: dict) -> list[dict]:
+    """The inventory measured on a one-step generation (``call``: pipeline keyword arguments):
+    for families without dummy denoiser inputs, and for kinds inferred at run time."""
+    import tempfile
+
+    from .tracer import CaptureConfig, Tracer
+
+    call = dict(call, num_inference_steps=1, output_type="latent")
+    with tempfile.TemporaryDirectory(prefix="attnlens-probe-") as tmp:
+        tr = Tracer(pipe, root=tmp, config=CaptureConfig(layers=("all",), maps=False))
+        with tr:
+            pipe("probe", **call)
+        rows = []
+        for l in tr.inventory:
+            m = tr._meta.get(l.name, {})
+            kind, reason = tr.kinds_inferred.get(l.name, (l.kind, None))
+            rows.append(dict(name=l.name, kind=kind, block=l.block, heads=m.get("heads", l.heads),
+                             query_tokens=m.get("n_query", 0), key_tokens=m.get("n_key", 0), batch=0,
+                             inferred=l.name in tr.kinds_inferred))
+    return rows
+
+
+def probe_layers(pipe, *, frames: int, height: int, width: int, text_tokens: int, call: dict | None = None) -> list[dict]:
     """One dict per attention layer: name, kind, block, heads, query_tokens, key_tokens, batch."""
     fam = family_of(pipe)
     den = fam.denoiser(pipe)
@@ -40,7 +62,12 @@ def probe_layers(pipe, *, frames: int, height: int, width: int, text_tokens: int
         seen.setdefault(name, (tuple(call.q.shape), tuple(call.k.shape)))
         return call.original()
 
-    args, kwargs = fam.probe_inputs(den, frames, height, width, text_tokens)
+    try:
+        args, kwargs = fam.probe_inputs(den, frames, height, width, text_tokens)
+    except NotImplementedError:
+        if call is None:
+            raise
+        return probe_by_generation(pipe, call)
     p = next(den.parameters())
     args = tuple(a.to(p.device, p.dtype) if a.is_floating_point() else a.to(p.device) for a in args)
     kwargs = {k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device)) for k, v in kwargs.items()}

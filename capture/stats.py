@@ -55,6 +55,17 @@ def chunk_rows_for(batch_heads: int, n_keys: int, budget: int | None = None, dev
     return max(1, budget // max(1, 4 * batch_heads * n_keys))
 
 
+# An additive mask value at or below this is padding, not a preference: models write padding as a
+# large finite bias (LTX: -10000) instead of -inf; such a key's weight is below e^-1000 of the
+# row's largest, i.e. exactly 0 in every float dtype, so it does not count as an allowed key.
+MASKED_BIAS = -1e3
+
+
+def allowed_keys(add_mask: torch.Tensor) -> torch.Tensor:
+    """Which keys an additive mask allows (bool, same shape)."""
+    return torch.isfinite(add_mask) & (add_mask > MASKED_BIAS)
+
+
 def _as_additive(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
@@ -197,7 +208,7 @@ def row_stats(
     nkeys = q.new_full((B, nk_h, Nr), float(Nk), dtype=torch.float32)
     if add_mask is not None:
         m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
-        nkeys[:] = torch.isfinite(m_rows).sum(-1).float().expand(B, nk_h, Nr)
+        nkeys[:] = allowed_keys(m_rows).sum(-1).float().expand(B, nk_h, Nr)
     if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean,
                                                             B * H * Nr * Nk)):
         if not _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, 0):
@@ -259,7 +270,7 @@ def row_stats(
             po = part_out[pt.name]
             po["entropy"][:, :, start:stop] = ent_b
             if m_chunk is not None:
-                n_in = (inside & torch.isfinite(m_chunk)).sum(-1).float().amax(dim=(0, 1))
+                n_in = (inside & allowed_keys(m_chunk)).sum(-1).float().amax(dim=(0, 1))
             else:
                 n_in = inside.sum(-1).float()
             po["n_keys"][:, :, start:stop] = n_in

@@ -70,7 +70,7 @@ def _run_locked(job: dict) -> None:
     and its own run (``split_videos``), recorded exactly as if it had run alone."""
     import torch
 
-    from .trace import CaptureConfig, Tracer
+    from .tracer import CaptureConfig, Tracer
 
     torch.set_num_threads(job["threads"])
     pipe, _, _ = _pipeline(job["model"])

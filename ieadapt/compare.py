@@ -81,7 +81,7 @@ def run_comparison(pipe, pairs: list[tuple[str, int]], call: dict, root, *, mode
     from capture.layers import inventory
     from capture.metrics import measure_run
     from capture.models.families import family_of
-    from capture.trace import CaptureConfig
+    from capture.tracer import CaptureConfig
     from dashboard.data import TraceRoot
 
     from .enhance import EnhanceConfig, enhance

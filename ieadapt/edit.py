@@ -28,7 +28,7 @@ import torch
 
 from capture.selection import SelectionError
 from capture.store import new_run_id
-from capture.trace import CaptureConfig, Tracer
+from capture.tracer import CaptureConfig, Tracer
 
 log = logging.getLogger(__name__)
 

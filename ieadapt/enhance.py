@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from capture.selection import SelectionError
-from capture.trace import CaptureConfig, Tracer
+from capture.tracer import CaptureConfig, Tracer
 
 from .guidance import GuidanceConfig, apply_guidance
 

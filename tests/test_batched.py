@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capture.store import open_run
-from capture.trace import trace
+from capture.tracer import trace
 
 from .conftest import ANIM_CALL
 

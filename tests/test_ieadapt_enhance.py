@@ -10,7 +10,7 @@ import torch
 from capture.layers import inventory
 from capture.models.families import family_of
 from capture.store import open_run
-from capture.trace import Tracer
+from capture.tracer import Tracer
 from ieadapt.enhance import EnhanceConfig, enhance, pag_layers
 from ieadapt.guidance import GuidanceConfig
 

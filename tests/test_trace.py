@@ -8,7 +8,7 @@ from capture import dims, hooks
 from capture.layers import LayerSelectionError
 from capture.perturb import PerturbSpecError
 from capture.store import open_run
-from capture.trace import trace
+from capture.tracer import trace
 
 from .conftest import ANIM_CALL, COG_CALL, WAN_CALL
 

@@ -2,7 +2,8 @@
 
 - ``demo``: the trained demo text-to-video model shipped in ``data/demo/model`` (AnimateDiff
   architecture, trained on the demo world; ``demo:path=DIR`` loads another copy).
-- ``tiny-animatediff``, ``tiny-cogvideox``, ``tiny-wan``: random weights from a seed, built from configs.
+- ``tiny-animatediff``, ``tiny-cogvideox``, ``tiny-wan``, ``tiny-unet3d``, ``tiny-latte``, ``tiny-ltx``:
+  random weights from a seed, built from configs.
 - ``animatediff`` (motion adapter + SD1.5 base), ``cogvideox-2b``, ``cogvideox-5b``,
   ``wan2.1-t2v-1.3b``: real checkpoints by hub id, loaded with the standard ``from_pretrained``;
   with ``HF_HUB_OFFLINE=1`` they must already be in the local cache. Options after a colon
@@ -38,6 +39,8 @@ class Preset:
     defaults: dict = field(default_factory=dict)  # height, width, frames, steps, guidance
     call_kwargs: dict = field(default_factory=dict)  # extra pipeline-call arguments the model needs
     tiny: bool = False
+    frames_arg: str = "num_frames"  # the pipeline's name for the frame count (Latte: video_length)
+    family: str = ""  # the architecture family, for the README's model table
 
 
 def _tiny_animatediff(opts, dtype):
@@ -56,6 +59,15 @@ def _tiny_wan(opts, dtype):
     from .tiny import tiny_wan
 
     return tiny_wan(int(opts.get("seed", 0)))
+
+
+def _tiny(builder: str):
+    def load(opts, dtype):
+        from . import tiny_video
+
+        return getattr(tiny_video, builder)(int(opts.get("seed", 0)))
+
+    return load
 
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo" / "model"
@@ -118,6 +130,26 @@ PRESETS: dict[str, Preset] = {
         Preset("tiny-wan", "tiny random Wan 2.1 (3D self-attention, cross-attention); frames = 4k+1",
                _tiny_wan, dict(height=64, width=64, frames=9, steps=8, guidance=5.0),
                call_kwargs={"max_sequence_length": 64}, tiny=True),
+        Preset("tiny-unet3d", "tiny random TextToVideoSD / ModelScope UNet3D: spatial, cross, temporal attention",
+               _tiny("tiny_text_to_video_sd"), dict(height=64, width=64, frames=8, steps=8, guidance=9.0), tiny=True,
+               family="unet3d"),
+        Preset("tiny-latte", "tiny random Latte: alternating spatial (per frame) and temporal (per position) blocks; "
+               "8 frames", _tiny("tiny_latte"), dict(height=64, width=64, frames=8, steps=8, guidance=7.5),
+               call_kwargs={"clean_caption": False}, tiny=True, frames_arg="video_length", family="latte"),
+        Preset("tiny-ltx", "tiny random LTX-Video: 3D video self-attention, masked text cross-attention; frames = 8k+1",
+               _tiny("tiny_ltx"), dict(height=32, width=32, frames=9, steps=8, guidance=3.0),
+               call_kwargs={"max_sequence_length": 32}, tiny=True, family="ltx"),
+        Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
+               _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
+               dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),
+        Preset("modelscope-t2v", "ModelScope text-to-video 1.7B (UNet3D)",
+               _from_pretrained("TextToVideoSDPipeline", "ali-vilab/text-to-video-ms-1.7b"),
+               dict(height=256, width=256, frames=16, steps=25, guidance=9.0), family="unet3d"),
+        Preset("latte-1", "Latte-1 text-to-video", _from_pretrained("LattePipeline", "maxin-cn/Latte-1"),
+               dict(height=512, width=512, frames=16, steps=50, guidance=7.5), frames_arg="video_length",
+               family="latte"),
+        Preset("ltx-video", "LTX-Video 0.9", _from_pretrained("LTXPipeline", "Lightricks/LTX-Video"),
+               dict(height=480, width=704, frames=161, steps=50, guidance=3.0), family="ltx"),
         Preset("animatediff", "AnimateDiff motion adapter v1-5-2 + Stable Diffusion 1.5", _animatediff,
                dict(height=512, width=512, frames=16, steps=25, guidance=7.5)),
         Preset("cogvideox-2b", "CogVideoX-2b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-2b"),
@@ -171,6 +203,8 @@ def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=N
         if v:
             call[k] = int(v)
     call.update(preset.call_kwargs if preset else {})
+    if preset and preset.frames_arg != "num_frames":
+        call[preset.frames_arg] = call.pop("num_frames")
     return call
 
 

@@ -23,7 +23,8 @@ import torch
 from . import dims, hooks
 from .layers import LayerInfo, LayerSelectionError, inventory, select
 from .layout import Accumulator, Layout, accumulate, make_layout
-from .models.families import Geometry, family_of
+from .models.families import Geometry, family_of, infer_kind
+from .models.families.generic import OTHER_REASONS as GENERIC_REASONS
 from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
 from .stats import DEFAULT_CHUNK_BYTES
 from .store import RunWriter, open_run
@@ -169,8 +170,18 @@ class Tracer:
         self._captured = {l.name: i for i, l in enumerate(self.layers)}
         self._hooked = [l for l in self.inventory
                         if l.name in self._captured or l.name in self._ptb_layers or l.name in self._side_layers]
-        if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
-            raise TypeError(f"{type(pipe).__name__} has no callback_on_step_end; attnlens needs it for steps")
+        self._by_name = {l.name: l for l in self.inventory}
+        # module name -> its layers by SDPA call index (one entry, index None, for single-call modules)
+        self._subs: dict[str, dict[int | None, LayerInfo]] = {}
+        for l in self._hooked:
+            self._subs.setdefault(l.module, {})[l.call] = l
+        # kinds read at run time (generic family): layer name -> (kind, reason for "other" or None)
+        self.kinds_inferred: dict[str, tuple[str, str | None]] = {}
+        self._multi_warned: set[str] = set()
+        # steps come from the pipeline's callback_on_step_end, else from the denoiser's timestep input
+        self.step_source = ("callback_on_step_end"
+                            if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
+                            else "denoiser timestep")
 
     def _layer_specs(self, specs) -> dict[str, list[PerturbSpec]]:
         out: dict[str, list[PerturbSpec]] = {}
@@ -203,9 +214,9 @@ class Tracer:
         self._stack = contextlib.ExitStack()
         try:
             modules = dict(self.denoiser.named_modules())
-            for layer in self._hooked:
-                mod = modules[layer.name]
-                hooks.register(mod, hooks.AttentionLayerHook(layer.name, self._on_sdpa), hooks.LAYER_HOOK)
+            for module_name in self._subs:
+                mod = modules[module_name]
+                hooks.register(mod, hooks.AttentionLayerHook(module_name, self._on_module_sdpa), hooks.LAYER_HOOK)
                 self._stack.callback(hooks.remove, mod, hooks.LAYER_HOOK)
             hooks.register(self.denoiser, hooks.DenoiserInputHook(self._on_denoiser), hooks.DENOISER_HOOK)
             self._stack.callback(hooks.remove, self.denoiser, hooks.DENOISER_HOOK)
@@ -272,13 +283,14 @@ class Tracer:
             "negative_prompt": record.get("negative_prompt"),
             "height": record.get("height"),
             "width": record.get("width"),
-            "num_frames": record.get("num_frames"),
+            "num_frames": record.get("num_frames", record.get("video_length")),
             "num_inference_steps": record.get("num_inference_steps"),
             "guidance_scale": record.get("guidance_scale"),
             "scheduler": {"class": type(self.pipe.scheduler).__name__, "config": dict(self.pipe.scheduler.config)},
             "call": record,
             "capture": self.config.as_dict(),
             "layers_selected": [l.name for l in self.layers],
+            "step_source": self.step_source,
             "versions": _versions(),
             "definitions": DEFINITIONS,
         }
@@ -309,24 +321,27 @@ class Tracer:
             log.info("run %s started in %s", w.run_id, w.dir)
         self.writer = self.writers[0]
         self._reset_run_state()
-        user_cb = kwargs.get("callback_on_step_end")
+        if self.step_source == "callback_on_step_end":
+            user_cb = kwargs.get("callback_on_step_end")
 
-        def step_end(pipe, i, t, cb_kwargs):
-            self._end_step(int(i), t)
-            if user_cb is not None:
-                return user_cb(pipe, i, t, cb_kwargs)
-            return cb_kwargs
+            def step_end(pipe, i, t, cb_kwargs):
+                self._end_step(int(i), t)
+                if user_cb is not None:
+                    return user_cb(pipe, i, t, cb_kwargs)
+                return cb_kwargs
 
-        kwargs = dict(kwargs, callback_on_step_end=step_end)
-        if user_cb is None:
-            kwargs.pop("callback_on_step_end_tensor_inputs", None)
-        elif hasattr(user_cb, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
-            # a diffusers PipelineCallback names its tensors itself; the pipeline reads them off
-            # the object only when it is passed directly, so pass them on explicitly
-            kwargs["callback_on_step_end_tensor_inputs"] = list(user_cb.tensor_inputs)
+            kwargs = dict(kwargs, callback_on_step_end=step_end)
+            if user_cb is None:
+                kwargs.pop("callback_on_step_end_tensor_inputs", None)
+            elif hasattr(user_cb, "tensor_inputs") and "callback_on_step_end_tensor_inputs" not in kwargs:
+                # a diffusers PipelineCallback names its tensors itself; the pipeline reads them off
+                # the object only when it is passed directly, so pass them on explicitly
+                kwargs["callback_on_step_end_tensor_inputs"] = list(user_cb.tensor_inputs)
         t0 = time.perf_counter()
         try:
             out = call_original(*args, **kwargs)
+            if self.step_source != "callback_on_step_end" and self._step_t is not None:
+                self._end_step(self.step, self._step_t)  # the last step ends with the call
         except BaseException as e:
             for w in self.writers:
                 w.fail(e if not isinstance(e, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)")
@@ -336,6 +351,9 @@ class Tracer:
             if frames is None and isinstance(out, tuple):
                 frames = out[0]
             extra = {"seconds": round(time.perf_counter() - t0, 3), "geometry": asdict(self.geometry) if self.geometry else None}
+            if self.kinds_inferred:
+                extra["kinds_inferred"] = {n: {"kind": k, "reason": GENERIC_REASONS.get(r) if r else None}
+                                           for n, (k, r) in self.kinds_inferred.items()}
             if self._side_log:
                 extra["side_passes"] = {"steps": sorted(self._side_log),
                                         "layers": sorted(set().union(*self._side_log.values())),
@@ -369,15 +387,30 @@ class Tracer:
         self._calls_in_step = 0
         self._call_branch: tuple[int, int] | None = (0, 0)  # (branch of this call, branches per step)
         self._side_log: dict[int, set[str]] = {}  # step -> layers a side pass perturbed
+        self._step_t: float | None = None  # timestep of the current step (steps from the denoiser's input)
+        self._others_warned = False
 
     def _on_denoiser(self, args, kwargs):
         if self._side:
             self._side_geometry = self.family.geometry(args, kwargs)
             return
+        if self.step_source != "callback_on_step_end":
+            # a new timestep starts a new step: the previous one is complete
+            t = self.family.timestep(args, kwargs)
+            if t is None:
+                raise RuntimeError(f"{type(self.pipe).__name__} has no callback_on_step_end and its denoiser call "
+                                   "carries no timestep: attnlens cannot tell the steps apart")
+            if self._step_t is not None and t != self._step_t:
+                self._end_step(self.step, self._step_t)
+            self._step_t = t
         self.geometry = self.family.geometry(args, kwargs)
+        if self.family.infers_kinds and self._branches is None and self._calls_in_step == 0:
+            # one denoiser call per CFG branch when a call holds one item per video while CFG is on
+            self.family.separate_cfg_calls = (self.geometry.batch == self._n_videos
+                                              and self.family.cfg_branches(self.pipe) == 2)
         if self.family.separate_cfg_calls:
             # e.g. Wan: the cond call, then the uncond call, each a batch of its own
-            total = 2 if getattr(self.pipe, "do_classifier_free_guidance", False) else 1
+            total = self.family.cfg_branches(self.pipe)
             idx = self._calls_in_step
             self._calls_in_step += 1
             self._call_branch = (total - 1 - idx, total) if idx < total else None
@@ -386,6 +419,12 @@ class Tracer:
 
     def _end_step(self, i: int, timestep) -> None:
         t = float(timestep.item() if hasattr(timestep, "item") else timestep)
+        if not self._others_warned and self.kinds_inferred:
+            self._others_warned = True
+            others = [n for n, (k, _) in self.kinds_inferred.items() if k == "other"]
+            if others:
+                log.warning("%d layer(s) of kind 'other' (not inferable from token counts; scalar statistics only): %s",
+                            len(others), ", ".join(others))
         if self.config.captures(i) and self._acc:
             self._write_step(i, t)
         self._acc.clear()
@@ -412,7 +451,8 @@ class Tracer:
             metas, results = [], []
             perturbed = np.zeros((len(self.layers), nb), dtype=bool)
             for li, layer in enumerate(self.layers):
-                meta = self._meta.get(layer.name) or {"name": layer.name, "kind": layer.kind, "block": layer.block,
+                meta = self._meta.get(layer.name) or {"name": layer.name, "kind": self.kind_of(layer),
+                                                      "block": layer.block,
                                                       "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
                 metas.append(meta)
                 acc = self._acc.get((slot, layer.name))
@@ -432,15 +472,55 @@ class Tracer:
         if lay is None:
             if self.geometry is None:
                 raise RuntimeError("attention ran before the denoiser's forward: geometry unknown")
-            layer = next(l for l in self._hooked if l.name == name)
-            lay = make_layout(layer.kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
-                              total_branches=total, branch_base=base)
+            layer = self._by_name[name]
+            kind = self._kind_for_call(layer, call)
+            lay = make_layout(kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
+                              total_branches=total, branch_base=base, text_first=self._text_first())
             self._layout_cache[key] = lay
         if name not in self._layouts:
+            layer = self._by_name[name]
             self._layouts[name] = lay
-            self._meta[name] = {"name": name, "kind": layer.kind, "block": layer.block, "n_query": Nq, "n_key": Nk,
+            self._meta[name] = {"name": name, "kind": lay.kind, "block": layer.block, "n_query": Nq, "n_key": Nk,
                                 "heads": H, "gy": lay.gy, "gx": lay.gx}
         return lay
+
+    def _text_first(self) -> bool:
+        return self.family.text_first is not False
+
+    def kind_of(self, layer: LayerInfo) -> str:
+        """The layer's kind: from the architecture, or as inferred at its first call."""
+        got = self.kinds_inferred.get(layer.name)
+        return got[0] if got else layer.kind
+
+    def _kind_for_call(self, layer: LayerInfo, call: hooks.SDPACall) -> str:
+        if not self.family.infers_kinds:
+            return layer.kind
+        got = self.kinds_inferred.get(layer.name)
+        if got is None:
+            B, _, nq, _ = call.q.shape
+            hint = any(w in layer.name.lower() for w in ("temporal", "temp_", "motion"))
+            got = infer_kind(B, nq, call.k.shape[-2], self.geometry, cross_module=layer.kind == "cross",
+                             text_first=self.family.text_first, temporal_hint=hint)
+            self.kinds_inferred[layer.name] = got
+        return got[0]
+
+    def _on_module_sdpa(self, module: str, call: hooks.SDPACall) -> torch.Tensor:
+        """One SDPA call inside a hooked attention module: to the layer (or sub-layer) it belongs to."""
+        subs = self._subs[module]
+        if None in subs:
+            if call.index == 1 and module not in self._multi_warned:
+                self._multi_warned.add(module)
+                log.warning("layer %s makes several SDPA calls per forward; their statistics are pooled as one layer",
+                            module)
+            return self._on_sdpa(subs[None].name, call)
+        layer = subs.get(call.index)
+        if layer is None:
+            declared = [l for l in self.inventory if l.module == module]
+            if call.index >= len(declared):
+                raise hooks.NoSDPAError(f"layer {module} made SDPA call {call.index + 1}; its family declares "
+                                        f"{len(declared)} ({', '.join(l.name for l in declared)})")
+            return call.original()  # a sub-call that is neither captured nor perturbed
+        return self._on_sdpa(layer.name, call)
 
     def _on_sdpa(self, name: str, call: hooks.SDPACall) -> torch.Tensor:
         step = self.step
@@ -488,7 +568,8 @@ class Tracer:
             src = None
             if spec.kind == "M":  # the same item of the source video: same branch, frame or position
                 src = torch.arange(out.shape[0], device=out.device) + (spec.source - video) * per_video
-            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src)
+            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src,
+                                   text_first=lay.text_first)
             out[sel] = ptb[sel]
             hit = torch.unique(video[sel] * lay.n_branch + branch[sel]).tolist()  # one device sync
             for code in hit:
@@ -503,15 +584,17 @@ class Tracer:
         orig = call.original()
         with torch.no_grad():
             text = 0
-            layer = next(l for l in self._hooked if l.name == name)
-            if layer.kind == "joint":  # text tokens in front of the video tokens stay untouched
+            layer = self._by_name[name]
+            kind = self.kind_of(layer)
+            if kind == "joint":  # text tokens of the joint sequence stay untouched
                 geo = self._side_geometry  # one branch: the side pass's batch is all its videos
-                text = make_layout(layer.kind, call.q.shape[0], call.q.shape[-2], call.k.shape[-2], geo, geo.batch,
+                text = make_layout(kind, call.q.shape[0], call.q.shape[-2], call.k.shape[-2], geo, geo.batch,
                                    self.config.grid).text
             out = orig
             k, v = call.kv_for_heads()
             for spec in specs:
-                out = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, out, text)
+                out = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, out, text,
+                                       text_first=self._text_first())
         self._side_log[self.step].add(name)
         return out
 
@@ -553,11 +636,11 @@ class Tracer:
         key = (name, n_items, lay.branch_base, "video")
         got = self._layout_cache.get(key)
         if got is None:
-            layer = next(l for l in self._hooked if l.name == name)
             geo = replace(self.geometry, batch=self.geometry.batch // self._n_videos)
             split = self.family.separate_cfg_calls
-            got = make_layout(layer.kind, n_items, nq, nk, geo, 1, self.config.grid,
-                              total_branches=lay.n_branch if split else None, branch_base=lay.branch_base)
+            got = make_layout(lay.kind, n_items, nq, nk, geo, 1, self.config.grid,
+                              total_branches=lay.n_branch if split else None, branch_base=lay.branch_base,
+                              text_first=lay.text_first)
             self._layout_cache[key] = got
         return got
 

@@ -1,0 +1,37 @@
+"""AnimateDiff (UNetMotionModel): spatial self (attn1) and cross (attn2) attention in the UNet's
+`attentions`, temporal attention in the motion adapter's `motion_modules`."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family
+
+
+class AnimateDiffFamily(Family):
+    name = "animatediff"
+    denoiser_attr = "unet"
+    temporal_marker = ".motion_modules."
+
+    def kind(self, name, module):
+        if self.temporal_marker in f".{name}":
+            return "temporal"
+        return super().kind(name, module)
+
+    def batch_slice(self, args, kwargs, lo, batch):
+        # the pipeline repeats the text embeddings per frame: (batch × frames, tokens, dim)
+        frames = self.geometry(args, kwargs).frames
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        args, kwargs = super().batch_slice(args, kwargs, lo, batch)
+        if isinstance(ehs, torch.Tensor) and ehs.shape[0] == batch * frames and frames > 1:
+            if "encoder_hidden_states" in kwargs:
+                kwargs["encoder_hidden_states"] = ehs[lo * frames:]
+            else:
+                args = args[:2] + (ehs[lo * frames:],) + args[3:]
+        return args, kwargs
+
+    def probe_inputs(self, denoiser, frames, height, width, text_tokens):
+        cfg = denoiser.config
+        sample = torch.zeros(1, cfg.in_channels, frames, height // self.vae_scale, width // self.vae_scale)
+        text = torch.zeros(frames, text_tokens, cfg.cross_attention_dim)  # the pipeline repeats text per frame
+        return (sample, torch.tensor([1])), {"encoder_hidden_states": text}

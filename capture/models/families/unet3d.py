@@ -1,0 +1,29 @@
+"""ModelScope-style 3D UNets (UNet3DConditionModel: TextToVideoSD, VideoToVideoSD, ZeroScope;
+I2VGenXLUNet): spatial self (attn1) and cross (attn2) attention in `attentions`, temporal attention
+in `temp_attentions` and in the input's `transformer_in` (both of whose attn1/attn2 attend over
+frames). Frames are folded into the batch like AnimateDiff's."""
+
+from __future__ import annotations
+
+from .animatediff import AnimateDiffFamily
+
+
+class UNet3DFamily(AnimateDiffFamily):
+    name = "unet3d"
+    denoiser_attr = "unet"
+
+    def kind(self, name, module):
+        if ".temp_attentions." in f".{name}" or name.startswith("transformer_in."):
+            return "temporal"  # TransformerTemporalModel: both attentions are over frames
+        return "cross" if getattr(module, "is_cross_attention", False) else "spatial"
+
+    def block(self, name):
+        return "in" if name.startswith("transformer_in.") else super().block(name)
+
+    def probe_inputs(self, denoiser, frames, height, width, text_tokens):
+        import torch
+
+        cfg = denoiser.config
+        sample = torch.zeros(1, cfg.in_channels, frames, height // self.vae_scale, width // self.vae_scale)
+        text = torch.zeros(1, text_tokens, cfg.cross_attention_dim)  # the UNet repeats the text per frame itself
+        return (sample, torch.tensor([1])), {"encoder_hidden_states": text}

@@ -1,0 +1,102 @@
+"""More tiny random-weight video pipelines built from configs (no download), one per family:
+ModelScope-style TextToVideoSD (UNet3D), Latte and LTX-Video. Sizes follow the dummy components
+of diffusers' own pipeline tests, widened just enough for every attention kind to have a grid.
+Their videos are noise; they exist to exercise capture, perturbation and guidance end to end.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+from .tokenizer import VOCAB_SIZE, byte_clip_tokenizer
+
+TEXT_DIM = 32
+TEXT_TOKENS = 32
+
+
+def _seeded(seed: int, offset: int) -> None:
+    torch.manual_seed(seed * 1000 + offset)
+
+
+def _t5(seed: int) -> T5EncoderModel:
+    _seeded(seed, 9)
+    return T5EncoderModel(T5Config(vocab_size=VOCAB_SIZE, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   pad_token_id=513, eos_token_id=513, decoder_start_token_id=513))
+
+
+def _kl_vae(seed: int, latent_channels: int = 4):
+    from diffusers import AutoencoderKL
+
+    _seeded(seed, 8)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16,) * 4, layers_per_block=1,
+                         latent_channels=latent_channels, norm_num_groups=8)
+
+
+def _done(pipe, *modules):
+    for m in modules:
+        m.eval()  # modules built from configs start in training mode (dropout on)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_text_to_video_sd(seed: int = 0):
+    """UNet3DConditionModel (spatial, cross, temporal attention; `transformer_in` over frames)."""
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+
+    _seeded(seed, 1)
+    unet = UNet3DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=TEXT_DIM,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = _kl_vae(seed)
+    _seeded(seed, 3)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                                bos_token_id=512, eos_token_id=513, pad_token_id=513))
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              steps_offset=1)
+    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=byte_clip_tokenizer(77), unet=unet,
+                                 scheduler=scheduler)
+    return _done(pipe, unet, vae, text_encoder)
+
+
+def tiny_latte(seed: int = 0, frames: int = 8):
+    """Two Latte block pairs (spatial + cross per frame, temporal per patch position); ``frames`` is
+    fixed by the transformer's temporal position embedding."""
+    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    _seeded(seed, 1)
+    transformer = LatteTransformer3DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
+                                          num_attention_heads=2, caption_channels=TEXT_DIM, in_channels=4,
+                                          cross_attention_dim=16, out_channels=8, attention_bias=True,
+                                          activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                          norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                                          video_length=frames)
+    vae, text_encoder = _kl_vae(seed), _t5(seed)
+    pipe = LattePipeline(tokenizer=byte_clip_tokenizer(TEXT_TOKENS), text_encoder=text_encoder, vae=vae,
+                         transformer=transformer, scheduler=DDIMScheduler())
+    return _done(pipe, transformer, vae, text_encoder)
+
+
+def tiny_ltx(seed: int = 0):
+    """Two LTX-Video blocks (3D video self-attention, masked text cross-attention); frames = 8k+1."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    _seeded(seed, 1)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                             num_layers=2, caption_channels=TEXT_DIM)
+    _seeded(seed, 2)
+    vae = AutoencoderKLLTXVideo(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8,) * 4,
+                                decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5,
+                                decoder_layers_per_block=(1,) * 5, spatio_temporal_scaling=(True, True, False, False),
+                                decoder_spatio_temporal_scaling=(True, True, False, False),
+                                decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
+                                upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1, patch_size_t=1,
+                                encoder_causal=True, decoder_causal=False)
+    text_encoder = _t5(seed)
+    pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                       tokenizer=byte_clip_tokenizer(TEXT_TOKENS), transformer=transformer)
+    return _done(pipe, transformer, vae, text_encoder)

@@ -1,0 +1,234 @@
+"""One table, the same checks on every family's tiny preset (and on the generic family): the
+layer inventory's kinds, statistics against an explicit float64 softmax on the very same SDPA
+calls, bit-identical output, hooks gone (also after an exception), I and U limited to the chosen
+layer and step, guidance with s = 0 bit-identical, capture through the CLI, and the dashboard.
+
+Adding a family is one row in FAMILIES (preset, the kinds its architecture has, one call)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from capture import dims, open_run
+from capture.layers import inventory
+from capture.models.families import GenericFamily, family_of
+from capture.models.presets import load_pipeline, pipeline_call
+from capture.tracer import trace
+
+pytestmark = pytest.mark.slow
+
+# preset -> (family name, inventory kinds, pipeline call overrides)
+FAMILIES = {
+    "tiny-unet3d": ("unet3d", {"spatial": 4, "cross": 4, "temporal": 10}, {}),
+    "tiny-latte": ("latte", {"spatial": 2, "cross": 2, "temporal": 2}, {}),
+    "tiny-ltx": ("ltx", {"joint": 2, "cross": 2}, {}),
+}
+PROMPT = "a red circle moving left"
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def fam(request):
+    pipe, preset, defaults = load_pipeline(request.param)
+    call = pipeline_call(preset, defaults, steps=3)
+    call.update(FAMILIES[request.param][2])
+    return request.param, pipe, call
+
+
+def gen(pipe, call, seed=0, **kw):
+    return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), **call, **kw).frames
+
+
+def _no_hooks(pipe) -> bool:
+    den = family_of(pipe).denoiser(pipe)
+    for m in den.modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None and any(n.startswith("attnlens") for n in reg.hooks):
+            return False
+    return not getattr(type(pipe), "_attnlens_traced", False)
+
+
+def explicit_stats(q, k, mask, scale, n_branch):
+    """float64 entropy and normalized entropy per (branch, head), mean over items and rows."""
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if mask is not None:
+        m = mask if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.double()
+    a = torch.softmax(s, -1)
+    h = -(a * torch.where(a > 0, a.log(), 0.0)).sum(-1)  # (B, H, N)
+    allowed = (torch.isfinite(s) & (s > -1e3)).sum(-1).double()  # padding biases (e.g. -10000) are masked
+    hn = h / allowed.log()
+    per = q.shape[0] // n_branch
+    return (torch.stack([h[b * per:(b + 1) * per].mean(dim=(0, 2)) for b in range(n_branch)]),
+            torch.stack([hn[b * per:(b + 1) * per].mean(dim=(0, 2)) for b in range(n_branch)]))
+
+
+def test_inventory_kinds_from_the_architecture(fam):
+    name, pipe, _ = fam
+    family = family_of(pipe)
+    assert family.name == FAMILIES[name][0] and not family.infers_kinds
+    kinds = Counter(l.kind for l in inventory(family.denoiser(pipe), family))
+    assert dict(kinds) == FAMILIES[name][1]
+
+
+def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
+    name, pipe, call = fam
+    ref = gen(pipe, call)
+    seen = {}
+    tr = trace(pipe, root=tmp_path, layers="all")
+    orig = tr._on_sdpa
+
+    def spy(layer, c):  # the very SDPA calls the tracer sees, at step 0
+        if tr.step == 0 and layer not in seen:
+            k, _ = c.kv_for_heads()
+            m = c.mask()
+            seen[layer] = (c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale)
+        return orig(layer, c)
+
+    tr._on_sdpa = spy
+    with tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out)
+    assert _no_hooks(pipe)
+    ds = tr.dataset()
+    assert ds.attrs["status"] == dims.COMPLETE and ds.sizes["step"] == call["num_inference_steps"]
+    names = ds[dims.LAYER_NAME].values.tolist()
+    assert set(seen) == set(names)
+    nb = ds.sizes["branch"]
+    for layer, (q, k, mask, scale) in seen.items():
+        kind = str(ds[dims.LAYER_KIND].values[names.index(layer)])
+        if kind == "joint":
+            assert int(ds[dims.N_QUERY].values[names.index(layer)]) == q.shape[-2]  # video-only sequences here
+        h, hn = explicit_stats(q, k, mask, scale, nb)
+        got = ds[dims.ENTROPY].sel(part="all").isel(step=0, layer=names.index(layer)).values[:, :q.shape[1]]
+        got_n = ds[dims.ENTROPY_NORM].sel(part="all").isel(step=0, layer=names.index(layer)).values[:, :q.shape[1]]
+        np.testing.assert_allclose(got, h.numpy(), rtol=1e-5, err_msg=layer)
+        np.testing.assert_allclose(got_n, hn.numpy(), rtol=1e-5, err_msg=layer)
+
+
+def test_hooks_gone_after_an_exception(fam, tmp_path):
+    _, pipe, call = fam
+    den = family_of(pipe).denoiser(pipe)
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    handle = den.register_forward_pre_hook(lambda *a: boom())
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with trace(pipe, root=tmp_path, layers="all"):
+                gen(pipe, call)
+    finally:
+        handle.remove()
+    assert _no_hooks(pipe)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert open_run(run).attrs["status"] == dims.FAILED
+
+
+@pytest.mark.parametrize("kind", ["I", "U"])
+def test_perturbation_touches_only_the_chosen_layer_and_step(fam, tmp_path, kind):
+    _, pipe, call = fam
+    family = family_of(pipe)
+    target = next(l.name for l in inventory(family.denoiser(pipe), family) if l.kind != "cross")
+    with trace(pipe, root=tmp_path) as base:
+        ref = gen(pipe, call)
+    with trace(pipe, root=tmp_path, perturb=[f"{kind}@{target}:steps=1-1"]) as tr:
+        out = gen(pipe, call)
+    assert not np.array_equal(ref, out)
+    ds, b = tr.dataset(), base.dataset()
+    names = ds[dims.LAYER_NAME].values.tolist()
+    flags = ds[dims.PERTURBED].values
+    expected = np.zeros_like(flags)
+    expected[1, names.index(target), :] = 1
+    assert np.array_equal(flags, expected)
+    # step 0 is untouched; at step 1 the perturbed layer records the original map, so every layer
+    # up to and including it agrees with the unperturbed run
+    np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=0).values, b[dims.ENTROPY].isel(step=0).values)
+    upto = names.index(target) + 1
+    np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=1, layer=slice(0, upto)).values,
+                                  b[dims.ENTROPY].isel(step=1, layer=slice(0, upto)).values)
+
+
+def test_guidance_with_zero_scale_is_bit_identical(fam, tmp_path):
+    from ieadapt.enhance import EnhanceConfig, enhance
+
+    _, pipe, call = fam
+    family = family_of(pipe)
+    layers = [l.name for l in inventory(family.denoiser(pipe), family) if l.kind != "cross"][:1]
+    run = lambda cfg: enhance(pipe, layers, cfg, prompt=PROMPT, seed=1, call=dict(call), root=tmp_path, model="t")  # noqa: E731
+    base = run(EnhanceConfig(mode="cfg"))
+    zero = run(EnhanceConfig(mode="guidance", scale=0.0))
+    on = run(EnhanceConfig(mode="guidance", scale=2.0, perturb="U"))
+    assert np.array_equal(base.frames, zero.frames)
+    assert on.extra_calls == call["num_inference_steps"]
+    assert np.abs(on.frames - base.frames).max() > 1e-5
+
+
+def test_cli_capture_and_dashboard_views(fam, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from capture.cli import main
+
+    name, _, _ = fam
+    root = tmp_path / "traces"
+    assert main(["capture", "--model", name, "--prompt", PROMPT, "--steps", "2", "--root", str(root), "--quiet"]) == 0
+    run_id = capsys.readouterr().out.split()[-1]
+    assert open_run(root / "runs" / run_id).attrs["model"] == name
+    monkeypatch.setenv("ATTNLENS_ROOT", str(root))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    from dashboard import cache
+
+    cache.reload()
+    for view in ("runs", "layer_step", "proportions", "maps", "compare", "selection"):
+        at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=120).run()
+        assert not at.exception, (view, [e.value for e in at.exception])
+
+
+# -- the generic family ------------------------------------------------------------------------------------
+
+def test_generic_family_infers_kinds_and_stays_exact(tmp_path, monkeypatch):
+    """TextToVideoSD's UNet3D taken as unknown: kinds come from token counts and match the
+    architecture's; the statistics equal those of the declared family bit for bit."""
+    from capture.models import families
+
+    pipe, preset, defaults = load_pipeline("tiny-unet3d")
+    call = pipeline_call(preset, defaults, steps=2)
+    with trace(pipe, root=tmp_path, layers="all") as known:
+        ref = gen(pipe, call)
+    monkeypatch.delitem(families.FAMILIES, "UNet3DConditionModel")
+    assert isinstance(family_of(pipe), GenericFamily)
+    with trace(pipe, root=tmp_path, layers="all") as tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out)
+    a, b = known.dataset(), tr.dataset()
+    by_name = dict(zip(b[dims.LAYER_NAME].values.tolist(), b[dims.LAYER_KIND].values.tolist()))
+    assert by_name == dict(zip(a[dims.LAYER_NAME].values.tolist(), a[dims.LAYER_KIND].values.tolist()))
+    inferred = b.attrs["kinds_inferred"]
+    assert set(inferred) == set(by_name) and all(v["kind"] == by_name[n] for n, v in inferred.items())
+    assert b.attrs["step_source"] == "denoiser timestep"  # TextToVideoSD has no callback_on_step_end
+    order = a[dims.LAYER_NAME].values.tolist()
+    np.testing.assert_array_equal(b[dims.ENTROPY].sel(layer=[b[dims.LAYER_NAME].values.tolist().index(n)
+                                                                for n in order]).values, a[dims.ENTROPY].values)
+
+
+def test_infer_kind_table():
+    from capture.models.families import Geometry, infer_kind
+
+    unet = Geometry(batch=2, frames=8, height=16, width=16)
+    dit = Geometry(batch=2, frames=4, height=16, width=16, patch=2)
+    rows = [
+        ((16, 256, 256, unet), "spatial"), ((16, 64, 64, unet), "spatial"), ((16, 64, 77, unet), "cross"),
+        ((2 * 256, 8, 8, unet), "temporal"), ((2 * 16, 8, 8, unet), "temporal"),
+        ((2, 256, 256, dit), "joint"), ((2, 256, 77, dit), "cross"), ((8, 64, 64, dit), "spatial"),
+        ((2 * 64, 4, 4, dit), "temporal"), ((2, 7, 7, dit), "other"), ((2, 266, 266, dit), "other"),
+    ]
+    for (b, nq, nk, geo), want in rows:
+        assert infer_kind(b, nq, nk, geo)[0] == want, (b, nq, nk, want)
+    assert infer_kind(2, 266, 266, dit, text_first=True) == ("joint", None)
+    assert infer_kind(2, 266, 266, dit)[1] == "text_order"
