@@ -164,6 +164,7 @@ class Tracer:
         self._ptb_layers = self._layer_specs(self.specs)
         self._side_layers = self._layer_specs(self.side_specs)
         self._side = False
+        self._record: dict = {}  # the current pipeline call's arguments
         self.step = 0
         self._side_log: dict[int, set[str]] = {}
         self._side_geometry: Geometry | None = None
@@ -257,7 +258,7 @@ class Tracer:
 
     # -- one pipeline call = one run ---------------------------------------------------------------
     def _call(self, call_original, args, kwargs):
-        record = _call_record(self._pipe_cls, args, kwargs)
+        record = self._record = _call_record(self._pipe_cls, args, kwargs)
         n_steps = record.get("num_inference_steps")
         if isinstance(n_steps, int):  # bad step windows fail before anything is generated or stored
             for spec in self.specs:
@@ -407,10 +408,10 @@ class Tracer:
         if self.family.infers_kinds and self._branches is None and self._calls_in_step == 0:
             # one denoiser call per CFG branch when a call holds one item per video while CFG is on
             self.family.separate_cfg_calls = (self.geometry.batch == self._n_videos
-                                              and self.family.cfg_branches(self.pipe) == 2)
+                                              and self.family.cfg_branches(self.pipe, self._record) == 2)
         if self.family.separate_cfg_calls:
             # e.g. Wan: the cond call, then the uncond call, each a batch of its own
-            total = self.family.cfg_branches(self.pipe)
+            total = self.family.cfg_branches(self.pipe, self._record)
             idx = self._calls_in_step
             self._calls_in_step += 1
             self._call_branch = (total - 1 - idx, total) if idx < total else None

@@ -100,3 +100,39 @@ def tiny_ltx(seed: int = 0):
     pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                        tokenizer=byte_clip_tokenizer(TEXT_TOKENS), transformer=transformer)
     return _done(pipe, transformer, vae, text_encoder)
+
+
+HUNYUAN_PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}  # the byte tokenizer has no chat template
+
+
+def tiny_hunyuan(seed: int = 0):
+    """One dual-stream and one single-stream HunyuanVideo block ([video; text] joint attention with
+    the text padding mask) and one text-refiner block; Llama + CLIP text encoders; frames = 4k+1."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+    from transformers import LlamaConfig, LlamaModel
+
+    _seeded(seed, 1)
+    transformer = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                 attention_head_dim=10, num_layers=1, num_single_layers=1,
+                                                 num_refiner_layers=1, patch_size=1, patch_size_t=1,
+                                                 guidance_embeds=True, text_embed_dim=TEXT_DIM,
+                                                 pooled_projection_dim=TEXT_DIM, rope_axes_dim=(2, 4, 4))
+    _seeded(seed, 2)
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8,) * 4,
+                                    layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=8,
+                                    temporal_compression_ratio=4, mid_block_add_attention=True)
+    _seeded(seed, 3)
+    llama = LlamaModel(LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128, pad_token_id=513, bos_token_id=512, eos_token_id=513))
+    _seeded(seed, 4)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        bos_token_id=512, eos_token_id=513, pad_token_id=513))
+    pipe = HunyuanVideoPipeline(text_encoder=llama, tokenizer=byte_clip_tokenizer(64), transformer=transformer,
+                                vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
+                                tokenizer_2=byte_clip_tokenizer(77))
+    return _done(pipe, transformer, vae, llama, clip)

@@ -27,13 +27,16 @@ FAMILIES = {
     "tiny-unet3d": ("unet3d", {"spatial": 4, "cross": 4, "temporal": 10}, {}),
     "tiny-latte": ("latte", {"spatial": 2, "cross": 2, "temporal": 2}, {}),
     "tiny-ltx": ("ltx", {"joint": 2, "cross": 2}, {}),
+    "tiny-hunyuan": ("hunyuan", {"joint": 2, "other": 1}, {}),
+    "tiny-hunyuan-cfg": ("hunyuan", {"joint": 2, "other": 1}, {"true_cfg_scale": 4.0, "negative_prompt": "blurry"}),
 }
+SELF = ("spatial", "temporal", "joint")
 PROMPT = "a red circle moving left"
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def fam(request):
-    pipe, preset, defaults = load_pipeline(request.param)
+    pipe, preset, defaults = load_pipeline(request.param.removesuffix("-cfg"))
     call = pipeline_call(preset, defaults, steps=3)
     call.update(FAMILIES[request.param][2])
     return request.param, pipe, call
@@ -52,8 +55,8 @@ def _no_hooks(pipe) -> bool:
     return not getattr(type(pipe), "_attnlens_traced", False)
 
 
-def explicit_stats(q, k, mask, scale, n_branch):
-    """float64 entropy and normalized entropy per (branch, head), mean over items and rows."""
+def explicit_stats(q, k, mask, scale, n_branch, rows=slice(None)):
+    """float64 entropy and normalized entropy per (branch, head), mean over items and ``rows``."""
     s = (q.double() @ k.double().transpose(-1, -2)) * scale
     if mask is not None:
         m = mask if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
@@ -61,10 +64,12 @@ def explicit_stats(q, k, mask, scale, n_branch):
     a = torch.softmax(s, -1)
     h = -(a * torch.where(a > 0, a.log(), 0.0)).sum(-1)  # (B, H, N)
     allowed = (torch.isfinite(s) & (s > -1e3)).sum(-1).double()  # padding biases (e.g. -10000) are masked
-    hn = h / allowed.log()
+    h = torch.where(allowed > 0, h, float("nan"))  # a fully masked row has no distribution: not counted
+    hn = torch.where(allowed > 1, h / allowed.log(), 0.0)  # one allowed key: H = 0, normalized 0
+    h, hn = h[..., rows], hn[..., rows]
     per = q.shape[0] // n_branch
-    return (torch.stack([h[b * per:(b + 1) * per].mean(dim=(0, 2)) for b in range(n_branch)]),
-            torch.stack([hn[b * per:(b + 1) * per].mean(dim=(0, 2)) for b in range(n_branch)]))
+    return (torch.stack([h[b * per:(b + 1) * per].transpose(0, 1).flatten(1).nanmean(1) for b in range(n_branch)]),
+            torch.stack([hn[b * per:(b + 1) * per].transpose(0, 1).flatten(1).nanmean(1) for b in range(n_branch)]))
 
 
 def test_inventory_kinds_from_the_architecture(fam):
@@ -82,11 +87,11 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
     tr = trace(pipe, root=tmp_path, layers="all")
     orig = tr._on_sdpa
 
-    def spy(layer, c):  # the very SDPA calls the tracer sees, at step 0
-        if tr.step == 0 and layer not in seen:
+    def spy(layer, c):  # the very SDPA calls the tracer sees, at step 0 (one per CFG branch or one for all)
+        if tr.step == 0:
             k, _ = c.kv_for_heads()
             m = c.mask()
-            seen[layer] = (c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale)
+            seen.setdefault(layer, []).append((c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale))
         return orig(layer, c)
 
     tr._on_sdpa = spy
@@ -99,15 +104,30 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
     names = ds[dims.LAYER_NAME].values.tolist()
     assert set(seen) == set(names)
     nb = ds.sizes["branch"]
-    for layer, (q, k, mask, scale) in seen.items():
-        kind = str(ds[dims.LAYER_KIND].values[names.index(layer)])
-        if kind == "joint":
-            assert int(ds[dims.N_QUERY].values[names.index(layer)]) == q.shape[-2]  # video-only sequences here
-        h, hn = explicit_stats(q, k, mask, scale, nb)
-        got = ds[dims.ENTROPY].sel(part="all").isel(step=0, layer=names.index(layer)).values[:, :q.shape[1]]
-        got_n = ds[dims.ENTROPY_NORM].sel(part="all").isel(step=0, layer=names.index(layer)).values[:, :q.shape[1]]
-        np.testing.assert_allclose(got, h.numpy(), rtol=1e-5, err_msg=layer)
-        np.testing.assert_allclose(got_n, hn.numpy(), rtol=1e-5, err_msg=layer)
+    separate = family_of(pipe).separate_cfg_calls
+    for layer, calls in seen.items():
+        assert len(calls) == (nb if separate else 1), layer
+        for i, (q, k, mask, scale) in enumerate(calls):
+            # separate calls come cond first; branches are stored (uncond, cond)
+            branches = [nb - 1 - i] if separate else list(range(nb))
+            _check_call(ds, names, layer, q, k, mask, scale, branches, family_of(pipe))
+
+
+def _check_call(ds, names, layer, q, k, mask, scale, branches, family):
+    """The stored step-0 statistics of ``layer`` in ``branches`` against the explicit softmax."""
+    kind = str(ds[dims.LAYER_KIND].values[names.index(layer)])
+    rows = slice(None)
+    if kind == "joint":  # statistics of the video rows; text tokens sit in front or behind
+        geo = ds.attrs["geometry"]
+        n_vid = (geo["frames"] // geo["patch_t"]) * (geo["height"] // geo["patch"]) * (geo["width"] // geo["patch"])
+        text_first = family.text_first is not False
+        rows = slice(q.shape[-2] - n_vid, None) if text_first else slice(0, n_vid)
+    h, hn = explicit_stats(q, k, mask, scale, len(branches), rows)
+    sel = dict(step=0, layer=names.index(layer), branch=branches)
+    got = ds[dims.ENTROPY].sel(part="all").isel(**sel).values[:, :q.shape[1]]
+    got_n = ds[dims.ENTROPY_NORM].sel(part="all").isel(**sel).values[:, :q.shape[1]]
+    np.testing.assert_allclose(got, h.numpy(), rtol=1e-5, err_msg=layer)
+    np.testing.assert_allclose(got_n, hn.numpy(), rtol=1e-5, err_msg=layer)
 
 
 def test_hooks_gone_after_an_exception(fam, tmp_path):
@@ -133,7 +153,7 @@ def test_hooks_gone_after_an_exception(fam, tmp_path):
 def test_perturbation_touches_only_the_chosen_layer_and_step(fam, tmp_path, kind):
     _, pipe, call = fam
     family = family_of(pipe)
-    target = next(l.name for l in inventory(family.denoiser(pipe), family) if l.kind != "cross")
+    target = next(l.name for l in inventory(family.denoiser(pipe), family) if l.kind in SELF)
     with trace(pipe, root=tmp_path) as base:
         ref = gen(pipe, call)
     with trace(pipe, root=tmp_path, perturb=[f"{kind}@{target}:steps=1-1"]) as tr:
@@ -158,7 +178,7 @@ def test_guidance_with_zero_scale_is_bit_identical(fam, tmp_path):
 
     _, pipe, call = fam
     family = family_of(pipe)
-    layers = [l.name for l in inventory(family.denoiser(pipe), family) if l.kind != "cross"][:1]
+    layers = [l.name for l in inventory(family.denoiser(pipe), family) if l.kind in SELF][:1]
     run = lambda cfg: enhance(pipe, layers, cfg, prompt=PROMPT, seed=1, call=dict(call), root=tmp_path, model="t")  # noqa: E731
     base = run(EnhanceConfig(mode="cfg"))
     zero = run(EnhanceConfig(mode="guidance", scale=0.0))
@@ -177,6 +197,7 @@ def test_cli_capture_and_dashboard_views(fam, tmp_path, monkeypatch, capsys):
 
     name, _, _ = fam
     root = tmp_path / "traces"
+    name = name.removesuffix("-cfg")
     assert main(["capture", "--model", name, "--prompt", PROMPT, "--steps", "2", "--root", str(root), "--quiet"]) == 0
     run_id = capsys.readouterr().out.split()[-1]
     assert open_run(root / "runs" / run_id).attrs["model"] == name

@@ -13,6 +13,7 @@ from .animatediff import AnimateDiffFamily
 from .base import Family, Geometry, block_rank, is_attention, output_sample, with_sample
 from .cogvideox import CogVideoXFamily
 from .generic import GenericFamily, infer_kind
+from .hunyuan import HunyuanVideoFamily
 from .latte import LatteFamily
 from .ltx import LTXFamily
 from .unet3d import UNet3DFamily
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type[Family]] = {
     "I2VGenXLUNet": UNet3DFamily,
     "LatteTransformer3DModel": LatteFamily,
     "LTXVideoTransformer3DModel": LTXFamily,
+    "HunyuanVideoTransformer3DModel": HunyuanVideoFamily,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -57,5 +59,5 @@ def family_of(pipe_or_denoiser) -> Family:
 
 
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
-           "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "GenericFamily", "infer_kind", "block_rank",
+           "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]

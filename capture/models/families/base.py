@@ -48,7 +48,7 @@ def is_attention(module: torch.nn.Module) -> bool:
 
 def block_rank(block: str) -> tuple[int, int]:
     head, _, idx = block.partition(".")
-    order = {"in": -1, "down": 0, "mid": 1, "up": 2, "block": 3, "single": 4}
+    order = {"text": -2, "in": -1, "down": 0, "mid": 1, "up": 2, "block": 3, "single": 4}
     return order.get(head, 5), int(idx) if idx.isdigit() else 0
 
 
@@ -171,8 +171,9 @@ class Family:
             return float(t.reshape(-1)[0].item()) if t.numel() else None
         return float(t)
 
-    def cfg_branches(self, pipe) -> int:
-        """For pipelines with one denoiser call per branch: branches per step (2 with CFG)."""
+    def cfg_branches(self, pipe, record: dict | None = None) -> int:
+        """For pipelines with one denoiser call per branch: branches per step (2 with CFG).
+        record: the pipeline call's arguments (for pipelines that decide CFG from them)."""
         for attr in ("do_classifier_free_guidance", "do_true_cfg"):
             v = getattr(pipe, attr, None)
             if isinstance(v, bool):
