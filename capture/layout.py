@@ -34,6 +34,7 @@ class Layout:
     tokens3d: bool = False  # query tokens are (frame, y, x) of one video, not one frame's grid
     branch_base: int = 0  # branch of the first batch item (pipelines that run CFG branches as separate calls)
     text_first: bool = True  # joint layers: the text tokens come before the video tokens (else after)
+    item_video: int | None = None  # per-item calls (Mochi): the one batch item's video
 
     @property
     def vid0(self) -> int:

@@ -468,7 +468,14 @@ class Tracer:
         Nk = call.k.shape[-2]
         split = self.family.separate_cfg_calls
         base, total = self._call_branch if split else (0, None)
-        key = (name, B, base)
+        item = None
+        if self.family.per_item_calls and self.geometry is not None and B == 1 < self.geometry.batch:
+            # one SDPA call per batch item (Mochi): the call index is the item of the denoiser batch
+            n_videos = max(1, self._n_videos)
+            per = self.geometry.batch // (total or max(1, self.geometry.batch // n_videos))
+            item = call.index
+            base, total = base + item // per, total or max(1, self.geometry.batch // n_videos)
+        key = (name, B, base, item, Nk)
         lay = self._layout_cache.get(key)
         if lay is None:
             if self.geometry is None:
@@ -477,6 +484,8 @@ class Tracer:
             kind = self._kind_for_call(layer, call)
             lay = make_layout(kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
                               total_branches=total, branch_base=base, text_first=self._text_first())
+            if item is not None:
+                lay = replace(lay, item_video=item % max(1, self._n_videos))
             self._layout_cache[key] = lay
         if name not in self._layouts:
             layer = self._by_name[name]
@@ -509,7 +518,7 @@ class Tracer:
         """One SDPA call inside a hooked attention module: to the layer (or sub-layer) it belongs to."""
         subs = self._subs[module]
         if None in subs:
-            if call.index == 1 and module not in self._multi_warned:
+            if call.index == 1 and module not in self._multi_warned and not self.family.per_item_calls:
                 self._multi_warned.add(module)
                 log.warning("layer %s makes several SDPA calls per forward; their statistics are pooled as one layer",
                             module)
@@ -546,6 +555,8 @@ class Tracer:
     def _items(self, lay: Layout, n: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(branch, video) of each of the call's n batch items, and the items per video."""
         items = torch.arange(n, device=device)
+        if lay.item_video is not None:  # a call over one batch item (per-item calls)
+            return torch.full_like(items, lay.branch_base), torch.full_like(items, lay.item_video), 1
         per_video = max(1, lay.per_branch // max(1, self._n_videos))
         return items // lay.per_branch + lay.branch_base, (items % lay.per_branch) // per_video, per_video
 
@@ -607,7 +618,9 @@ class Tracer:
         if self.config.sample_rows and self.config.sample_rows < Nq:
             rows = sampled_rows(Nq, self.config.sample_rows, q.device)
         mask = call.mask()
-        if not self.split_videos:
+        if lay.item_video is not None:  # one batch item: one video of one branch
+            parts = [(lay.item_video if self.split_videos else 0, None, lay, 1)]
+        elif not self.split_videos:
             parts = [(0, None, lay, self._n_videos)]
         else:  # each video's items go to its own run's accumulator, with a one-video layout
             parts = [(vi, idx, self._video_layout(name, lay, idx.numel(), Nq, k.shape[-2]), 1)

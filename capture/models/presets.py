@@ -147,6 +147,23 @@ PRESETS: dict[str, Preset] = {
         Preset("hunyuanvideo", "HunyuanVideo 13B (community diffusers weights)",
                _from_pretrained("HunyuanVideoPipeline", "hunyuanvideo-community/HunyuanVideo"),
                dict(height=320, width=512, frames=61, steps=30, guidance=6.0), family="hunyuan"),
+        Preset("tiny-skyreels", "tiny random SkyReels-V2 (Wan architecture: 3D self-attention, cross-attention); "
+               "frames = 4k+1", _tiny("tiny_skyreels"), dict(height=64, width=64, frames=9, steps=8, guidance=6.0),
+               call_kwargs={"max_sequence_length": 32}, tiny=True, family="skyreels"),
+        Preset("tiny-allegro", "tiny random Allegro: 3D video self-attention, masked text cross-attention; "
+               "8 frames, 64x64 (one VAE tile)", _tiny("tiny_allegro"),
+               dict(height=64, width=64, frames=8, steps=8, guidance=7.5),
+               call_kwargs={"max_sequence_length": 32, "clean_caption": False}, tiny=True, family="allegro"),
+        Preset("tiny-mochi", "tiny random Mochi: asymmetric [video; text] joint attention, one SDPA call per video; "
+               "frames = 6k+1", _tiny("tiny_mochi"), dict(height=64, width=64, frames=7, steps=8, guidance=4.5),
+               call_kwargs={"max_sequence_length": 32}, tiny=True, family="mochi"),
+        Preset("skyreels-v2-t2v-14b", "SkyReels-V2 text-to-video 14B 540P",
+               _from_pretrained("SkyReelsV2Pipeline", "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers"),
+               dict(height=544, width=960, frames=97, steps=50, guidance=6.0), family="skyreels"),
+        Preset("allegro", "Allegro text-to-video", _from_pretrained("AllegroPipeline", "rhymes-ai/Allegro"),
+               dict(height=720, width=1280, frames=88, steps=100, guidance=7.5), family="allegro"),
+        Preset("mochi-1", "Mochi 1 preview", _from_pretrained("MochiPipeline", "genmo/mochi-1-preview"),
+               dict(height=480, width=848, frames=85, steps=64, guidance=4.5), family="mochi"),
         Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
                _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
                dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),

@@ -136,3 +136,77 @@ def tiny_hunyuan(seed: int = 0):
                                 vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
                                 tokenizer_2=byte_clip_tokenizer(77))
     return _done(pipe, transformer, vae, llama, clip)
+
+
+def _umt5(seed: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    _seeded(seed, 9)
+    return UMT5EncoderModel(UMT5Config(vocab_size=VOCAB_SIZE, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
+                                       num_heads=4, pad_token_id=513, eos_token_id=513, decoder_start_token_id=513))
+
+
+def _wan_vae(seed: int):
+    from diffusers import AutoencoderKLWan
+
+    _seeded(seed, 8)
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def tiny_skyreels(seed: int = 0):
+    """Two SkyReels-V2 blocks (Wan architecture: 3D video self-attention, text cross-attention)."""
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    _seeded(seed, 1)
+    transformer = SkyReelsV2Transformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                               in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=256,
+                                               ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                                               qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae, text_encoder = _wan_vae(seed), _umt5(seed)
+    pipe = SkyReelsV2Pipeline(tokenizer=byte_clip_tokenizer(64), text_encoder=text_encoder, transformer=transformer,
+                              vae=vae, scheduler=UniPCMultistepScheduler(flow_shift=8.0, use_flow_sigmas=True,
+                                                                         prediction_type="flow_prediction"))
+    return _done(pipe, transformer, vae, text_encoder)
+
+
+def tiny_allegro(seed: int = 0):
+    """Two Allegro blocks (3D video self-attention, text cross-attention with the padding mask)."""
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro, DDIMScheduler
+
+    _seeded(seed, 1)
+    transformer = AllegroTransformer3DModel(patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=12,
+                                            in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=24,
+                                            sample_height=8, sample_width=8, sample_frames=8,
+                                            caption_channels=TEXT_DIM)
+    _seeded(seed, 2)
+    vae = AutoencoderKLAllegro(in_channels=3, out_channels=3, down_block_types=("AllegroDownBlock3D",) * 4,
+                               up_block_types=("AllegroUpBlock3D",) * 4, block_out_channels=(8,) * 4,
+                               latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                               temporal_compression_ratio=4)
+    # Allegro decodes in tiles only (frames x height x width of pixels per tile): one tile of the
+    # tiny default video (8 x 64 x 64)
+    vae.enable_tiling()
+    vae.kernel = vae.stride = (8, 64, 64)
+    text_encoder = _t5(seed)
+    pipe = AllegroPipeline(tokenizer=byte_clip_tokenizer(TEXT_TOKENS), text_encoder=text_encoder, vae=vae,
+                           transformer=transformer, scheduler=DDIMScheduler())
+    return _done(pipe, transformer, vae, text_encoder)
+
+
+def tiny_mochi(seed: int = 0):
+    """Two Mochi blocks (asymmetric joint attention: [video; text] per video, padded text dropped)."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    _seeded(seed, 1)
+    transformer = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+                                          pooled_projection_dim=16, in_channels=12, out_channels=None,
+                                          qk_norm="rms_norm", text_embed_dim=TEXT_DIM, time_embed_dim=4,
+                                          activation_fn="swiglu", max_sequence_length=TEXT_TOKENS)
+    _seeded(seed, 2)
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+                             decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1))
+    text_encoder = _t5(seed)
+    pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                         tokenizer=byte_clip_tokenizer(TEXT_TOKENS), transformer=transformer)
+    return _done(pipe, transformer, vae, text_encoder)

@@ -29,6 +29,9 @@ FAMILIES = {
     "tiny-ltx": ("ltx", {"joint": 2, "cross": 2}, {}),
     "tiny-hunyuan": ("hunyuan", {"joint": 2, "other": 1}, {}),
     "tiny-hunyuan-cfg": ("hunyuan", {"joint": 2, "other": 1}, {"true_cfg_scale": 4.0, "negative_prompt": "blurry"}),
+    "tiny-skyreels": ("skyreels", {"joint": 2, "cross": 2}, {}),
+    "tiny-allegro": ("allegro", {"joint": 2, "cross": 2}, {}),
+    "tiny-mochi": ("mochi", {"joint": 2}, {}),
 }
 SELF = ("spatial", "temporal", "joint")
 PROMPT = "a red circle moving left"
@@ -104,12 +107,14 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
     names = ds[dims.LAYER_NAME].values.tolist()
     assert set(seen) == set(names)
     nb = ds.sizes["branch"]
-    separate = family_of(pipe).separate_cfg_calls
+    family = family_of(pipe)
+    separate, per_item = family.separate_cfg_calls, family.per_item_calls
     for layer, calls in seen.items():
-        assert len(calls) == (nb if separate else 1), layer
+        assert len(calls) == (nb if separate or per_item else 1), layer
         for i, (q, k, mask, scale) in enumerate(calls):
-            # separate calls come cond first; branches are stored (uncond, cond)
-            branches = [nb - 1 - i] if separate else list(range(nb))
+            # separate calls come cond first; branches are stored (uncond, cond); per-item calls
+            # follow the batch ([uncond; cond], one video here)
+            branches = [nb - 1 - i] if separate else [i] if per_item else list(range(nb))
             _check_call(ds, names, layer, q, k, mask, scale, branches, family_of(pipe))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .allegro import AllegroFamily
 from .animatediff import AnimateDiffFamily
 from .base import Family, Geometry, block_rank, is_attention, output_sample, with_sample
 from .cogvideox import CogVideoXFamily
@@ -16,6 +17,8 @@ from .generic import GenericFamily, infer_kind
 from .hunyuan import HunyuanVideoFamily
 from .latte import LatteFamily
 from .ltx import LTXFamily
+from .mochi import MochiFamily
+from .skyreels import SkyReelsV2Family
 from .unet3d import UNet3DFamily
 from .wan import WanFamily
 
@@ -29,6 +32,9 @@ FAMILIES: dict[str, type[Family]] = {
     "LatteTransformer3DModel": LatteFamily,
     "LTXVideoTransformer3DModel": LTXFamily,
     "HunyuanVideoTransformer3DModel": HunyuanVideoFamily,
+    "SkyReelsV2Transformer3DModel": SkyReelsV2Family,
+    "AllegroTransformer3DModel": AllegroFamily,
+    "MochiTransformer3DModel": MochiFamily,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -59,5 +65,6 @@ def family_of(pipe_or_denoiser) -> Family:
 
 
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
-           "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "GenericFamily", "infer_kind", "block_rank",
+           "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "SkyReelsV2Family",
+           "AllegroFamily", "MochiFamily", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]

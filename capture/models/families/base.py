@@ -43,7 +43,11 @@ def is_attention(module: torch.nn.Module) -> bool:
         AttentionModuleMixin = ()
     from diffusers.models.attention_processor import Attention
 
-    return isinstance(module, (Attention,) + ((AttentionModuleMixin,) if AttentionModuleMixin else ()))
+    if isinstance(module, (Attention,) + ((AttentionModuleMixin,) if AttentionModuleMixin else ())):
+        return True
+    # attention modules of their own (MochiAttention, ...): a processor and heads, diffusers' shape
+    return (type(module).__name__.endswith("Attention") and hasattr(module, "processor")
+            and hasattr(module, "heads") and type(module).__module__.startswith("diffusers."))
 
 
 def block_rank(block: str) -> tuple[int, int]:
@@ -86,6 +90,7 @@ class Family:
     separate_cfg_calls = False  # True: the pipeline calls the denoiser once per CFG branch (cond first)
     text_first: bool | None = True  # joint layers: text tokens before (True) or after (False) the video
     infers_kinds = False  # kinds come from token counts at run time (the generic family)
+    per_item_calls = False  # the attention processor makes one SDPA call per batch item (Mochi)
     latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input ("BFCHW" for CogVideoX-style)
     vae_scale, time_scale = 8, 1
 
@@ -183,7 +188,7 @@ class Family:
     def batch_slice(self, args: tuple, kwargs: dict, lo: int, batch: int) -> tuple[tuple, dict]:
         """The denoiser inputs of batch items ``lo:`` of a call with ``batch`` items: every tensor
         whose first dimension is the batch is sliced (also inside dicts, lists and tuples);
-        everything else (scalar timesteps, rotary embeddings, flags) is passed unchanged."""
+        everything else (scalar timesteps, rotary embeddings by name, flags) is passed unchanged."""
 
         def cut(x):
             if isinstance(x, torch.Tensor):
@@ -194,7 +199,10 @@ class Family:
                 return type(x)(cut(v) for v in x)
             return x
 
-        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+        # positional embeddings are per token, not per batch item, even when a dimension happens
+        # to equal the batch (Allegro's rotary grids have one row per latent frame)
+        keep = ("rotary", "rope", "freqs", "pos_emb")
+        return tuple(cut(a) for a in args), {k: (v if any(w in k for w in keep) else cut(v)) for k, v in kwargs.items()}
 
     def probe_inputs(self, denoiser, frames: int, height: int, width: int, text_tokens: int):
         """(args, kwargs) for one denoiser forward at this video size (layer inventory probe)."""
