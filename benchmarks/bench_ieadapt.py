@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         if d.get(k):
             call[k] = d[k]
     fam = family_of(pipe)
-    layers = pag_layers([(l.name, l.kind) for l in inventory(fam.denoiser(pipe), fam)])
+    layers = pag_layers([(l.name, l.kind) for l in inventory(pipe, fam)])
     counts = {"calls": 0, "items": 0}
 
     def count(module, a, kw):

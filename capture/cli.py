@@ -61,7 +61,7 @@ def cmd_capture(args) -> int:
     if capture_steps and capture_steps[0] >= steps:
         raise CLIError(f"--capture-steps {args.capture_steps} starts after the last step ({steps - 1})")
     call = pipeline_call(preset, defaults, steps=steps, frames=args.frames, guidance=args.guidance,
-                         height=args.height, width=args.width)
+                         height=args.height, width=args.width, image=args.image)
     if args.negative_prompt:
         call["negative_prompt"] = args.negative_prompt
     seeds = args.seed or [0]
@@ -79,7 +79,7 @@ def cmd_capture(args) -> int:
         for k, (prompt, seed) in enumerate(jobs):
             bar.set_description(f"run {k + 1}/{len(jobs)}")
             gen = torch.Generator(device="cpu").manual_seed(seed)
-            pipe(prompt, generator=gen, **call)
+            pipe(prompt=prompt, generator=gen, **call)
             run_ids.append(tracer.run_id)
             print(tracer.run_id, flush=True)
     bar.close()
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="prompt (repeatable)")
     p.add_argument("--prompts", help="file with one prompt per line (or a JSON list)")
     p.add_argument("--negative-prompt")
+    p.add_argument("--image", help="conditioning image of an image-to-video model (default: a built-in test image)")
     p.add_argument("--seed", type=int, nargs="+", help="one run per seed (default 0)")
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")

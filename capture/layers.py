@@ -47,12 +47,15 @@ class LayerInfo:
         return asdict(self)
 
 
-def inventory(denoiser, family: Family) -> list[LayerInfo]:
-    """Every attention layer of the denoiser; a module that makes several SDPA calls per forward
-    (declared by its family) is listed once per call, as ``module.label``."""
+def inventory(pipe_or_denoiser, family: Family) -> list[LayerInfo]:
+    """Every attention layer of the pipeline's denoiser(s) (or of a denoiser passed directly); a
+    module that makes several SDPA calls per forward (declared by its family) is listed once per
+    call, as ``module.label``. With several denoisers (Wan 2.2's two experts) every name starts
+    with the denoiser's attribute (``transformer.`` / ``transformer_2.``)."""
     out = []
-    for name, mod, kind, block in family.attention_layers(denoiser):
+    for prefix, mod, name, kind, block in family.all_attention_layers(pipe_or_denoiser):
         heads = int(getattr(mod, "heads", 0) or getattr(mod, "num_heads", 0))
+        name = prefix + name
         labels = family.calls(name, mod)
         if not labels:
             out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=len(out)))

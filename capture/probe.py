@@ -53,6 +53,10 @@ def probe_by_generation(pipe, call: dict) -> list[dict]:
 def probe_layers(pipe, *, frames: int, height: int, width: int, text_tokens: int, call: dict | None = None) -> list[dict]:
     """One dict per attention layer: name, kind, block, heads, query_tokens, key_tokens, batch."""
     fam = family_of(pipe)
+    if len(fam.denoisers(pipe)) > 1:  # several experts: measured on a generation, which runs both
+        if call is None:
+            raise ValueError("a pipeline with several denoisers is probed by a generation: give the call")
+        return probe_by_generation(pipe, call)
     den = fam.denoiser(pipe)
     layers = inventory(den, fam)
     modules = dict(den.named_modules())

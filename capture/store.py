@@ -208,6 +208,21 @@ class RunWriter:
         self.attrs.update(_json_safe(attrs))
         self.group.attrs.update(_json_safe(attrs))
 
+    def set_layers(self, layers: list[dict]) -> None:
+        """Rewrite the per-layer coordinates with what is known at the end of the run: a layer
+        first seen after the first stored step (Wan 2.2's low-noise expert, kinds inferred later)
+        gets its kind and token counts."""
+        self.flush()
+        if not self.arrays:
+            return
+        g = self.group
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g[dims.LAYER_KIND][:] = _str_array(l["kind"] for l in layers)
+        for key, name in ((dims.N_QUERY, "n_query"), (dims.N_KEY, "n_key"), (dims.N_HEADS, "heads"),
+                          ("map_gy", "gy"), ("map_gx", "gx")):
+            g[key][:] = np.array([l[name] for l in layers], dtype="int32")
+
     def complete(self, **attrs) -> None:
         """Flush, write the run's statistics table, then mark it complete: a process killed at any
         point leaves either a complete run with its table or a run that is not complete."""

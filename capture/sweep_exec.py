@@ -85,7 +85,7 @@ def _run_locked(job: dict) -> None:
         tracer.extra_attrs["sweep_task"] = variants[0]["task"]
     gens = [torch.Generator().manual_seed(job["seed"]) for _ in variants]
     with tracer:
-        pipe([job["prompt"]] * len(variants) if batched else job["prompt"], generator=gens if batched else gens[0],
+        pipe(prompt=[job["prompt"]] * len(variants) if batched else job["prompt"], generator=gens if batched else gens[0],
              **job["call"])
 
 
@@ -150,7 +150,7 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
 
     fam = family_of(pipe)
     call = call_args(spec, preset, defaults)
-    tasks = plan(spec, inventory(fam.denoiser(pipe), fam), n_steps=call["num_inference_steps"])
+    tasks = plan(spec, inventory(pipe, fam), n_steps=call["num_inference_steps"])
     todo, skipped = schedule(tasks, root, spec.name)
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     capture = {"layers": tuple(spec.capture.get("layers", ("self",))), "every": int(spec.capture.get("every", 1)),

@@ -159,7 +159,8 @@ class Tracer:
         self._active = False
         self.family = family_of(pipe)
         self.denoiser = self.family.denoiser(pipe)
-        self.inventory: list[LayerInfo] = inventory(self.denoiser, self.family)
+        self.denoisers = [d for _, d in self.family.denoisers(pipe)]  # Wan 2.2: both experts
+        self.inventory: list[LayerInfo] = inventory(pipe, self.family)
         self.layers = select(self.inventory, list(self.config.layers))
         self._ptb_layers = self._layer_specs(self.specs)
         self._side_layers = self._layer_specs(self.side_specs)
@@ -214,13 +215,14 @@ class Tracer:
             raise RuntimeError("this tracer is already active")
         self._stack = contextlib.ExitStack()
         try:
-            modules = dict(self.denoiser.named_modules())
+            modules = self.family.named_modules(self.pipe)
             for module_name in self._subs:
                 mod = modules[module_name]
                 hooks.register(mod, hooks.AttentionLayerHook(module_name, self._on_module_sdpa), hooks.LAYER_HOOK)
                 self._stack.callback(hooks.remove, mod, hooks.LAYER_HOOK)
-            hooks.register(self.denoiser, hooks.DenoiserInputHook(self._on_denoiser), hooks.DENOISER_HOOK)
-            self._stack.callback(hooks.remove, self.denoiser, hooks.DENOISER_HOOK)
+            for den in self.denoisers:
+                hooks.register(den, hooks.DenoiserInputHook(self._on_denoiser), hooks.DENOISER_HOOK)
+                self._stack.callback(hooks.remove, den, hooks.DENOISER_HOOK)
             self._stack.enter_context(hooks.native_attention_backend())
             self._stack.enter_context(_wrapped_call(self.pipe, self._call))
         except BaseException:
@@ -359,7 +361,9 @@ class Tracer:
                 extra["side_passes"] = {"steps": sorted(self._side_log),
                                         "layers": sorted(set().union(*self._side_log.values())),
                                         "specs": [str(s) for s in self.side_specs]}
+            metas = [self._layer_meta(l) for l in self.layers]
             for vi, w in enumerate(self.writers):
+                w.set_layers(metas)
                 x = dict(extra)
                 if record.get("output_type") != "latent" and frames is not None:
                     from .video import frames_to_uint8
@@ -452,10 +456,7 @@ class Tracer:
             metas, results = [], []
             perturbed = np.zeros((len(self.layers), nb), dtype=bool)
             for li, layer in enumerate(self.layers):
-                meta = self._meta.get(layer.name) or {"name": layer.name, "kind": self.kind_of(layer),
-                                                      "block": layer.block,
-                                                      "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
-                metas.append(meta)
+                metas.append(self._layer_meta(layer))
                 acc = self._acc.get((slot, layer.name))
                 results.append({k: v.numpy() for k, v in acc.result().items()} if acc is not None else None)
                 for b in self._perturbed.get((slot, layer.name), ()):
@@ -493,6 +494,11 @@ class Tracer:
             self._meta[name] = {"name": name, "kind": lay.kind, "block": layer.block, "n_query": Nq, "n_key": Nk,
                                 "heads": H, "gy": lay.gy, "gx": lay.gx}
         return lay
+
+    def _layer_meta(self, layer: LayerInfo) -> dict:
+        """What the store records of a layer: as seen at its first call, else from the inventory."""
+        return self._meta.get(layer.name) or {"name": layer.name, "kind": self.kind_of(layer), "block": layer.block,
+                                              "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
 
     def _text_first(self) -> bool:
         return self.family.text_first is not False

@@ -85,7 +85,7 @@ def cmd_apply_edit(args) -> int:
     n = call["num_inference_steps"]
     sel = _selection(args.selection, pipe, None if args.any_model else args.model)
     fam = family_of(pipe)
-    kinds = {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam)}
+    kinds = {l.name: l.kind for l in inventory(pipe, fam)}
     layers = injected_layers(sel.layers, kinds, args.temporal, args.cross)
     if not layers:
         from capture.selection import SelectionError
@@ -165,7 +165,7 @@ def _selection(path, pipe, model: str | None):
 
     fam = family_of(pipe)
     sel = Selection.load(path)
-    check_layers(sel, [l.name for l in inventory(fam.denoiser(pipe), fam)], model)
+    check_layers(sel, [l.name for l in inventory(pipe, fam)], model)
     return sel
 
 

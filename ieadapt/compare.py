@@ -87,7 +87,7 @@ def run_comparison(pipe, pairs: list[tuple[str, int]], call: dict, root, *, mode
     from .enhance import EnhanceConfig, enhance
 
     fam = family_of(pipe)
-    kinds = {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam) if l.kind != "cross"}
+    kinds = {l.name: l.kind for l in inventory(pipe, fam) if l.kind != "cross"}
     capture = CaptureConfig(maps=False)
     rows = []
 

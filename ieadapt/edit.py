@@ -89,7 +89,7 @@ def edit(pipe, layers: list[str], *, source_prompt: str, target_prompt: str, inj
     g = [torch.Generator().manual_seed(seed if seed is not None else 0) for _ in range(2)]
     t0 = time.perf_counter()
     with tracer:
-        out = pipe([source_prompt, target_prompt], generator=g, **kw)
+        out = pipe(prompt=[source_prompt, target_prompt], generator=g, **kw)
     return EditResult(source_run=ids[0], target_run=ids[1], source_dir=tracer.run_dirs[-2],
                       target_dir=tracer.run_dirs[-1], layers=list(layers), inject_steps=k,
                       seconds=time.perf_counter() - t0, frames=getattr(out, "frames", None))

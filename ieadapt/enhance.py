@@ -106,7 +106,7 @@ def enhance(pipe, layers: list[str], cfg: EnhanceConfig, *, prompt: str, seed: i
         if cfg.mode == "guidance":
             g, remove = apply_guidance(tracer, cfg.guidance(), float(call.get("guidance_scale", 1.0)), n_steps)
         try:
-            out = pipe(prompt, generator=torch.Generator().manual_seed(seed), **call)
+            out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **call)
         finally:
             if remove is not None:
                 remove()

@@ -121,5 +121,11 @@ class Guidance:
 def apply_guidance(tracer, cfg: GuidanceConfig, guidance_scale: float, n_steps: int):
     """Register the guidance wrapper on the tracer's denoiser; returns (Guidance, remove())."""
     g = Guidance(tracer, cfg, guidance_scale, n_steps)
-    hooks.register(tracer.denoiser, hooks.DenoiserWrapHook(g), hooks.WRAP_HOOK)
-    return g, lambda: hooks.remove(tracer.denoiser, hooks.WRAP_HOOK)
+    for den in tracer.denoisers:  # every expert of a multi-expert pipeline (Wan 2.2)
+        hooks.register(den, hooks.DenoiserWrapHook(g), hooks.WRAP_HOOK)
+
+    def remove():
+        for den in tracer.denoisers:
+            hooks.remove(den, hooks.WRAP_HOOK)
+
+    return g, remove

@@ -19,7 +19,7 @@ SRC, TGT = "a red circle moving left", "a blue square moving left"
 
 def _kinds(pipe):
     fam = family_of(pipe)
-    return {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam)}
+    return {l.name: l.kind for l in inventory(pipe, fam)}
 
 
 def _plain(pipe, prompt, seed):

@@ -21,7 +21,7 @@ PROMPT = "a red circle moving left"
 
 def _layers(pipe, kind=None):
     fam = family_of(pipe)
-    return [(l.name, l.kind) for l in inventory(fam.denoiser(pipe), fam) if kind is None or l.kind == kind]
+    return [(l.name, l.kind) for l in inventory(pipe, fam) if kind is None or l.kind == kind]
 
 
 def _run(pipe, root, cfg, layers, call=ANIM_CALL, seed=3):

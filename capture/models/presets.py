@@ -40,6 +40,7 @@ class Preset:
     call_kwargs: dict = field(default_factory=dict)  # extra pipeline-call arguments the model needs
     tiny: bool = False
     frames_arg: str = "num_frames"  # the pipeline's name for the frame count (Latte: video_length)
+    needs_image: bool = False  # image-to-video: a conditioning image (built in unless one is given)
     family: str = ""  # the architecture family, for the README's model table
 
 
@@ -121,15 +122,16 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset("demo", "trained demo model (AnimateDiff architecture) of the demo world: shapes, colours, motion",
-               _demo, dict(height=32, width=32, frames=8, steps=25, guidance=7.5)),
+               _demo, dict(height=32, width=32, frames=8, steps=25, guidance=7.5), family="animatediff"),
         Preset("tiny-animatediff", "tiny random AnimateDiff (UNetMotionModel): spatial, cross, temporal attention",
-               _tiny_animatediff, dict(height=64, width=64, frames=8, steps=8, guidance=7.5), tiny=True),
+               _tiny_animatediff, dict(height=64, width=64, frames=8, steps=8, guidance=7.5), tiny=True,
+               family="animatediff"),
         Preset("tiny-cogvideox", "tiny random CogVideoX (joint text+video 3D attention); frames = 4k+1",
                _tiny_cogvideox, dict(height=64, width=64, frames=9, steps=8, guidance=6.0),
-               call_kwargs={"max_sequence_length": 32}, tiny=True),
+               call_kwargs={"max_sequence_length": 32}, tiny=True, family="cogvideox"),
         Preset("tiny-wan", "tiny random Wan 2.1 (3D self-attention, cross-attention); frames = 4k+1",
                _tiny_wan, dict(height=64, width=64, frames=9, steps=8, guidance=5.0),
-               call_kwargs={"max_sequence_length": 64}, tiny=True),
+               call_kwargs={"max_sequence_length": 64}, tiny=True, family="wan"),
         Preset("tiny-unet3d", "tiny random TextToVideoSD / ModelScope UNet3D: spatial, cross, temporal attention",
                _tiny("tiny_text_to_video_sd"), dict(height=64, width=64, frames=8, steps=8, guidance=9.0), tiny=True,
                family="unet3d"),
@@ -164,6 +166,20 @@ PRESETS: dict[str, Preset] = {
                dict(height=720, width=1280, frames=88, steps=100, guidance=7.5), family="allegro"),
         Preset("mochi-1", "Mochi 1 preview", _from_pretrained("MochiPipeline", "genmo/mochi-1-preview"),
                dict(height=480, width=848, frames=85, steps=64, guidance=4.5), family="mochi"),
+        Preset("tiny-wan22", "tiny random Wan 2.2 with two experts (transformer: high noise, transformer_2: low "
+               "noise; layer names say which); frames = 4k+1", _tiny("tiny_wan22"),
+               dict(height=64, width=64, frames=9, steps=8, guidance=4.0), call_kwargs={"max_sequence_length": 32},
+               tiny=True, family="wan"),
+        Preset("tiny-wan-i2v", "tiny random Wan 2.1 image-to-video (CLIP image keys and text keys: attn2.image, "
+               "attn2.text); frames = 4k+1", _tiny("tiny_wan_i2v"),
+               dict(height=32, width=32, frames=9, steps=8, guidance=5.0), call_kwargs={"max_sequence_length": 512},
+               tiny=True, needs_image=True, family="wan"),
+        Preset("wan2.2-t2v-a14b", "Wan 2.2 text-to-video A14B (two experts)",
+               _from_pretrained("WanPipeline", "Wan-AI/Wan2.2-T2V-A14B-Diffusers"),
+               dict(height=720, width=1280, frames=81, steps=40, guidance=4.0), family="wan"),
+        Preset("wan2.1-i2v-14b-480p", "Wan 2.1 image-to-video 14B 480P",
+               _from_pretrained("WanImageToVideoPipeline", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"),
+               dict(height=480, width=832, frames=81, steps=50, guidance=5.0), needs_image=True, family="wan"),
         Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
                _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
                dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),
@@ -176,14 +192,14 @@ PRESETS: dict[str, Preset] = {
         Preset("ltx-video", "LTX-Video 0.9", _from_pretrained("LTXPipeline", "Lightricks/LTX-Video"),
                dict(height=480, width=704, frames=161, steps=50, guidance=3.0), family="ltx"),
         Preset("animatediff", "AnimateDiff motion adapter v1-5-2 + Stable Diffusion 1.5", _animatediff,
-               dict(height=512, width=512, frames=16, steps=25, guidance=7.5)),
+               dict(height=512, width=512, frames=16, steps=25, guidance=7.5), family="animatediff"),
         Preset("cogvideox-2b", "CogVideoX-2b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-2b"),
-               dict(height=480, width=720, frames=49, steps=50, guidance=6.0)),
+               dict(height=480, width=720, frames=49, steps=50, guidance=6.0), family="cogvideox"),
         Preset("cogvideox-5b", "CogVideoX-5b", _from_pretrained("CogVideoXPipeline", "THUDM/CogVideoX-5b"),
-               dict(height=480, width=720, frames=49, steps=50, guidance=6.0)),
+               dict(height=480, width=720, frames=49, steps=50, guidance=6.0), family="cogvideox"),
         Preset("wan2.1-t2v-1.3b", "Wan 2.1 text-to-video 1.3B",
                _from_pretrained("WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
-               dict(height=480, width=832, frames=81, steps=50, guidance=5.0)),
+               dict(height=480, width=832, frames=81, steps=50, guidance=5.0), family="wan"),
     ]
 }
 
@@ -218,9 +234,11 @@ def resolve(spec: str) -> tuple[Preset | None, dict, Path | None]:
 
 
 def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=None, height=None,
-                  width=None) -> dict:
+                  width=None, image=None) -> dict:
     """The keyword arguments of one generation call: the given values, else the model's defaults,
-    plus the preset's own call arguments; frames come back as numpy arrays."""
+    plus the preset's own call arguments; frames come back as numpy arrays. ``image``: the
+    conditioning image of an image-to-video preset (a path or PIL image; default a built-in
+    test image at the video's size)."""
     call = dict(num_inference_steps=int(steps or defaults["steps"]), num_frames=int(frames or defaults["frames"]),
                 guidance_scale=float(guidance if guidance is not None else defaults["guidance"]), output_type="np")
     for k, v in (("height", height), ("width", width)):
@@ -230,7 +248,28 @@ def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=N
     call.update(preset.call_kwargs if preset else {})
     if preset and preset.frames_arg != "num_frames":
         call[preset.frames_arg] = call.pop("num_frames")
+    if image is not None or (preset and preset.needs_image):
+        call["image"] = _conditioning_image(image, call.get("height") or 64, call.get("width") or 64)
     return call
+
+
+def _conditioning_image(image, height: int, width: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if image is None:
+        from .tiny_video import conditioning_image
+
+        return conditioning_image(height, width)
+    if isinstance(image, Image.Image):
+        return image
+    p = Path(image)
+    if not p.is_file():
+        raise ModelError(f"conditioning image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB").resize((width, height))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ModelError(f"cannot read the conditioning image {p}: {e}") from None
 
 
 def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None):

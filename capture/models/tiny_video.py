@@ -210,3 +210,59 @@ def tiny_mochi(seed: int = 0):
     pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                          tokenizer=byte_clip_tokenizer(TEXT_TOKENS), transformer=transformer)
     return _done(pipe, transformer, vae, text_encoder)
+
+
+def _wan_transformer(seed: int, offset: int, **kw):
+    from diffusers import WanTransformer3DModel
+
+    _seeded(seed, offset)
+    cfg = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+               text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+               qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    cfg.update(kw)
+    return WanTransformer3DModel(**cfg)
+
+
+def tiny_wan22(seed: int = 0):
+    """Wan 2.2's two experts: ``transformer`` for high noise (t >= 0.875 · 1000), ``transformer_2``
+    for low noise, each two blocks; layer names start with the expert's attribute."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    high, low = _wan_transformer(seed, 1), _wan_transformer(seed, 2)
+    vae, text_encoder = _wan_vae(seed), _umt5(seed)
+    pipe = WanPipeline(tokenizer=byte_clip_tokenizer(64), text_encoder=text_encoder, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=high, transformer_2=low,
+                       boundary_ratio=0.875)
+    return _done(pipe, high, low, vae, text_encoder)
+
+
+def tiny_wan_i2v(seed: int = 0):
+    """Wan 2.1 image-to-video as its real checkpoint is built: a CLIP image encoder and
+    ``added_kv_proj_dim``, so every attn2 makes two SDPA calls (image keys, then text keys)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    transformer = _wan_transformer(seed, 1, in_channels=36, image_dim=4, added_kv_proj_dim=24)
+    _seeded(seed, 5)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2,
+                                                     num_attention_heads=2, image_size=32, intermediate_size=16,
+                                                     patch_size=8))
+    processor = CLIPImageProcessor(crop_size=32, size=32)
+    vae, text_encoder = _wan_vae(seed), _umt5(seed)
+    pipe = WanImageToVideoPipeline(tokenizer=byte_clip_tokenizer(512), text_encoder=text_encoder, vae=vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), image_processor=processor,
+                                   image_encoder=image_encoder, transformer=transformer)
+    return _done(pipe, transformer, vae, text_encoder, image_encoder)
+
+
+def conditioning_image(height: int = 64, width: int = 64):
+    """A deterministic RGB test image (colour gradients and a disc) for image-to-video presets."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    r = (255 * x / max(1, width - 1)).astype(np.uint8)
+    g = (255 * y / max(1, height - 1)).astype(np.uint8)
+    disc = ((x - width / 2) ** 2 + (y - height / 2) ** 2) < (min(height, width) / 4) ** 2
+    b = np.where(disc, 255, 40).astype(np.uint8)
+    return Image.fromarray(np.stack([r, g, b], -1))

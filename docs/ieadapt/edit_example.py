@@ -57,7 +57,7 @@ def main() -> None:
     root = args.root or tempfile.mkdtemp()
     pipe, _, d = load_pipeline("demo")
     fam = family_of(pipe)
-    kinds = {l.name: l.kind for l in inventory(fam.denoiser(pipe), fam)}
+    kinds = {l.name: l.kind for l in inventory(pipe, fam)}
     call = dict(num_inference_steps=d["steps"], num_frames=d["frames"], guidance_scale=d["guidance"], output_type="np")
     variants = [("no injection", LOW_SPATIAL, 0.0),
                 ("4 low-entropy spatial", injected_layers(LOW_SPATIAL, kinds, False), 0.5),

@@ -107,6 +107,26 @@ class Family:
     def denoiser(self, pipe):
         return getattr(pipe, self.denoiser_attr)
 
+    def denoisers(self, pipe) -> list[tuple[str, torch.nn.Module]]:
+        """(name prefix, denoiser) of every denoiser the pipeline runs: the prefix is "" for one
+        denoiser, else its attribute and a dot (``transformer.``, ``transformer_2.``)."""
+        if not hasattr(pipe, "components"):  # a denoiser passed directly
+            return [("", pipe)]
+        found = [(a, getattr(pipe, a, None)) for a in (self.denoiser_attr, f"{self.denoiser_attr}_2")]
+        found = [(a, m) for a, m in found if isinstance(m, torch.nn.Module)]
+        if len(found) == 1:
+            return [("", found[0][1])]
+        return [(f"{a}.", m) for a, m in found]
+
+    def all_attention_layers(self, pipe_or_denoiser):
+        """(prefix, module, name, kind, block) over every denoiser, in data-flow order per denoiser."""
+        return [(prefix, mod, name, kind, block) for prefix, den in self.denoisers(pipe_or_denoiser)
+                for name, mod, kind, block in self.attention_layers(den)]
+
+    def named_modules(self, pipe) -> dict[str, torch.nn.Module]:
+        """Every module of the denoiser(s) by the names the inventory uses."""
+        return {prefix + n: m for prefix, den in self.denoisers(pipe) for n, m in den.named_modules()}
+
     def attention_layers(self, denoiser) -> list[tuple[str, torch.nn.Module, str, str]]:
         """(qualified name, module, kind, block) for every attention module, in data-flow order.
 
