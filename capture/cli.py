@@ -48,12 +48,21 @@ def cmd_capture(args) -> int:
     from .tracer import CaptureConfig, Tracer
     from .layers import split_terms
 
-    prompts = _read_prompts(args)
+    import inspect
+
+    from .models.presets import resolve
+
+    preset_only, _, _ = resolve(args.model)  # an unknown model fails before anything else
+    image_only = bool(preset_only and preset_only.needs_image and not preset_only.takes_prompt)
+    prompts = [None] if image_only and not (args.prompt or args.prompts) else _read_prompts(args)
     specs = [PerturbSpec.parse(s) for s in args.perturb or []]
     capture_steps = parse_steps(args.capture_steps) if args.capture_steps else None
     cfg = CaptureConfig(layers=tuple(split_terms(args.layers)), every=args.every, steps=capture_steps,
                         maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows)
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
+        if prompts != [None]:
+            raise CLIError(f"{type(pipe).__name__} takes no prompt (it is conditioned on --image only)")
     steps = args.steps or defaults["steps"]
     for s in specs:
         if s.steps and s.steps[0] >= steps:
@@ -79,7 +88,8 @@ def cmd_capture(args) -> int:
         for k, (prompt, seed) in enumerate(jobs):
             bar.set_description(f"run {k + 1}/{len(jobs)}")
             gen = torch.Generator(device="cpu").manual_seed(seed)
-            pipe(prompt=prompt, generator=gen, **call)
+            torch.manual_seed(seed)  # some pipelines (I2VGenXL) also draw from the global generator
+            pipe(generator=gen, **call, **({} if prompt is None else {"prompt": prompt}))
             run_ids.append(tracer.run_id)
             print(tracer.run_id, flush=True)
     bar.close()

@@ -35,6 +35,7 @@ class Layout:
     branch_base: int = 0  # branch of the first batch item (pipelines that run CFG branches as separate calls)
     text_first: bool = True  # joint layers: the text tokens come before the video tokens (else after)
     item_video: int | None = None  # per-item calls (Mochi): the one batch item's video
+    per_position: bool = False  # cross-attention with one batch item per grid position (SVD temporal blocks)
 
     @property
     def vid0(self) -> int:
@@ -86,10 +87,17 @@ def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos
     tokens3d = False
     if kind in ("spatial", "cross"):
         th3, tw3 = geo.token_hw
+        per_video = per // max(1, n_videos)
         if kind == "cross" and per == max(1, n_videos) and nq == geo.token_frames * th3 * tw3:
             # transformer cross-attention: the queries are one video's 3D tokens
             f, th, tw = geo.token_frames, th3, tw3
             tokens3d = True
+        elif kind == "cross" and nq in (geo.frames, geo.token_frames) and per_video != nq and per_video > 1:
+            # cross-attention of a temporal block (SVD): one batch item per grid position, one query per frame
+            f = nq
+            th, tw = _grid_for(per_video, geo.height, geo.width)
+            return Layout(kind, n_branch, per, f, th, tw, 0, min(grid, th), min(grid, tw), False, branch_base,
+                          per_position=True)
         else:
             f = geo.frames
             th, tw = _grid_for(nq, geo.height, geo.width)
@@ -210,7 +218,10 @@ class Accumulator:
         G, F = lay.cells, lay.frames
         R = row_ids.numel()
         kp = rs.key_pooled[:, 0] if rs.key_pooled is not None else None  # (B,R,Gk)
-        if lay.kind in ("spatial", "cross") and lay.tokens3d:
+        if lay.kind == "cross" and lay.per_position:  # queries are frames, batch items are positions
+            cells = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))
+            self._emap_rows(branch_of, row_ids.expand(B, -1), cells[:, None].expand(-1, R), ent_h, ok)
+        elif lay.kind in ("spatial", "cross") and lay.tokens3d:
             # transformer cross-attention: queries are the (frame, y, x) tokens of one video
             hw = lay.th * lay.tw
             self._emap_rows(branch_of, (row_ids // hw).expand(B, -1), lay.cell_of(row_ids % hw).expand(B, -1), ent_h, ok)

@@ -84,6 +84,7 @@ def _run_locked(job: dict) -> None:
     if not batched:
         tracer.extra_attrs["sweep_task"] = variants[0]["task"]
     gens = [torch.Generator().manual_seed(job["seed"]) for _ in variants]
+    torch.manual_seed(job["seed"])  # some pipelines (I2VGenXL) also draw from the global generator
     with tracer:
         pipe(prompt=[job["prompt"]] * len(variants) if batched else job["prompt"], generator=gens if batched else gens[0],
              **job["call"])

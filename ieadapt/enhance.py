@@ -71,6 +71,14 @@ class EnhanceResult:
     frames: object = None  # the pipeline's output frames (e.g. (videos, F, H, W, 3) floats for output_type="np")
 
 
+def takes_prompt(pipe) -> bool:
+    """Whether the pipeline's call has a prompt (the class itself, also while it is traced)."""
+    import inspect
+
+    cls = next(c for c in type(pipe).__mro__ if not c.__dict__.get("_attnlens_traced"))
+    return "prompt" in inspect.signature(cls.__call__).parameters
+
+
 def pag_layers(names: list[str], pattern: str = PAG_DEFAULT_LAYERS) -> list[str]:
     """The self-attention layers diffusers' PAG pipelines apply to for ``pattern`` (a regex
     searched in the qualified name, as ``PAGMixin`` does). ``names``: (name, kind) pairs."""
@@ -104,9 +112,12 @@ def enhance(pipe, layers: list[str], cfg: EnhanceConfig, *, prompt: str, seed: i
     with tracer:
         remove = None
         if cfg.mode == "guidance":
-            g, remove = apply_guidance(tracer, cfg.guidance(), float(call.get("guidance_scale", 1.0)), n_steps)
+            w = call.get("guidance_scale", call.get("max_guidance_scale", 1.0))
+            g, remove = apply_guidance(tracer, cfg.guidance(), float(w), n_steps)
         try:
-            out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **call)
+            torch.manual_seed(seed)  # some pipelines (I2VGenXL) also draw from the global generator
+            text = {"prompt": prompt} if takes_prompt(pipe) else {}  # Stable Video Diffusion: image only
+            out = pipe(generator=torch.Generator().manual_seed(seed), **call, **text)
         finally:
             if remove is not None:
                 remove()

@@ -101,10 +101,18 @@ class Guidance:
         self.extra_items += eps.shape[0] - lo
         self.extra_seconds += time.perf_counter() - t0
         eps_c = eps[lo:]
-        factor = s / self.w if cfg_on else s
+        factor = s / self._w(eps_c) if cfg_on else s
         new = eps.clone()
         new[lo:] = eps_c + factor * (eps_c - eps_p)
         return with_sample(out, new)
+
+    def _w(self, eps_c: torch.Tensor):
+        """The CFG scale the pipeline applies to this prediction: its public ``guidance_scale``
+        when that is a per-frame tensor (Stable Video Diffusion's ramp), else the call's scale."""
+        w = getattr(self.tracer.pipe, "guidance_scale", None)
+        if isinstance(w, torch.Tensor) and w.numel() > 1:
+            return w.to(eps_c.device, eps_c.dtype)[: eps_c.shape[0]]
+        return self.w
 
     def _cond_items(self, batch: int) -> tuple[int | None, bool]:
         """(first conditional batch item or None, whether CFG is on) for this denoiser call."""

@@ -41,6 +41,7 @@ class Preset:
     tiny: bool = False
     frames_arg: str = "num_frames"  # the pipeline's name for the frame count (Latte: video_length)
     needs_image: bool = False  # image-to-video: a conditioning image (built in unless one is given)
+    takes_prompt: bool = True  # False: conditioned on the image alone (Stable Video Diffusion)
     family: str = ""  # the architecture family, for the README's model table
 
 
@@ -180,6 +181,21 @@ PRESETS: dict[str, Preset] = {
         Preset("wan2.1-i2v-14b-480p", "Wan 2.1 image-to-video 14B 480P",
                _from_pretrained("WanImageToVideoPipeline", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"),
                dict(height=480, width=832, frames=81, steps=50, guidance=5.0), needs_image=True, family="wan"),
+        Preset("tiny-i2vgenxl", "tiny random I2VGenXL (UNet3D layout, image-conditioned; no step callback: steps "
+               "from the UNet's timestep)", _tiny("tiny_i2vgenxl"),
+               dict(height=64, width=64, frames=8, steps=8, guidance=9.0), call_kwargs={"clip_skip": None},
+               tiny=True, needs_image=True, family="unet3d"),
+        Preset("tiny-svd", "tiny random Stable Video Diffusion: spatial and temporal blocks, image cross-attention; "
+               "image only, no prompt", _tiny("tiny_svd"), dict(height=64, width=64, frames=8, steps=8, guidance=3.0),
+               tiny=True, needs_image=True, takes_prompt=False, family="svd"),
+        Preset("i2vgen-xl", "I2VGenXL image-to-video (clip_skip=None: diffusers' clip_skip path needs "
+               "transformers < 5)", _from_pretrained("I2VGenXLPipeline", "ali-vilab/i2vgen-xl"),
+               dict(height=704, width=1280, frames=16, steps=50, guidance=9.0), call_kwargs={"clip_skip": None},
+               needs_image=True, family="unet3d"),
+        Preset("svd-xt", "Stable Video Diffusion img2vid-xt",
+               _from_pretrained("StableVideoDiffusionPipeline", "stabilityai/stable-video-diffusion-img2vid-xt"),
+               dict(height=576, width=1024, frames=25, steps=25, guidance=3.0), needs_image=True,
+               takes_prompt=False, family="svd"),
         Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
                _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
                dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),
@@ -241,6 +257,8 @@ def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=N
     test image at the video's size)."""
     call = dict(num_inference_steps=int(steps or defaults["steps"]), num_frames=int(frames or defaults["frames"]),
                 guidance_scale=float(guidance if guidance is not None else defaults["guidance"]), output_type="np")
+    if preset and not preset.takes_prompt:  # SVD: guidance ramps from min to max over the frames
+        call["max_guidance_scale"] = call.pop("guidance_scale")
     for k, v in (("height", height), ("width", width)):
         v = v or defaults.get(k)
         if v:

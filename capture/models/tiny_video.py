@@ -266,3 +266,69 @@ def conditioning_image(height: int = 64, width: int = 64):
     disc = ((x - width / 2) ** 2 + (y - height / 2) ** 2) < (min(height, width) / 4) ** 2
     b = np.where(disc, 255, 40).astype(np.uint8)
     return Image.fromarray(np.stack([r, g, b], -1))
+
+
+def _clip_vision(seed: int, hidden: int = TEXT_DIM, projection: int = TEXT_DIM, image_size: int = 32,
+                 patch_size: int = 8):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(seed, 5)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=hidden, projection_dim=projection,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         image_size=image_size, intermediate_size=64,
+                                                         patch_size=patch_size))
+    return enc, CLIPImageProcessor(crop_size=image_size, size=image_size)
+
+
+def _clip_text(seed: int):
+    _seeded(seed, 3)
+    return CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        bos_token_id=512, eos_token_id=513, pad_token_id=513))
+
+
+def tiny_i2vgenxl(seed: int = 0):
+    """I2VGenXL: the UNet3D layout (spatial, cross, temporal, `transformer_in`) conditioned on an
+    image; no callback_on_step_end (steps come from the UNet's timestep)."""
+    from diffusers import DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+
+    _seeded(seed, 1)
+    unet = I2VGenXLUNet(block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4,
+                        out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=TEXT_DIM,
+                        attention_head_dim=8, num_attention_heads=None, norm_num_groups=4)
+    vae, text_encoder = _kl_vae(seed), _clip_text(seed)
+    image_encoder, processor = _clip_vision(seed)
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              steps_offset=1)
+    pipe = I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=byte_clip_tokenizer(77),
+                            image_encoder=image_encoder, feature_extractor=processor, unet=unet, scheduler=scheduler)
+    return _done(pipe, unet, vae, text_encoder, image_encoder)
+
+
+def tiny_svd(seed: int = 0):
+    """Stable Video Diffusion: spatial `transformer_blocks` and temporal `temporal_transformer_blocks`
+    (each with self- and image cross-attention); conditioned on an image only, no prompt."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+
+    _seeded(seed, 1)
+    unet = UNetSpatioTemporalConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
+                                            in_channels=8, out_channels=4,
+                                            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                                            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+                                            cross_attention_dim=TEXT_DIM, num_attention_heads=(2, 4), num_frames=8,
+                                            projection_class_embeddings_input_dim=3 * 8, addition_time_embed_dim=8)
+    _seeded(seed, 2)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32),
+                                       down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
+                                       layers_per_block=1)
+    image_encoder, processor = _clip_vision(seed, image_size=224, patch_size=32)  # SVD resizes to 224 itself
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       interpolation_type="linear", num_train_timesteps=1000,
+                                       prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+                                       steps_offset=1, timestep_spacing="leading", timestep_type="continuous",
+                                       use_karras_sigmas=True)
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
+                                        feature_extractor=processor)
+    return _done(pipe, unet, vae, image_encoder)

@@ -19,6 +19,7 @@ from .latte import LatteFamily
 from .ltx import LTXFamily
 from .mochi import MochiFamily
 from .skyreels import SkyReelsV2Family
+from .svd import SVDFamily
 from .unet3d import UNet3DFamily
 from .wan import WanFamily
 
@@ -35,6 +36,7 @@ FAMILIES: dict[str, type[Family]] = {
     "SkyReelsV2Transformer3DModel": SkyReelsV2Family,
     "AllegroTransformer3DModel": AllegroFamily,
     "MochiTransformer3DModel": MochiFamily,
+    "UNetSpatioTemporalConditionModel": SVDFamily,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -66,5 +68,5 @@ def family_of(pipe_or_denoiser) -> Family:
 
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
            "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "SkyReelsV2Family",
-           "AllegroFamily", "MochiFamily", "GenericFamily", "infer_kind", "block_rank",
+           "AllegroFamily", "MochiFamily", "SVDFamily", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]

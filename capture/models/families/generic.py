@@ -52,8 +52,8 @@ def infer_kind(batch: int, nq: int, nk: int, geo: Geometry, *, cross_module: boo
     per_pos = batch % B == 0 and batch // B in grids and nq in frame_counts and batch // B != 1
     if per_frame and per_pos and self_like:  # frames == grid cells: only the module's name can tell
         return ("temporal" if temporal_hint else "spatial"), None
-    if per_pos and self_like:
-        return "temporal", None
+    if per_pos:  # keys from elsewhere at each position: a temporal block's cross-attention (SVD)
+        return ("temporal" if self_like else "cross"), None
     if per_frame:
         return ("spatial" if self_like else "cross"), None
     if batch == B and nq == n_vid and not self_like:

@@ -1,7 +1,7 @@
 """ModelScope-style 3D UNets (UNet3DConditionModel: TextToVideoSD, VideoToVideoSD, ZeroScope;
 I2VGenXLUNet): spatial self (attn1) and cross (attn2) attention in `attentions`, temporal attention
-in `temp_attentions` and in the input's `transformer_in` (both of whose attn1/attn2 attend over
-frames). Frames are folded into the batch like AnimateDiff's."""
+in `temp_attentions`, in the input's `transformer_in` (both of whose attn1/attn2 attend over
+frames) and in I2VGenXL's image-latent encoder. Frames are folded into the batch like AnimateDiff's."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from .animatediff import AnimateDiffFamily
 class UNet3DFamily(AnimateDiffFamily):
     name = "unet3d"
     denoiser_attr = "unet"
+    # attention over frames before the UNet's down blocks
+    input_blocks = ("transformer_in.", "image_latents_temporal_encoder.")
 
     def kind(self, name, module):
-        if ".temp_attentions." in f".{name}" or name.startswith("transformer_in."):
-            return "temporal"  # TransformerTemporalModel: both attentions are over frames
+        if ".temp_attentions." in f".{name}" or name.startswith(self.input_blocks):
+            return "temporal"  # TransformerTemporalModel (and I2VGenXL's image-latent encoder): over frames
         return "cross" if getattr(module, "is_cross_attention", False) else "spatial"
 
     def block(self, name):
-        return "in" if name.startswith("transformer_in.") else super().block(name)
+        return "in" if name.startswith(self.input_blocks) else super().block(name)
 
     def probe_inputs(self, denoiser, frames, height, width, text_tokens):
         import torch
