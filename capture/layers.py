@@ -10,7 +10,8 @@ comma-separated list of terms; a layer is selected when any term matches it:
 - ``all`` (every attention layer, cross-attention included), ``self`` (spatial + temporal + joint).
 
 The default selection is ``self``. A selection matching nothing is an error that names the
-closest valid names.
+closest valid names. Layers without an attention map (softmax-free linear attention) are listed in
+the inventory with the reason and never selected.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class LayerInfo:
     index: int  # position in the model's full attention-layer list
     module: str = ""  # the attention module's qualified name (= name unless a sub-layer)
     call: int | None = None  # which SDPA call of the module's forward (sub-layers only)
+    not_capturable: str | None = None  # why the layer has no attention map (softmax-free attention)
 
     def __post_init__(self):
         if not self.module:
@@ -58,7 +60,8 @@ def inventory(pipe_or_denoiser, family: Family) -> list[LayerInfo]:
         name = prefix + name
         labels = family.calls(name, mod)
         if not labels:
-            out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=len(out)))
+            out.append(LayerInfo(name=name, kind=kind, block=block, heads=heads, index=len(out),
+                                 not_capturable=family.not_capturable(name, mod)))
         for ci, label in enumerate(labels):
             out.append(LayerInfo(name=f"{name}.{label}", kind=kind, block=block, heads=heads, index=len(out),
                                  module=name, call=ci))
@@ -105,8 +108,12 @@ def select(layers: list[LayerInfo], selection: str | list[str] | None = None) ->
     chosen = set()
     for term in terms:
         _check_term(term, layers)
-        hits = {l.name for l in layers if _term_matches(term, l)}
+        matched = [l for l in layers if _term_matches(term, l)]
+        hits = {l.name for l in matched if not l.not_capturable}
         if not hits:
+            if matched:  # only layers without an attention map (e.g. SanaVideo's linear attention)
+                raise LayerSelectionError(f"layer pattern {term!r} matches only layers that cannot be captured: "
+                                          f"{matched[0].name}: {matched[0].not_capturable}")
             raise LayerSelectionError(f"layer pattern {term!r} matches no layer{near_misses(term, layers)}")
         chosen |= hits
     return [l for l in layers if l.name in chosen]

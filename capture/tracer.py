@@ -293,6 +293,7 @@ class Tracer:
             "call": record,
             "capture": self.config.as_dict(),
             "layers_selected": [l.name for l in self.layers],
+            "layers_not_capturable": {l.name: l.not_capturable for l in self.inventory if l.not_capturable},
             "step_source": self.step_source,
             "versions": _versions(),
             "definitions": DEFINITIONS,

@@ -332,3 +332,25 @@ def tiny_svd(seed: int = 0):
     pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                                         feature_extractor=processor)
     return _done(pipe, unet, vae, image_encoder)
+
+
+def tiny_sana_video(seed: int = 0):
+    """SanaVideo: softmax-free linear self-attention (no attention map: not capturable) and softmax
+    cross-attention to the text; no family of its own (the generic family)."""
+    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    _seeded(seed, 1)
+    transformer = SanaVideoTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=2,
+                                              attention_head_dim=12, num_layers=2, num_cross_attention_heads=2,
+                                              cross_attention_head_dim=12, cross_attention_dim=24,
+                                              caption_channels=TEXT_DIM, sample_size=8, patch_size=(1, 2, 2),
+                                              rope_max_seq_len=32)
+    _seeded(seed, 3)
+    text_encoder = Gemma2Model(Gemma2Config(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                            head_dim=16, max_position_embeddings=128, pad_token_id=513,
+                                            bos_token_id=512, eos_token_id=513))
+    pipe = SanaVideoPipeline(tokenizer=byte_clip_tokenizer(64), text_encoder=text_encoder, vae=_wan_vae(seed),
+                             transformer=transformer, scheduler=DPMSolverMultistepScheduler())
+    return _done(pipe, transformer, text_encoder)

@@ -259,6 +259,50 @@ def test_generic_family_infers_kinds_and_stays_exact(tmp_path, monkeypatch):
                                                                 for n in order]).values, a[dims.ENTROPY].values)
 
 
+def test_generic_family_on_a_model_without_one(tmp_path):
+    """SanaVideo has no family: its softmax cross-attention is captured with kinds inferred (and
+    exact against the explicit softmax on the same calls, padded prompt mask included); its linear
+    self-attention is listed as not capturable with the reason; the default selection says why."""
+    from capture.layers import LayerSelectionError
+
+    pipe, preset, defaults = load_pipeline("tiny-sana-video")
+    family = family_of(pipe)
+    assert isinstance(family, GenericFamily)
+    inv = inventory(pipe, family)
+    linear = [l for l in inv if l.not_capturable]
+    assert [l.name for l in linear] == ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
+    assert all("softmax-free" in l.not_capturable for l in linear)
+    with pytest.raises(LayerSelectionError, match="cannot be captured.*softmax-free"):
+        trace(pipe, root=tmp_path)
+    call = pipeline_call(preset, defaults, steps=2)
+    ref = gen(pipe, call)
+    seen = {}
+    tr = trace(pipe, root=tmp_path, layers="all")
+    orig = tr._on_sdpa
+
+    def spy(layer, c):
+        if tr.step == 0:
+            k, _ = c.kv_for_heads()
+            m = c.mask()
+            seen.setdefault(layer, []).append((c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale))
+        return orig(layer, c)
+
+    tr._on_sdpa = spy
+    with tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    names = ds[dims.LAYER_NAME].values.tolist()
+    assert names == ["transformer_blocks.0.attn2", "transformer_blocks.1.attn2"]
+    assert ds.attrs["kinds_inferred"] == {n: {"kind": "cross", "reason": None} for n in names}
+    assert set(ds.attrs["layers_not_capturable"]) == {l.name for l in linear}
+    for layer, calls in seen.items():
+        (q, k, mask, scale), = calls
+        assert mask is not None  # the padded prompt's mask reaches the cross-attention, and masks keys
+        assert bool((~mask).any()) if mask.dtype == torch.bool else bool((mask <= -1e3).any())
+        _check_call(ds, names, layer, q, k, mask, scale, list(range(ds.sizes["branch"])), family)
+
+
 def test_infer_kind_table():
     from capture.models.families import Geometry, infer_kind
 

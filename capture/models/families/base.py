@@ -142,6 +142,14 @@ class Family:
     def kind(self, name: str, module) -> str:
         return "cross" if getattr(module, "is_cross_attention", False) else "spatial"
 
+    def not_capturable(self, name: str, module) -> str | None:
+        """Why a layer has no attention map to capture (None: it has one). Softmax-free linear
+        attention (SanaVideo's self-attention) never forms softmax(q kᵀ), so there is no entropy."""
+        proc = type(getattr(module, "processor", None)).__name__
+        if "LinearAttn" in proc:
+            return f"softmax-free linear attention ({proc}): no attention map, so no entropy or energy of one"
+        return None
+
     def calls(self, name: str, module) -> tuple[str, ...]:
         """Labels of the SDPA calls the module makes per forward, when it makes several; each
         becomes a sub-layer ``name.label``. () for the usual single call."""
