@@ -73,6 +73,9 @@ def cmd_capture(args) -> int:
                          height=args.height, width=args.width, image=args.image)
     if args.negative_prompt:
         call["negative_prompt"] = args.negative_prompt
+    from .models.presets import set_guider_scale
+
+    set_guider_scale(pipe, preset, args.guidance if args.guidance is not None else defaults.get("guidance"))
     seeds = args.seed or [0]
     import torch
     from tqdm.auto import tqdm

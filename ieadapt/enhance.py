@@ -112,7 +112,8 @@ def enhance(pipe, layers: list[str], cfg: EnhanceConfig, *, prompt: str, seed: i
     with tracer:
         remove = None
         if cfg.mode == "guidance":
-            w = call.get("guidance_scale", call.get("max_guidance_scale", 1.0))
+            guider = getattr(pipe, "guider", None)  # HunyuanVideo 1.5: the scale lives on the guider
+            w = call.get("guidance_scale", call.get("max_guidance_scale", getattr(guider, "guidance_scale", 1.0)))
             g, remove = apply_guidance(tracer, cfg.guidance(), float(w), n_steps)
         try:
             torch.manual_seed(seed)  # some pipelines (I2VGenXL) also draw from the global generator

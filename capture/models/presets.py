@@ -42,6 +42,7 @@ class Preset:
     frames_arg: str = "num_frames"  # the pipeline's name for the frame count (Latte: video_length)
     needs_image: bool = False  # image-to-video: a conditioning image (built in unless one is given)
     takes_prompt: bool = True  # False: conditioned on the image alone (Stable Video Diffusion)
+    guidance_arg: str | None = "guidance_scale"  # the call's CFG scale argument; None: set on the pipeline's guider
     family: str = ""  # the architecture family, for the README's model table
 
 
@@ -187,7 +188,7 @@ PRESETS: dict[str, Preset] = {
                tiny=True, needs_image=True, family="unet3d"),
         Preset("tiny-svd", "tiny random Stable Video Diffusion: spatial and temporal blocks, image cross-attention; "
                "image only, no prompt", _tiny("tiny_svd"), dict(height=64, width=64, frames=8, steps=8, guidance=3.0),
-               tiny=True, needs_image=True, takes_prompt=False, family="svd"),
+               tiny=True, needs_image=True, takes_prompt=False, guidance_arg="max_guidance_scale", family="svd"),
         Preset("i2vgen-xl", "I2VGenXL image-to-video (clip_skip=None: diffusers' clip_skip path needs "
                "transformers < 5)", _from_pretrained("I2VGenXLPipeline", "ali-vilab/i2vgen-xl"),
                dict(height=704, width=1280, frames=16, steps=50, guidance=9.0), call_kwargs={"clip_skip": None},
@@ -195,7 +196,7 @@ PRESETS: dict[str, Preset] = {
         Preset("svd-xt", "Stable Video Diffusion img2vid-xt",
                _from_pretrained("StableVideoDiffusionPipeline", "stabilityai/stable-video-diffusion-img2vid-xt"),
                dict(height=576, width=1024, frames=25, steps=25, guidance=3.0), needs_image=True,
-               takes_prompt=False, family="svd"),
+               takes_prompt=False, guidance_arg="max_guidance_scale", family="svd"),
         Preset("tiny-sana-video", "tiny random SanaVideo (generic family): linear self-attention, not capturable "
                "(no softmax map), softmax cross-attention captured", _tiny("tiny_sana_video"),
                dict(height=64, width=64, frames=9, steps=8, guidance=6.0), frames_arg="frames",
@@ -205,6 +206,14 @@ PRESETS: dict[str, Preset] = {
                _from_pretrained("SanaVideoPipeline", "Efficient-Large-Model/SANA-Video_2B_480p_diffusers"),
                dict(height=480, width=832, frames=81, steps=50, guidance=6.0), frames_arg="frames",
                family="generic"),
+        Preset("tiny-hunyuan15", "tiny random HunyuanVideo 1.5: [video; text] joint attention with the padding mask, "
+               "text refiner; guider CFG, no step callback; frames = 4k+1", _tiny("tiny_hunyuan15"),
+               dict(height=32, width=32, frames=9, steps=8, guidance=6.0), tiny=True, guidance_arg=None,
+               family="hunyuan15"),
+        Preset("hunyuanvideo-1.5-480p", "HunyuanVideo 1.5 text-to-video 480p",
+               _from_pretrained("HunyuanVideo15Pipeline", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v"),
+               dict(height=480, width=848, frames=121, steps=50, guidance=6.0), guidance_arg=None,
+               family="hunyuan15"),
         Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
                _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
                dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),
@@ -266,8 +275,11 @@ def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=N
     test image at the video's size)."""
     call = dict(num_inference_steps=int(steps or defaults["steps"]), num_frames=int(frames or defaults["frames"]),
                 guidance_scale=float(guidance if guidance is not None else defaults["guidance"]), output_type="np")
-    if preset and not preset.takes_prompt:  # SVD: guidance ramps from min to max over the frames
-        call["max_guidance_scale"] = call.pop("guidance_scale")
+    if preset and preset.guidance_arg != "guidance_scale":
+        # SVD: max_guidance_scale (a ramp over the frames); HunyuanVideo 1.5: the guider's scale
+        g = call.pop("guidance_scale")
+        if preset.guidance_arg:
+            call[preset.guidance_arg] = g
     for k, v in (("height", height), ("width", width)):
         v = v or defaults.get(k)
         if v:
@@ -297,6 +309,16 @@ def _conditioning_image(image, height: int, width: int):
             return im.convert("RGB").resize((width, height))
     except (UnidentifiedImageError, OSError) as e:
         raise ModelError(f"cannot read the conditioning image {p}: {e}") from None
+
+
+def set_guider_scale(pipe, preset, scale: float | None) -> None:
+    """For pipelines whose CFG scale lives on their guider (HunyuanVideo 1.5): set it there."""
+    if scale is None or preset is None or preset.guidance_arg is not None:
+        return
+    guider = getattr(pipe, "guider", None)
+    if guider is None or not hasattr(guider, "guidance_scale"):
+        raise ModelError(f"{type(pipe).__name__} has no guider whose guidance_scale could be set")
+    guider.guidance_scale = float(scale)
 
 
 def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None):

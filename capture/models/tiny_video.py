@@ -354,3 +354,41 @@ def tiny_sana_video(seed: int = 0):
     pipe = SanaVideoPipeline(tokenizer=byte_clip_tokenizer(64), text_encoder=text_encoder, vae=_wan_vae(seed),
                              transformer=transformer, scheduler=DPMSolverMultistepScheduler())
     return _done(pipe, transformer, text_encoder)
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}"
+                 "{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}{% endfor %}")
+
+
+def tiny_hunyuan15(seed: int = 0):
+    """HunyuanVideo 1.5: [video; text] joint attention with the text padding mask in every block, a
+    text refiner, a guider running CFG as one call per branch; no callback_on_step_end."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    _seeded(seed, 1)
+    transformer = HunyuanVideo15Transformer3DModel(in_channels=9, out_channels=4, num_attention_heads=2,
+                                                   attention_head_dim=10, num_layers=2, num_refiner_layers=1,
+                                                   patch_size=1, patch_size_t=1, text_embed_dim=TEXT_DIM,
+                                                   text_embed_2_dim=TEXT_DIM, image_embed_dim=16,
+                                                   rope_axes_dim=(2, 4, 4), target_size=64, task_type="t2v")
+    _seeded(seed, 2)
+    vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16),
+                                      layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=4)
+    _seeded(seed, 3)
+    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM,
+                                                    intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                                    num_key_value_heads=1, max_position_embeddings=256,
+                                                    pad_token_id=513, bos_token_id=512, eos_token_id=513,
+                                                    rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                                     "mrope_section": [2, 3, 3]}))
+    tokenizer = byte_clip_tokenizer(64)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    byt5 = _t5(seed)
+    pipe = HunyuanVideo15Pipeline(text_encoder=qwen, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=byt5,
+                                  tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    # the byte tokenizer has no system-prompt template to crop; short text sequences for a tiny model
+    pipe.prompt_template_encode_start_idx, pipe.tokenizer_max_length, pipe.tokenizer_2_max_length = 0, 32, 16
+    return _done(pipe, transformer, vae, qwen, byt5)

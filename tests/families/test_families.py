@@ -36,6 +36,7 @@ FAMILIES = {
     "tiny-wan-i2v": ("wan", {"joint": 2, "cross": 4}, {}),
     "tiny-i2vgenxl": ("unet3d", {"spatial": 4, "cross": 4, "temporal": 11}, {}),
     "tiny-svd": ("svd", {"spatial": 4, "cross": 8, "temporal": 4}, {}),
+    "tiny-hunyuan15": ("hunyuan15", {"joint": 2, "other": 1}, {}),
 }
 SELF = ("spatial", "temporal", "joint")
 PROMPT = "a red circle moving left"

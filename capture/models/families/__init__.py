@@ -15,6 +15,7 @@ from .base import Family, Geometry, block_rank, is_attention, output_sample, wit
 from .cogvideox import CogVideoXFamily
 from .generic import GenericFamily, infer_kind
 from .hunyuan import HunyuanVideoFamily
+from .hunyuan15 import HunyuanVideo15Family
 from .latte import LatteFamily
 from .ltx import LTXFamily
 from .mochi import MochiFamily
@@ -37,6 +38,7 @@ FAMILIES: dict[str, type[Family]] = {
     "AllegroTransformer3DModel": AllegroFamily,
     "MochiTransformer3DModel": MochiFamily,
     "UNetSpatioTemporalConditionModel": SVDFamily,
+    "HunyuanVideo15Transformer3DModel": HunyuanVideo15Family,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -68,5 +70,5 @@ def family_of(pipe_or_denoiser) -> Family:
 
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
            "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "SkyReelsV2Family",
-           "AllegroFamily", "MochiFamily", "SVDFamily", "GenericFamily", "infer_kind", "block_rank",
+           "AllegroFamily", "MochiFamily", "SVDFamily", "HunyuanVideo15Family", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]
