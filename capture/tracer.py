@@ -355,6 +355,8 @@ class Tracer:
             if frames is None and isinstance(out, tuple):
                 frames = out[0]
             extra = {"seconds": round(time.perf_counter() - t0, 3), "geometry": asdict(self.geometry) if self.geometry else None}
+            if self._extra_calls:
+                extra["uncaptured_calls_per_step"] = self._extra_calls
             if self.kinds_inferred:
                 extra["kinds_inferred"] = {n: {"kind": k, "reason": GENERIC_REASONS.get(r) if r else None}
                                            for n, (k, r) in self.kinds_inferred.items()}
@@ -395,6 +397,7 @@ class Tracer:
         self._side_log: dict[int, set[str]] = {}  # step -> layers a side pass perturbed
         self._step_t: float | None = None  # timestep of the current step (steps from the denoiser's input)
         self._others_warned = False
+        self._extra_calls = 0  # most denoiser calls per step beyond the captured one (main_call_only)
 
     def _on_denoiser(self, args, kwargs):
         if self._side:
@@ -409,6 +412,15 @@ class Tracer:
             if self._step_t is not None and t != self._step_t:
                 self._end_step(self.step, self._step_t)
             self._step_t = t
+        if self.family.main_call_only and not self.family.separate_cfg_calls:
+            # the pipeline's own guidance passes (LTX-2: STG, modality isolation) follow the step's
+            # batched CFG call; they are run as the model makes them, not captured
+            idx = self._calls_in_step
+            self._calls_in_step += 1
+            self._call_branch = (0, 0) if idx == 0 else None
+            if idx:
+                self._extra_calls = max(self._extra_calls, idx)
+                return
         self.geometry = self.family.geometry(args, kwargs)
         if self.family.infers_kinds and self._branches is None and self._calls_in_step == 0:
             # one denoiser call per CFG branch when a call holds one item per video while CFG is on

@@ -117,6 +117,8 @@ class Guidance:
     def _cond_items(self, batch: int) -> tuple[int | None, bool]:
         """(first conditional batch item or None, whether CFG is on) for this denoiser call."""
         tr = self.tracer
+        if tr.call_branch is None:  # a call outside the CFG branches (LTX-2's own guidance passes)
+            return None, False
         if tr.family.separate_cfg_calls:
             if tr.call_branch is None:
                 return None, False

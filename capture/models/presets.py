@@ -214,6 +214,13 @@ PRESETS: dict[str, Preset] = {
                _from_pretrained("HunyuanVideo15Pipeline", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v"),
                dict(height=480, width=848, frames=121, steps=50, guidance=6.0), guidance_arg=None,
                family="hunyuan15"),
+        Preset("tiny-ltx2", "tiny random LTX-2: video stream (joint 3D self-attention, text cross-attention) and "
+               "audio stream (kind other); frames = 8k+1", _tiny("tiny_ltx2"),
+               dict(height=32, width=32, frames=9, steps=8, guidance=4.0),
+               call_kwargs={"max_sequence_length": 16, "frame_rate": 25.0}, tiny=True, family="ltx2"),
+        Preset("ltx-2", "LTX-2 audio-video 19B", _from_pretrained("LTX2Pipeline", "Lightricks/LTX-2"),
+               dict(height=512, width=768, frames=121, steps=40, guidance=4.0), call_kwargs={"frame_rate": 24.0},
+               family="ltx2"),
         Preset("zeroscope", "ZeroScope v2 576w (ModelScope UNet3D)",
                _from_pretrained("TextToVideoSDPipeline", "cerspense/zeroscope_v2_576w"),
                dict(height=320, width=576, frames=24, steps=40, guidance=9.0), family="unet3d"),

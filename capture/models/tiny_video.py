@@ -392,3 +392,60 @@ def tiny_hunyuan15(seed: int = 0):
     # the byte tokenizer has no system-prompt template to crop; short text sequences for a tiny model
     pipe.prompt_template_encode_start_idx, pipe.tokenizer_max_length, pipe.tokenizer_2_max_length = 0, 32, 16
     return _done(pipe, transformer, vae, qwen, byt5)
+
+
+def tiny_ltx2(seed: int = 0):
+    """LTX-2: one transformer with a video stream and an audio stream per block (self-attention,
+    text cross-attention, and audio<->video cross-attention between the streams), Gemma 3 text
+    encoder with text connectors, video and audio VAEs and a vocoder."""
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler,
+                           LTX2Pipeline, LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    _seeded(seed, 3)
+    text_cfg = Gemma3TextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                                sliding_window=64, pad_token_id=513, bos_token_id=512, eos_token_id=513)
+    vision_cfg = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    image_size=32, patch_size=8)
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text_cfg, vision_config=vision_cfg,
+                                                               mm_tokens_per_image=4))
+    _seeded(seed, 1)
+    transformer = LTX2VideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
+                                              num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                              audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+                                              audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
+                                              qk_norm="rms_norm_across_heads", caption_channels=TEXT_DIM,
+                                              rope_double_precision=False, rope_type="split")
+    _seeded(seed, 4)
+    connectors = LTX2TextConnectors(caption_channels=TEXT_DIM, text_proj_in_factor=text_cfg.num_hidden_layers + 1,
+                                    video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+                                    video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+                                    audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
+                                    audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+                                    connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
+                                    causal_temporal_positioning=False, rope_type="split")
+    _seeded(seed, 2)
+    vae = AutoencoderKLLTX2Video(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                                 decoder_block_out_channels=(8,), layers_per_block=(1,), decoder_layers_per_block=(1, 1),
+                                 spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+                                 decoder_inject_noise=(False, False), downsample_type=("spatial",),
+                                 upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False,
+                                 patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    _seeded(seed, 6)
+    audio_vae = AutoencoderKLLTX2Audio(base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1,
+                                       attn_resolutions=None, in_channels=2, resolution=32, latent_channels=2,
+                                       norm_type="pixel", causality_axis="height", dropout=0.0,
+                                       mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160,
+                                       is_causal=True, mel_bins=8)
+    _seeded(seed, 7)
+    vocoder = LTX2Vocoder(in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
+                          upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                          leaky_relu_negative_slope=0.1, output_sampling_rate=16000)
+    pipe = LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                        text_encoder=text_encoder, tokenizer=byte_clip_tokenizer(TEXT_TOKENS), connectors=connectors,
+                        transformer=transformer, vocoder=vocoder)
+    return _done(pipe, transformer, vae, audio_vae, text_encoder, connectors, vocoder)

@@ -18,6 +18,7 @@ from .hunyuan import HunyuanVideoFamily
 from .hunyuan15 import HunyuanVideo15Family
 from .latte import LatteFamily
 from .ltx import LTXFamily
+from .ltx2 import LTX2Family
 from .mochi import MochiFamily
 from .skyreels import SkyReelsV2Family
 from .svd import SVDFamily
@@ -39,6 +40,7 @@ FAMILIES: dict[str, type[Family]] = {
     "MochiTransformer3DModel": MochiFamily,
     "UNetSpatioTemporalConditionModel": SVDFamily,
     "HunyuanVideo15Transformer3DModel": HunyuanVideo15Family,
+    "LTX2VideoTransformer3DModel": LTX2Family,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -70,5 +72,6 @@ def family_of(pipe_or_denoiser) -> Family:
 
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
            "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "SkyReelsV2Family",
-           "AllegroFamily", "MochiFamily", "SVDFamily", "HunyuanVideo15Family", "GenericFamily", "infer_kind", "block_rank",
+           "AllegroFamily", "MochiFamily", "SVDFamily", "HunyuanVideo15Family",
+           "LTX2Family", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]

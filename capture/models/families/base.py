@@ -91,6 +91,7 @@ class Family:
     text_first: bool | None = True  # joint layers: text tokens before (True) or after (False) the video
     infers_kinds = False  # kinds come from token counts at run time (the generic family)
     per_item_calls = False  # the attention processor makes one SDPA call per batch item (Mochi)
+    main_call_only = False  # capture the first denoiser call of a step; later ones are guidance passes (LTX-2)
     latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input ("BFCHW" for CogVideoX-style)
     vae_scale, time_scale = 8, 1
 
