@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import dims, hooks
-from .layers import LayerInfo, LayerSelectionError, inventory, select
+from .layers import DEFAULT_SELECTION, LayerInfo, LayerSelectionError, inventory, select
 from .layout import Accumulator, Layout, accumulate, make_layout
 from .models.families import Geometry, family_of, infer_kind
 from .models.families.generic import OTHER_REASONS as GENERIC_REASONS
@@ -161,7 +161,17 @@ class Tracer:
         self.denoiser = self.family.denoiser(pipe)
         self.denoisers = [d for _, d in self.family.denoisers(pipe)]  # Wan 2.2: both experts
         self.inventory: list[LayerInfo] = inventory(pipe, self.family)
-        self.layers = select(self.inventory, list(self.config.layers))
+        try:
+            self.layers = select(self.inventory, list(self.config.layers))
+        except LayerSelectionError:
+            capturable = [l for l in self.inventory if not l.not_capturable]
+            if tuple(self.config.layers) != (DEFAULT_SELECTION,) or not capturable:
+                raise
+            # the default (self-attention) has no attention map here (SanaVideo): capture the rest
+            log.warning("no self-attention layer of this model has an attention map (%s); capturing the %d "
+                        "layers that have one", next(l.not_capturable for l in self.inventory if l.not_capturable),
+                        len(capturable))
+            self.layers = capturable
         self._ptb_layers = self._layer_specs(self.specs)
         self._side_layers = self._layer_specs(self.side_specs)
         self._side = False

@@ -20,6 +20,9 @@ from capture.models.families import GenericFamily, family_of
 from capture.models.presets import PRESETS, load_pipeline, pipeline_call
 from capture.tracer import trace
 
+from .reference import check_call as _check_call
+from .reference import check_run, record_step0
+
 pytestmark = pytest.mark.slow
 
 # preset -> (family name, inventory kinds, pipeline call overrides)
@@ -69,23 +72,6 @@ def _no_hooks(pipe) -> bool:
     return not getattr(type(pipe), "_attnlens_traced", False)
 
 
-def explicit_stats(q, k, mask, scale, n_branch, rows=slice(None)):
-    """float64 entropy and normalized entropy per (branch, head), mean over items and ``rows``."""
-    s = (q.double() @ k.double().transpose(-1, -2)) * scale
-    if mask is not None:
-        m = mask if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.double()
-    a = torch.softmax(s, -1)
-    h = -(a * torch.where(a > 0, a.log(), 0.0)).sum(-1)  # (B, H, N)
-    allowed = (torch.isfinite(s) & (s > -1e3)).sum(-1).double()  # padding biases (e.g. -10000) are masked
-    h = torch.where(allowed > 0, h, float("nan"))  # a fully masked row has no distribution: not counted
-    hn = torch.where(allowed > 1, h / allowed.log(), 0.0)  # one allowed key: H = 0, normalized 0
-    h, hn = h[..., rows], hn[..., rows]
-    per = q.shape[0] // n_branch
-    return (torch.stack([h[b * per:(b + 1) * per].transpose(0, 1).flatten(1).nanmean(1) for b in range(n_branch)]),
-            torch.stack([hn[b * per:(b + 1) * per].transpose(0, 1).flatten(1).nanmean(1) for b in range(n_branch)]))
-
-
 def test_inventory_kinds_from_the_architecture(fam):
     name, pipe, _ = fam
     family = family_of(pipe)
@@ -97,18 +83,8 @@ def test_inventory_kinds_from_the_architecture(fam):
 def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
     name, pipe, call = fam
     ref = gen(pipe, call)
-    seen = {}
     tr = trace(pipe, root=tmp_path, layers="all")
-    orig = tr._on_sdpa
-
-    def spy(layer, c):  # the very SDPA calls the tracer sees, at step 0 (one per CFG branch or one for all)
-        if tr.step == 0 and tr.call_branch is not None:  # not the pipeline's own extra passes (LTX-2)
-            k, _ = c.kv_for_heads()
-            m = c.mask()
-            seen.setdefault(layer, []).append((c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale))
-        return orig(layer, c)
-
-    tr._on_sdpa = spy
+    seen = record_step0(tr)  # the very SDPA calls the tracer sees, at step 0 (one per CFG branch or one for all)
     with tr:
         out = gen(pipe, call)
     assert np.array_equal(ref, out)
@@ -120,34 +96,7 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
     for layer in set(names) - set(seen):  # only an expert that did not run at step 0 (Wan 2.2)
         assert len(family_of(pipe).denoisers(pipe)) > 1, layer
         assert np.isnan(ds[dims.ENTROPY].isel(step=0, layer=names.index(layer)).values).all()
-    nb = ds.sizes["branch"]
-    family = family_of(pipe)
-    separate, per_item = family.separate_cfg_calls, family.per_item_calls
-    for layer, calls in seen.items():
-        assert len(calls) == (nb if separate or per_item else 1), layer
-        for i, (q, k, mask, scale) in enumerate(calls):
-            # separate calls come cond first; branches are stored (uncond, cond); per-item calls
-            # follow the batch ([uncond; cond], one video here)
-            branches = [nb - 1 - i] if separate else [i] if per_item else list(range(nb))
-            _check_call(ds, names, layer, q, k, mask, scale, branches, family_of(pipe))
-
-
-def _check_call(ds, names, layer, q, k, mask, scale, branches, family):
-    """The stored step-0 statistics of ``layer`` in ``branches`` against the explicit softmax."""
-    kind = str(ds[dims.LAYER_KIND].values[names.index(layer)])
-    rows = slice(None)
-    if kind == "joint":  # statistics of the video rows; text tokens sit in front or behind
-        geo = ds.attrs["geometry"]
-        n_vid = (geo["frames"] // geo["patch_t"]) * (geo["height"] // geo["patch"]) * (geo["width"] // geo["patch"])
-        text_first = family.text_first is not False
-        rows = slice(q.shape[-2] - n_vid, None) if text_first else slice(0, n_vid)
-    h, hn = explicit_stats(q, k, mask, scale, len(branches), rows)
-    sel = dict(step=0, layer=names.index(layer), branch=branches)
-    got = ds[dims.ENTROPY].sel(part="all").isel(**sel).values[:, :q.shape[1]]
-    got_n = ds[dims.ENTROPY_NORM].sel(part="all").isel(**sel).values[:, :q.shape[1]]
-    # relative 1e-5; 1e-6 nats absolute for maps that are exactly one-hot (one key: H = 0)
-    np.testing.assert_allclose(got, h.numpy(), rtol=1e-5, atol=1e-6, err_msg=layer)
-    np.testing.assert_allclose(got_n, hn.numpy(), rtol=1e-5, atol=1e-6, err_msg=layer)
+    check_run(ds, seen, family_of(pipe))
 
 
 def test_hooks_gone_after_an_exception(fam, tmp_path):
@@ -211,10 +160,6 @@ def test_guidance_with_zero_scale_is_bit_identical(fam, tmp_path):
 
 
 def test_cli_capture_and_dashboard_views(fam, tmp_path, monkeypatch, capsys):
-    import sys
-
-    from streamlit.testing.v1 import AppTest
-
     from capture.cli import main
 
     name, _, _ = fam
@@ -224,12 +169,21 @@ def test_cli_capture_and_dashboard_views(fam, tmp_path, monkeypatch, capsys):
     assert main(["capture", "--model", name, *prompt, "--steps", "2", "--root", str(root), "--quiet"]) == 0
     run_id = capsys.readouterr().out.split()[-1]
     assert open_run(root / "runs" / run_id).attrs["model"] == name
+    _views_open(root, monkeypatch)
+
+
+def _views_open(root, monkeypatch):
+    """Every dashboard view renders over the root without an exception."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
     monkeypatch.setenv("ATTNLENS_ROOT", str(root))
     monkeypatch.setattr(sys, "argv", ["streamlit"])
     from dashboard import cache
 
     cache.reload()
-    for view in ("runs", "layer_step", "proportions", "maps", "compare", "selection"):
+    for view in ("runs", "layer_step", "proportions", "maps", "compare", "perturbation", "selection", "notes_view"):
         at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=120).run()
         assert not at.exception, (view, [e.value for e in at.exception])
 
@@ -261,7 +215,7 @@ def test_generic_family_infers_kinds_and_stays_exact(tmp_path, monkeypatch):
                                                                 for n in order]).values, a[dims.ENTROPY].values)
 
 
-def test_generic_family_on_a_model_without_one(tmp_path):
+def test_generic_family_on_a_model_without_one(tmp_path, monkeypatch, capsys):
     """SanaVideo has no family: its softmax cross-attention is captured with kinds inferred (and
     exact against the explicit softmax on the same calls, padded prompt mask included); its linear
     self-attention is listed as not capturable with the reason; the default selection says why."""
@@ -275,21 +229,12 @@ def test_generic_family_on_a_model_without_one(tmp_path):
     assert [l.name for l in linear] == ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
     assert all("softmax-free" in l.not_capturable for l in linear)
     with pytest.raises(LayerSelectionError, match="cannot be captured.*softmax-free"):
-        trace(pipe, root=tmp_path)
+        trace(pipe, root=tmp_path, layers="kind=self")
+    assert [l.name for l in trace(pipe, root=tmp_path).layers] == [l.name for l in inv if not l.not_capturable]
     call = pipeline_call(preset, defaults, steps=2)
     ref = gen(pipe, call)
-    seen = {}
     tr = trace(pipe, root=tmp_path, layers="all")
-    orig = tr._on_sdpa
-
-    def spy(layer, c):
-        if tr.step == 0 and tr.call_branch is not None:  # not the pipeline's own extra passes (LTX-2)
-            k, _ = c.kv_for_heads()
-            m = c.mask()
-            seen.setdefault(layer, []).append((c.q.clone(), k.clone(), None if m is None else m.clone(), c.scale))
-        return orig(layer, c)
-
-    tr._on_sdpa = spy
+    seen = record_step0(tr)
     with tr:
         out = gen(pipe, call)
     assert np.array_equal(ref, out) and _no_hooks(pipe)
@@ -303,6 +248,12 @@ def test_generic_family_on_a_model_without_one(tmp_path):
         assert mask is not None  # the padded prompt's mask reaches the cross-attention, and masks keys
         assert bool((~mask).any()) if mask.dtype == torch.bool else bool((mask <= -1e3).any())
         _check_call(ds, names, layer, q, k, mask, scale, list(range(ds.sizes["branch"])), family)
+    from capture.cli import main
+
+    root = tmp_path / "cli"
+    assert main(["capture", "--model", "tiny-sana-video", "--prompt", PROMPT, "--steps", "2", "--root", str(root),
+                 "--quiet"]) == 0
+    _views_open(root, monkeypatch)
 
 
 def test_infer_kind_table():
