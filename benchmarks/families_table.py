@@ -30,7 +30,8 @@ from capture.layers import inventory  # noqa: E402
 from capture.models.families import family_of  # noqa: E402
 from capture.models.presets import PRESETS, load_pipeline, pipeline_call  # noqa: E402
 from capture.tracer import CaptureConfig, trace  # noqa: E402
-from ieadapt.enhance import EnhanceConfig, enhance, takes_prompt  # noqa: E402
+from capture.tracer import takes_prompt  # noqa: E402
+from ieadapt.enhance import EnhanceConfig, enhance  # noqa: E402
 from tests.families.reference import check_run, record_step0  # noqa: E402
 
 PROMPT = "a red circle moving left"

@@ -247,13 +247,17 @@ def cmd_layers(args) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     w = max(len(r["name"]) for r in rows)
-    print(f"{'layer':<{w}}  {'kind':<8} {'block':<8} {'q_tokens':>8} {'k_tokens':>8} {'heads':>5}")
+    print(f"{'layer':<{w}}  {'kind':<9} {'block':<8} {'q_tokens':>8} {'k_tokens':>8} {'heads':>5}")
     for r in rows:
-        print(f"{r['name']:<{w}}  {r['kind']:<8} {r['block']:<8} {r['query_tokens']:>8} {r['key_tokens']:>8} {r['heads']:>5}")
+        kind = r["kind"] + ("*" if r.get("inferred") else "")
+        print(f"{r['name']:<{w}}  {kind:<9} {r['block']:<8} {r['query_tokens']:>8} {r['key_tokens']:>8} {r['heads']:>5}"
+              + (f"  not capturable: {r['not_capturable']}" if r.get("not_capturable") else ""))
     kinds = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     print(f"# {len(rows)} attention layers: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
+    if any(r.get("inferred") for r in rows):
+        print("# * kind inferred from the token counts of a short generation (generic family)")
     return 0
 
 

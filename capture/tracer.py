@@ -198,6 +198,9 @@ class Tracer:
     def _layer_specs(self, specs) -> dict[str, list[PerturbSpec]]:
         out: dict[str, list[PerturbSpec]] = {}
         for spec in specs:
+            if spec.kind == "M" and self.family.per_item_calls:
+                raise PerturbSpecError(f"{spec}: M takes another video's map from the same SDPA call, but "
+                                       f"{self.family.name} makes one SDPA call per video (and per-video text lengths)")
             for layer in select(self.inventory, spec.layers):
                 if spec.kind == "I" and layer.kind == "cross":
                     raise PerturbSpecError(f"I needs self-attention; {layer.name} is cross-attention ({spec})")
@@ -688,6 +691,12 @@ class Tracer:
         return got
 
 
+def takes_prompt(pipe) -> bool:
+    """Whether the pipeline's call has a prompt (its own class, also while it is traced)."""
+    cls = next(c for c in type(pipe).__mro__ if not c.__dict__.get("_attnlens_traced"))
+    return "prompt" in inspect.signature(cls.__call__).parameters
+
+
 def sampled_rows(n: int, k: int, device=None) -> torch.Tensor:
     """The sampled mode's rows: k evenly spaced query rows (first and last included), deterministic."""
     return torch.unique(torch.linspace(0, n - 1, k, device=device).round().long())
@@ -730,4 +739,5 @@ def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=Non
                   split_videos=split_videos)
 
 
-__all__ = ["trace", "Tracer", "CaptureConfig", "LayerSelectionError", "PerturbSpecError", "sampled_rows"]
+__all__ = ["trace", "Tracer", "CaptureConfig", "LayerSelectionError", "PerturbSpecError", "sampled_rows",
+           "takes_prompt"]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from capture.selection import SelectionError
-from capture.tracer import CaptureConfig, Tracer
+from capture.tracer import CaptureConfig, Tracer, takes_prompt
 
 from .guidance import GuidanceConfig, apply_guidance
 
@@ -69,14 +69,6 @@ class EnhanceResult:
     extra_seconds: float = 0.0
     layers: list[str] = field(default_factory=list)
     frames: object = None  # the pipeline's output frames (e.g. (videos, F, H, W, 3) floats for output_type="np")
-
-
-def takes_prompt(pipe) -> bool:
-    """Whether the pipeline's call has a prompt (the class itself, also while it is traced)."""
-    import inspect
-
-    cls = next(c for c in type(pipe).__mro__ if not c.__dict__.get("_attnlens_traced"))
-    return "prompt" in inspect.signature(cls.__call__).parameters
 
 
 def pag_layers(names: list[str], pattern: str = PAG_DEFAULT_LAYERS) -> list[str]:

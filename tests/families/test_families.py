@@ -43,6 +43,8 @@ FAMILIES = {
     "tiny-ltx2": ("ltx2", {"joint": 2, "cross": 4, "other": 6}, {}),
 }
 SELF = ("spatial", "temporal", "joint")
+# presets whose pipelines pass a text padding mask into attention
+MASKED = {"tiny-ltx", "tiny-hunyuan", "tiny-hunyuan-cfg", "tiny-allegro", "tiny-hunyuan15"}
 PROMPT = "a red circle moving left"
 
 
@@ -97,6 +99,25 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
         assert len(family_of(pipe).denoisers(pipe)) > 1, layer
         assert np.isnan(ds[dims.ENTROPY].isel(step=0, layer=names.index(layer)).values).all()
     check_run(ds, seen, family_of(pipe))
+    if name in MASKED:  # a padded prompt's mask reached some layer, and masked keys there
+        masks = [m for calls in seen.values() for (_, _, m, _) in calls if m is not None]
+        assert any(bool((~m).any()) if m.dtype == torch.bool else bool((m <= -1e3).any()) for m in masks)
+
+
+def test_layers_command_measures_every_layer(fam, capsys):
+    """`attnlens layers` lists every layer with its token counts (dummy inputs or a short generation)."""
+    from capture.cli import main
+
+    name = fam[0].removesuffix("-cfg")
+    assert main(["layers", "--model", name, "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    family = family_of(fam[1])
+    inv = inventory(fam[1], family)
+    assert [r["name"] for r in rows] == [l.name for l in inv]
+    experts_ok = all(r["query_tokens"] > 0 and r["key_tokens"] > 0 for r in rows)
+    assert experts_ok, [r["name"] for r in rows if not r["query_tokens"]]
 
 
 def test_hooks_gone_after_an_exception(fam, tmp_path):
@@ -142,6 +163,62 @@ def test_perturbation_touches_only_the_chosen_layer_and_step(fam, tmp_path, kind
     upto = names.index(target) + 1
     np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=1, layer=slice(0, upto)).values,
                                   b[dims.ENTROPY].isel(step=1, layer=slice(0, upto)).values)
+
+
+def test_temperature_perturbation(fam, tmp_path):
+    """T=f scales the chosen layer's logits: the video changes, the layer is flagged where asked."""
+    _, pipe, call = fam
+    family = family_of(pipe)
+    target = next(l.name for l in inventory(pipe, family) if l.kind in SELF)
+    ref = gen(pipe, call)
+    with trace(pipe, root=tmp_path, perturb=[f"T=0.25@{target}"]) as tr:
+        out = gen(pipe, call)
+    assert not np.array_equal(ref, out)
+    ds = tr.dataset()
+    flagged = ds[dims.PERTURBED].values.any(axis=(0, 2))
+    names = ds[dims.LAYER_NAME].values.tolist()
+    ran = ~np.isnan(ds[dims.ENTROPY].values).all(axis=(0, 2, 3, 4))
+    assert flagged[names.index(target)] and flagged.sum() == 1 and ran[names.index(target)]
+
+
+def test_editing_injects_the_source_maps(fam, tmp_path):
+    """IE-Adapt editing (M=0: source and target in one batched call, split into two runs): the
+    target is flagged in the injected layers at the injected steps and changes; the source run is
+    untouched (bit-identical to the same batched call without injection)."""
+    from ieadapt.edit import edit
+
+    name, pipe, call = fam
+    if not PRESETS[name.removesuffix("-cfg")].takes_prompt:
+        pytest.skip("text-guided editing needs a prompt (Stable Video Diffusion has none)")
+    family = family_of(pipe)
+    if family.per_item_calls:
+        from capture.perturb import PerturbSpecError
+
+        with pytest.raises(PerturbSpecError, match="one SDPA call per video"):
+            edit(pipe, ["transformer_blocks.0.attn1"], source_prompt="a", target_prompt="b", inject=1.0, call=call,
+                 seed=0, root=tmp_path)
+        return
+    try:  # a pipeline that cannot generate two prompts in one call cannot edit (diffusers' own limits)
+        pipe(prompt=["a", "b"], generator=[torch.Generator().manual_seed(0)] * 2, **dict(call, num_inference_steps=1))
+    except RuntimeError as e:
+        pytest.skip(f"{type(pipe).__name__} fails on a two-prompt batch without attnlens: {str(e)[:80]}")
+    layers = [l.name for l in inventory(pipe, family) if l.kind in SELF]
+    kw = dict(source_prompt="a red circle moving left", target_prompt="a blue square moving left", call=call,
+              seed=0, root=tmp_path)
+    torch.manual_seed(0)
+    plain = edit(pipe, layers, inject=0.0, **kw)
+    torch.manual_seed(0)
+    res = edit(pipe, layers, inject=0.5, **kw)
+    k = res.inject_steps
+    assert k == round(0.5 * call["num_inference_steps"]) > 0
+    src, tgt = open_run(res.source_dir), open_run(res.target_dir)
+    assert not src[dims.PERTURBED].values.any()
+    flags = tgt[dims.PERTURBED].values  # (step, layer, branch)
+    assert flags[k:].sum() == 0 and flags[:k].any()
+    names = tgt[dims.LAYER_NAME].values.tolist()
+    assert {names[i] for i in np.nonzero(flags.any(axis=(0, 2)))[0]} <= set(layers)
+    assert np.array_equal(res.frames[0], plain.frames[0])
+    assert not np.array_equal(res.frames[1], plain.frames[1])
 
 
 def test_guidance_with_zero_scale_is_bit_identical(fam, tmp_path):

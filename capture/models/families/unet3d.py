@@ -5,6 +5,8 @@ frames) and in I2VGenXL's image-latent encoder. Frames are folded into the batch
 
 from __future__ import annotations
 
+import inspect
+
 from .animatediff import AnimateDiffFamily
 
 
@@ -25,6 +27,8 @@ class UNet3DFamily(AnimateDiffFamily):
     def probe_inputs(self, denoiser, frames, height, width, text_tokens):
         import torch
 
+        if "image_latents" in inspect.signature(denoiser.forward).parameters:
+            raise NotImplementedError("I2VGenXL's UNet needs image latents: probed by a generation")
         cfg = denoiser.config
         sample = torch.zeros(1, cfg.in_channels, frames, height // self.vae_scale, width // self.vae_scale)
         text = torch.zeros(1, text_tokens, cfg.cross_attention_dim)  # the UNet repeats the text per frame itself
