@@ -1,8 +1,8 @@
 """The shipped demo model: loads offline from data/demo/model, is small, has every attention kind,
-generates a clip of the right shape quickly, and is captured like any other model."""
+generates a clip of the right shape, and is captured like any other model (its speed is measured by
+benchmarks/bench_capture.py, not asserted: CI machines are busy)."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -26,16 +26,13 @@ def test_weights_are_diffusers_format_and_small():
     assert not list(DEMO_DIR.rglob("*.bin")) and not list(DEMO_DIR.rglob("*.pt"))
 
 
-def test_generates_a_clip_quickly(demo):
+def test_generates_a_clip(demo):
     pipe, preset, d = demo
     assert preset.name == "demo" and next(pipe.unet.parameters()).dtype == torch.float32
-    t = time.perf_counter()
     out = pipe("a small red circle moving left on a plain background", num_frames=d["frames"], height=d["height"],
                width=d["width"], num_inference_steps=d["steps"], guidance_scale=d["guidance"], output_type="np",
                generator=torch.Generator().manual_seed(0)).frames
-    seconds = time.perf_counter() - t
     assert out.shape == (1, 8, 32, 32, 3) and np.isfinite(out).all()
-    assert seconds < 20, seconds
     assert out.std() > 0.05  # a picture, not a flat frame
 
 
