@@ -94,6 +94,66 @@ def write_run_table(run_dir: Path) -> Path:
     return out
 
 
+def parquet_problem(path: Path) -> str | None:
+    """Why a Parquet file cannot be read (None if its frame looks whole): both magic numbers and a
+    footer that fits. Cheap (a few bytes read), so a root of thousands of runs opens fast; a run
+    whose file fails it is listed as unreadable instead of breaking every query over the root."""
+    try:
+        size = path.stat().st_size
+        if size < 12:
+            return f"{path.name} is truncated ({size} bytes)"
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(size - 8)
+            tail = f.read(8)
+    except OSError as e:
+        return f"{path.name} cannot be read: {e.strerror or e}"
+    footer = int.from_bytes(tail[:4], "little")
+    if head != b"PAR1" or tail[4:] != b"PAR1" or footer + 12 > size:
+        return f"{path.name} is damaged (not a whole Parquet file)"
+    return None
+
+
+class RebuildError(Exception):
+    """A run's statistics table could not be rebuilt from its store (the table is kept)."""
+
+
+def _finite_count(df: pd.DataFrame) -> int:
+    return int(np.isfinite(pd.to_numeric(df[dims.ENTROPY], errors="coerce")).sum()) if len(df) else 0
+
+
+def rebuild_run_table(run_dir: Path) -> bool:
+    """Rewrite <run>/stats.parquet from the store unless that would lose statistics: a store that
+    cannot be read or yields fewer finite entropies than the readable table raises RebuildError
+    and leaves the table alone. Returns True when the table was written."""
+    run_dir = Path(run_dir)
+    try:
+        ds = open_run(run_dir)
+        for v in (*dims.SCALAR_STATS, dims.PERTURBED):
+            if v not in ds:
+                raise RebuildError(f"the store has no {v!r} variable")
+        df = stats_frame(ds, ds.attrs.get("run_id", run_dir.name))
+    except RebuildError:
+        raise
+    except StoreError as e:
+        raise RebuildError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a damaged chunk surfaces as any backend error
+        raise RebuildError(f"the store cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    out = run_dir / STATS_FILE
+    if out.is_symlink():
+        raise RebuildError(f"{STATS_FILE} is a symlink; not written through")
+    if out.exists() and parquet_problem(out) is None:
+        try:
+            old = duckdb.connect().execute(f"SELECT {dims.ENTROPY} FROM read_parquet('{_sql_str(out)}')").df()
+        except duckdb.Error:
+            old = None
+        if old is not None and _finite_count(df) < _finite_count(old):
+            raise RebuildError(f"the store yields {_finite_count(df)} finite entropies, its table has "
+                               f"{_finite_count(old)}: the table is kept")
+    _write_parquet_atomic(df, out)
+    return True
+
+
 def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -167,28 +227,67 @@ class Catalog:
                 self.con.execute(stmt)
             except duckdb.CatalogException:  # the name exists as the other object type
                 pass
-        self.con.register("_runs_df", runs)
-        self.con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
-        self.con.unregister("_runs_df")
         complete = set(runs.loc[runs["status"] == dims.COMPLETE, "run"])
-        files = [str(d / STATS_FILE) for d in dirs if d.name in complete and (d / STATS_FILE).is_file()]
+        files, mfiles, damaged = [], [], {}
+        for d in dirs:
+            if d.name not in complete:
+                continue
+            for name, into in ((STATS_FILE, files), (METRICS_FILE, mfiles)):
+                f = d / name
+                if not (f.exists() or f.is_symlink()):
+                    continue
+                why = "is a symlink" if f.is_symlink() else parquet_problem(f)
+                if why:
+                    damaged.setdefault(d.name, f"{name} {why}" if why == "is a symlink" else why)
+                else:
+                    into.append(str(f))
+        if damaged:  # listed as unreadable, with the reason; every other run stays queryable
+            files = [f for f in files if Path(f).parent.name not in damaged]
+            mfiles = [f for f in mfiles if Path(f).parent.name not in damaged]
+            hit = runs["run"].isin(list(damaged))
+            runs.loc[hit, "state"] = "unreadable"
+            runs.loc[hit, "error"] = runs.loc[hit, "run"].map(damaged)
+            for run, why in damaged.items():
+                log.warning("run %s is unreadable: %s", run, why)
+        self.unreadable = {r: e for r, e in zip(runs["run"], runs["error"]) if r in damaged} | {
+            r: e for r, s_, e in zip(runs["run"], runs["status"], runs["error"]) if s_ == "unreadable"}
+        self.con.register("_runs_df", runs)
+        self.con.execute("CREATE OR REPLACE TABLE runs AS SELECT * FROM _runs_df")
+        self.con.unregister("_runs_df")
+        self._files = {"stats": files, "metrics": mfiles}
         self._view("stats", files, stats_frame_empty())
-        mfiles = [str(d / METRICS_FILE) for d in dirs if d.name in complete and (d / METRICS_FILE).is_file()]
         self._view("metrics", mfiles, metrics_frame_empty())
 
+    def sandboxed_query(self, sql: str) -> pd.DataFrame:
+        """A user's SQL (``attnlens sql``), read-only: SELECT (or EXPLAIN) statements only, on a
+        connection of its own that holds the catalog's tables and can open nothing else (no file
+        outside the runs' tables, no ATTACH, COPY, INSTALL or LOAD, settings locked)."""
+        con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        try:
+            statements = con.extract_statements(sql)
+            if not statements:
+                raise duckdb.InvalidInputException("empty query")
+            allowed = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+            for st in statements:
+                if st.type not in allowed:
+                    raise duckdb.PermissionException(
+                        f"only SELECT queries over the catalog's tables (runs, stats, metrics) are allowed, "
+                        f"not {st.type.name}")
+            con.register("_runs_df", self.query("SELECT * FROM runs"))
+            con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
+            con.unregister("_runs_df")
+            for name, empty in (("stats", stats_frame_empty()), ("metrics", metrics_frame_empty())):
+                _make_view(con, name, self._files[name], empty)
+            files = self._files["stats"] + self._files["metrics"]
+            con.execute("SET allowed_paths = [" + ", ".join(f"'{_sql_str(f)}'" for f in files) + "]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            return con.execute(sql).df()
+        finally:
+            con.close()
+
     def _view(self, name: str, files: list[str], empty: pd.DataFrame) -> None:
-        for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
-            try:
-                self.con.execute(stmt)
-            except duckdb.CatalogException:
-                pass
-        if files:
-            lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
-            self.con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
-        else:
-            self.con.register(f"_{name}_empty", empty)
-            self.con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")
-            self.con.unregister(f"_{name}_empty")
+        _make_view(self.con, name, files, empty)
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
         return self.con.cursor().execute(sql, params or []).df()
@@ -197,17 +296,37 @@ class Catalog:
         return self.query("SELECT * FROM runs ORDER BY created, run")
 
     def rebuild(self) -> int:
-        """Rewrite stats.parquet of every complete run from its store. Returns how many."""
-        n = 0
+        """Rewrite stats.parquet of every complete run from its store; returns how many were
+        rewritten. A run whose store cannot be read, or yields fewer statistics than the table it
+        has, keeps its table and is named in ``self.problems`` (run -> one-line reason)."""
+        n, self.problems = 0, {}
         for d in list_run_dirs(self.root):
             try:
-                if read_attrs(d / STORE_NAME).get("status") == dims.COMPLETE:
-                    write_run_table(d)
+                if read_attrs(d / STORE_NAME).get("status") != dims.COMPLETE:
+                    continue
+                if rebuild_run_table(d):
                     n += 1
-            except StoreError as e:
-                log.warning("skipping %s: %s", d.name, e)
+            except (StoreError, RebuildError) as e:
+                self.problems[d.name] = str(e)
+                log.warning("run %s not rebuilt: %s", d.name, e)
         self.refresh()
         return n
+
+
+def _make_view(con, name: str, files: list[str], empty: pd.DataFrame) -> None:
+    """(Re)create ``name`` as a view over the Parquet files, or an empty table with the columns."""
+    for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
+        try:
+            con.execute(stmt)
+        except duckdb.CatalogException:
+            pass
+    if files:
+        lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+    else:
+        con.register(f"_{name}_empty", empty)
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")
+        con.unregister(f"_{name}_empty")
 
 
 def stats_frame_empty() -> pd.DataFrame:
@@ -250,9 +369,16 @@ def write_run_metrics(run_dir: Path, rows: pd.DataFrame) -> Path:
 def read_run_metrics(run_dir) -> pd.DataFrame:
     """The metric rows stored with one run (empty, with the columns, if it has none)."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return metrics_frame_empty()
-    return duckdb.connect().execute(f"SELECT * FROM read_parquet('{_sql_str(path)}') ORDER BY metric, frame").df()
+    why = f"{METRICS_FILE} is a symlink" if path.is_symlink() else parquet_problem(path)
+    if why is None:
+        try:
+            return duckdb.connect().execute(
+                f"SELECT * FROM read_parquet('{_sql_str(path)}') ORDER BY metric, frame").df()
+        except duckdb.Error as e:
+            why = f"{METRICS_FILE} cannot be read ({str(e).splitlines()[0][:100]})"
+    raise StoreError(f"run {Path(run_dir).name}: {why}")
 
 
 def to_json(df: pd.DataFrame) -> str:

@@ -208,19 +208,28 @@ def cmd_metrics(args) -> int:
     if missing:
         raise CLIError(f"no run {missing[0]} in {trace_root_of(args)}")
     base = dirs[args.baseline] if args.baseline else None
+    failed = 0
     for r in args.runs:
-        rows = measure_run(dirs[r], base)
-        if args.optional:
-            from . import metrics_optional
-            from .catalog import read_run_metrics
+        try:
+            rows = measure_run(dirs[r], base)
+            if args.optional:
+                from . import metrics_optional
+                from .catalog import read_run_metrics
 
-            for a in metrics_optional.measure_run(dirs[r], base, args.metric_weights):
-                if not a.available:
-                    print(f"  {a.line()}", file=sys.stderr)
-            rows = read_run_metrics(dirs[r])
+                for a in metrics_optional.measure_run(dirs[r], base, args.metric_weights):
+                    if not a.available:
+                        print(f"  {a.line()}", file=sys.stderr)
+                rows = read_run_metrics(dirs[r])
+        except Exception as e:  # noqa: BLE001 - one unreadable run is reported; the others are measured
+            if getattr(args, "debug", False):
+                raise
+            failed += 1
+            print(f"attnlens: run {r} not measured: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                  file=sys.stderr)
+            continue
         means = rows[rows["frame"].isna()]
         print(r + "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(means["metric"], means["value"])), flush=True)
-    return 0
+    return 1 if failed else 0
 
 
 def trace_root_of(args):
@@ -280,10 +289,11 @@ def _print_table(df, json_out: bool) -> None:
 def cmd_runs(args) -> int:
     from .catalog import Catalog
 
-    cat = Catalog(args.root)
+    cat = Catalog(_existing_root(args.root))
     df = cat.runs()[["run", "state", "model", "prompt", "seed", "perturbation", "path"]]
     df = df.rename(columns={"state": "status"})
     _print_table(df, args.json)
+    _report_unreadable(cat)
     return 0
 
 
@@ -328,25 +338,47 @@ def cmd_sql(args) -> int:
 
     from .catalog import Catalog
 
-    cat = Catalog(args.root)
+    cat = Catalog(_existing_root(args.root))
     try:
-        df = cat.query(args.query)
+        df = cat.sandboxed_query(args.query)
     except duckdb.Error as e:
         raise CLIError(f"SQL error: {str(e).splitlines()[0]}") from None
     _print_table(df, args.json)
+    _report_unreadable(cat)
     return 0
 
 
 def cmd_catalog(args) -> int:
     from .catalog import Catalog
 
-    cat = Catalog(args.root)
+    cat = Catalog(_existing_root(args.root))
+    rc = 0
     if args.rebuild:
         n = cat.rebuild()
         print(f"rebuilt statistics tables of {n} complete run(s)")
+        for run, why in cat.problems.items():  # each kept its table (if it had one)
+            print(f"attnlens: not rebuilt: {run}: {why}", file=sys.stderr)
+        rc = 1 if cat.problems else 0
     df = cat.query("SELECT state AS status, count(*) AS runs FROM runs GROUP BY state ORDER BY state")
     _print_table(df, args.json)
-    return 0
+    _report_unreadable(cat)
+    return rc
+
+
+def _existing_root(root):
+    """The trace root, which must exist: a mistyped --root is an error, not an empty root."""
+    from .store import trace_root
+
+    path = trace_root(root)
+    if not path.is_dir():
+        raise CLIError(f"trace root {path} does not exist")
+    return path
+
+
+def _report_unreadable(cat) -> None:
+    """One stderr line per run that could not be read (every other run was used)."""
+    for run, why in sorted(getattr(cat, "unreadable", {}).items()):
+        print(f"attnlens: unreadable run {run}: {why}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------

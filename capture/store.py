@@ -316,7 +316,24 @@ def _open_trimmed(p: Path):
 
 
 def list_run_dirs(root) -> list[Path]:
+    """The run directories of a root. A symlink is not followed: a run is a real directory
+    inside the root, so nothing a reader does (rebuild writes tables) reaches outside it."""
     d = trace_root(root) / RUNS_DIR
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if p.is_dir())
+    out = []
+    for p in d.iterdir():
+        if p.is_symlink():
+            log.warning("skipping %s: a symlink (runs must be directories inside the trace root)", p.name)
+        elif p.is_dir():
+            out.append(p)
+    return sorted(out)
+
+
+def inside_root(path, run_dir) -> bool:
+    """Whether ``path`` is a regular file of ``run_dir`` that is no symlink out of it."""
+    path, run_dir = Path(path), Path(run_dir)
+    try:
+        return not path.is_symlink() and path.is_file() and path.resolve().is_relative_to(run_dir.resolve())
+    except OSError:
+        return False

@@ -83,6 +83,8 @@ def test_perturb_and_capture_flags(root):
     ],
 )
 def test_bad_input_is_one_line(args, needle, root):
+    if args[0] == "sql":
+        root.mkdir(parents=True, exist_ok=True)  # a missing root is an error of its own (test_root_faults)
     p = attnlens(*args, "--root", root, check=False) if args[0] == "sql" else attnlens(*args, check=False)
     assert p.returncode != 0
     err = p.stderr.strip().splitlines()

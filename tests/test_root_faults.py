@@ -1,0 +1,134 @@
+"""A damaged run stays one damaged run (issue 14): every reader lists it as unreadable with a reason
+naming it and goes on with the rest; rebuild never replaces a readable table by a worse one;
+symlinks do not lead out of the root; `attnlens sql` is read-only and can reach nothing else."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capture import dims
+from capture.catalog import METRICS_FILE, STATS_FILE, Catalog, write_run_metrics
+from capture.cli import main
+from capture.store import STORE_NAME
+
+from .test_store import write_run
+
+
+def _snapshot(root: Path) -> dict:
+    """Every file under the root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """Five complete runs: a (stats.parquet truncated), b (metrics.parquet emptied), c (a variable
+    deleted from its store), d and e (intact); plus a run directory symlinked from outside."""
+    root = tmp_path / "traces"
+    runs = {}
+    for name, seed in zip("abcde", range(5)):
+        w, _ = write_run(root, seed, prompt=f"prompt {name}")
+        write_run_metrics(w.dir, pd.DataFrame({"metric": ["flicker"], "value": [0.1 * seed], "frame": [None]}))
+        runs[name] = w.dir
+    stats = runs["a"] / STATS_FILE
+    stats.write_bytes(stats.read_bytes()[: stats.stat().st_size // 2])
+    (runs["b"] / METRICS_FILE).write_bytes(b"")
+    shutil.rmtree(runs["c"] / STORE_NAME / dims.ENTROPY)
+    outside = tmp_path / "outside"
+    w, _ = write_run(tmp_path / "elsewhere", 9)
+    shutil.copytree(w.dir, outside)
+    os.symlink(outside, root / "runs" / "linked-run")
+    return root, runs, outside
+
+
+def test_catalog_lists_damaged_runs_and_queries_the_rest(damaged):
+    root, runs, _ = damaged
+    cat = Catalog(root)
+    df = cat.runs().set_index("run")
+    assert "linked-run" not in df.index and len(df) == 5
+    a, b = runs["a"].name, runs["b"].name
+    assert df.loc[a, "state"] == "unreadable" and "stats.parquet" in df.loc[a, "error"]
+    assert df.loc[b, "state"] == "unreadable" and "metrics.parquet" in df.loc[b, "error"]
+    assert set(cat.unreadable) == {a, b}
+    per_run = cat.query("SELECT run, count(*) AS n FROM stats GROUP BY run").set_index("run")["n"]
+    assert set(per_run.index) == {runs[k].name for k in "cde"}
+    assert set(cat.query("SELECT run FROM metrics")["run"]) == {runs[k].name for k in "cde"}
+
+
+def test_rebuild_rebuilds_what_it_can_and_keeps_better_tables(damaged):
+    root, runs, outside = damaged
+    c_table = (runs["c"] / STATS_FILE).read_bytes()
+    before_outside = _snapshot(outside)
+    cat = Catalog(root)
+    n = cat.rebuild()
+    assert n == 4  # a (its store is fine: the truncated table is rewritten), b, d, e
+    assert set(cat.problems) == {runs["c"].name} and "entrop" in cat.problems[runs["c"].name]
+    assert (runs["c"] / STATS_FILE).read_bytes() == c_table  # the good table was not replaced
+    assert cat.runs().set_index("run").loc[runs["a"].name, "state"] == "complete"
+    assert _snapshot(outside) == before_outside  # nothing written through the symlink
+
+
+@pytest.mark.parametrize("argv", [["runs"], ["catalog"], ["sql", "SELECT count(*) AS n FROM stats"],
+                                  ["catalog", "--rebuild"]])
+def test_cli_readers_report_the_damaged_runs_and_go_on(damaged, capsys, argv):
+    root, runs, _ = damaged
+    rc = main([*argv, "--root", str(root)])
+    out, err = capsys.readouterr()
+    if argv[-1] == "--rebuild":
+        assert rc == 1 and f"not rebuilt: {runs['c'].name}" in err
+    else:
+        assert rc == 0
+        assert f"unreadable run {runs['a'].name}: " in err and f"unreadable run {runs['b'].name}: " in err
+    assert "Traceback" not in err
+
+
+def test_metrics_command_measures_every_readable_run(damaged, capsys):
+    root, runs, _ = damaged
+    names = [runs[k].name for k in "bde"]
+    rc = main(["metrics", *names, "--root", str(root)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert f"run {runs['b'].name} not measured" in err and "metrics.parquet" in err
+    assert runs["d"].name in out and runs["e"].name in out
+
+
+def test_missing_root_is_an_error(tmp_path, capsys):
+    for cmd in (["runs"], ["sql", "SELECT 1"], ["catalog"]):
+        assert main([*cmd, "--root", str(tmp_path / "nonexistent")]) == 2
+        assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("query", [
+    "COPY (SELECT * FROM runs) TO '{tmp}/leak.csv'",
+    "ATTACH '{tmp}/new.duckdb' AS x",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "CREATE TABLE t AS SELECT 1",
+    "SELECT 1; COPY (SELECT 1) TO '{tmp}/x.csv'",
+])
+def test_sql_is_read_only_and_reaches_nothing_else(damaged, tmp_path, capsys, query):
+    root, _, _ = damaged
+    before = _snapshot(root)
+    q = query.format(tmp=tmp_path)
+    assert main(["sql", q, "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlens: error: SQL error:") and len(err.strip().splitlines()) <= 3
+    assert _snapshot(root) == before
+    assert not list(tmp_path.glob("leak.csv")) + list(tmp_path.glob("new.duckdb")) + list(tmp_path.glob("x.csv"))
+
+
+def test_sql_still_answers_select_over_the_tables(damaged, capsys):
+    root, runs, _ = damaged
+    assert main(["sql", "SELECT count(DISTINCT run) AS n FROM stats", "--root", str(root), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"n":3' in out.replace(" ", "")  # c, d, e (a's table is damaged)
+    assert np.isfinite(Catalog(root).sandboxed_query("SELECT avg(entropy) AS h FROM stats")["h"][0])
