@@ -63,7 +63,9 @@ def cmd_capture(args) -> int:
     if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
         if prompts != [None]:
             raise CLIError(f"{type(pipe).__name__} takes no prompt (it is conditioned on --image only)")
-    steps = args.steps or defaults["steps"]
+    steps = args.steps if args.steps is not None else defaults["steps"]
+    if steps < 1:
+        raise CLIError(f"--steps must be a positive integer, not {steps}")
     for s in specs:
         if s.steps and s.steps[0] >= steps:
             raise CLIError(f"perturbation {s}: step window starts after the last step ({steps - 1})")
@@ -132,14 +134,14 @@ def cmd_sweep(args) -> int:
     from .sweep import SweepSpec
 
     d = {}
-    if args.spec:
-        d = SweepSpec.load(args.spec).as_dict()
+    if args.spec:  # the file's fields, then the flags over them, then one check of the whole
+        d = SweepSpec.read(args.spec)
     over = {"name": args.name, "model": args.model, "seeds": args.seed, "layer_sets": args.layer_set,
             "perturbations": args.perturbation, "windows": args.window, "metrics": args.metric}
     d.update({k: v for k, v in over.items() if v})
     if args.prompt or args.prompts:
         d["prompts"] = _read_prompts(args)
-    if args.steps:
+    if args.steps is not None:
         d["call"] = {**d.get("call", {}), "steps": args.steps}
     d.setdefault("model", "demo")
     spec = SweepSpec.from_dict(d)

@@ -22,6 +22,7 @@ keys) are touched unless ``text=1``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -60,8 +61,8 @@ class PerturbSpec:
                 kw["factor"] = float(factor)
             except (TypeError, ValueError):
                 raise PerturbSpecError(f"bad perturbation {spec!r}: T needs a numeric factor, e.g. T=0.5@...") from None
-            if not kw["factor"] >= 0:
-                raise PerturbSpecError(f"bad perturbation {spec!r}: temperature factor must be >= 0")
+            if not (math.isfinite(kw["factor"]) and kw["factor"] >= 0):  # 0: every logit 0, i.e. uniform
+                raise PerturbSpecError(f"bad perturbation {spec!r}: the temperature factor must be finite and >= 0")
         elif kind == "M":
             if factor is None or not factor.strip().isdigit():
                 raise PerturbSpecError(f"bad perturbation {spec!r}: M needs the source video's index, e.g. M=0@...")

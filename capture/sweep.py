@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,21 @@ METRICS = ("weight_free", "world", "optional")
 
 class SweepSpecError(ValueError):
     """A sweep spec that cannot run; one line for the user."""
+
+
+# the settings a spec's `call` and `capture` tables may hold, with their types
+CALL_FIELDS = {"steps": (int,), "guidance": (int, float), "frames": (int,), "height": (int,), "width": (int,)}
+CAPTURE_FIELDS = {"layers": (str, list), "every": (int,), "maps": (bool,), "grid": (int,)}
+
+
+def _type_words(types: tuple, key: str) -> str:
+    if bool in types:
+        return "true or false"
+    if float in types:
+        return "a finite number >= 0"
+    if int in types:
+        return "an integer >= 1"
+    return "a string or a list of strings"
 
 
 @dataclass(frozen=True)
@@ -73,16 +89,39 @@ class SweepSpec:
             if k in d:
                 v = d[k]
                 d[k] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        for k in ("name", "model"):
+            if not isinstance(d[k], str):
+                raise SweepSpecError(f"sweep field {k!r} must be a string, not {d[k]!r}")
+        for k in ("prompts", "layer_sets", "perturbations", "windows", "metrics"):
+            bad = [v for v in d.get(k, ()) if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise SweepSpecError(f"sweep field {k!r} must hold non-empty strings, not {bad[0]!r}")
         if not d.get("prompts"):
             raise SweepSpecError("a sweep needs at least one prompt")
-        try:
-            d["seeds"] = tuple(int(s) for s in d.get("seeds", (0,)))
-        except (TypeError, ValueError):
-            raise SweepSpecError("seeds must be integers") from None
+        bad = [s for s in d.get("seeds", (0,)) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise SweepSpecError(f"sweep field 'seeds' must hold integers >= 0, not {bad[0]!r}")
+        d["seeds"] = tuple(d.get("seeds", (0,)))
+        if d.get("branch") not in (None, "cond", "uncond"):
+            raise SweepSpecError(f"sweep field 'branch' must be cond or uncond, not {d['branch']!r}")
+        for k, types in (("call", CALL_FIELDS), ("capture", CAPTURE_FIELDS)):
+            v = d.get(k, {})
+            if not isinstance(v, dict):
+                raise SweepSpecError(f"sweep field {k!r} must be a table of settings, not {v!r}")
+            for key, val in v.items():
+                if key not in types:
+                    raise SweepSpecError(f"unknown key {key!r} in sweep field {k!r}; keys: {', '.join(types)}")
+                want = types[key]
+                ok = isinstance(val, want) and not (isinstance(val, bool) and bool not in want)
+                if ok and isinstance(val, (int, float)) and not isinstance(val, bool):
+                    ok = math.isfinite(val) and (val >= 0 if key == "guidance" else val >= 1)
+                if not ok:
+                    raise SweepSpecError(f"sweep field {k}.{key} must be {_type_words(want, key)}, not {val!r}")
         return cls(**d)
 
     @classmethod
-    def load(cls, path) -> "SweepSpec":
+    def read(cls, path) -> dict:
+        """A spec file's fields, unchecked: flags are merged in before from_dict checks them."""
         p = Path(path)
         try:
             text = p.read_text()
@@ -93,7 +132,15 @@ class SweepSpec:
         except (tomllib.TOMLDecodeError, ValueError) as e:
             raise SweepSpecError(f"sweep spec {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}") \
                 from None
-        return cls.from_dict(d, p.parent)
+        if not isinstance(d, dict):
+            raise SweepSpecError(f"sweep spec {p} must be a table of fields")
+        if "prompts_file" in d and not Path(d["prompts_file"]).is_absolute():
+            d["prompts_file"] = str(p.parent / d["prompts_file"])
+        return d
+
+    @classmethod
+    def load(cls, path) -> "SweepSpec":
+        return cls.from_dict(cls.read(path), Path(path).parent)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -274,6 +275,7 @@ class Tracer:
     # -- one pipeline call = one run ---------------------------------------------------------------
     def _call(self, call_original, args, kwargs):
         record = self._record = _call_record(self._pipe_cls, args, kwargs)
+        validate_call(self.pipe, self.family, record)  # before anything is generated or stored
         n_steps = record.get("num_inference_steps")
         if isinstance(n_steps, int):  # bad step windows fail before anything is generated or stored
             for spec in self.specs:
@@ -367,6 +369,9 @@ class Tracer:
             frames = getattr(out, "frames", None)
             if frames is None and isinstance(out, tuple):
                 frames = out[0]
+            if not _all_finite(frames):  # e.g. T=1e30 or a diverging scale: not a complete run
+                raise NonFiniteError("the generated video (or latents) has non-finite values: the denoising "
+                                     "diverged")
             extra = {"seconds": round(time.perf_counter() - t0, 3), "geometry": asdict(self.geometry) if self.geometry else None}
             if self._extra_calls:
                 extra["uncaptured_calls_per_step"] = self._extra_calls
@@ -691,6 +696,55 @@ class Tracer:
         return got
 
 
+class CallError(ValueError):
+    """A pipeline call that cannot give a valid run (checked before anything is generated)."""
+
+
+class NonFiniteError(ValueError):
+    """The generation diverged (NaN or inf in its output): the run is failed, not complete."""
+
+
+def validate_call(pipe, family, record: dict) -> None:
+    """Sizes positive and divisible by the model's VAE × patch factor, steps within the
+    scheduler's range, finite non-negative guidance scales; raises CallError naming the value."""
+    steps = record.get("num_inference_steps")
+    n_train = int(dict(getattr(pipe.scheduler, "config", {}) or {}).get("num_train_timesteps") or 1000)
+    if isinstance(steps, int) and not 1 <= steps <= n_train:
+        raise CallError(f"num_inference_steps must be between 1 and {n_train} (the scheduler's training steps), "
+                        f"not {steps}")
+    frames = record.get("num_frames", record.get("video_length", record.get("frames")))
+    if isinstance(frames, int) and frames < 1:
+        raise CallError(f"num_frames must be >= 1, not {frames}")
+    factor = 1
+    for attr in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor"):
+        v = getattr(pipe, attr, None)
+        if isinstance(v, int) and v > 0:
+            factor = v
+            break
+    factor *= max(1, int(getattr(family, "patch", 1) or 1))
+    for key in ("height", "width"):
+        v = record.get(key)
+        if isinstance(v, int) and (v < 1 or v % factor):
+            raise CallError(f"{key} {v} must be a positive multiple of {factor} for this model "
+                            f"(VAE downsampling × patch size)")
+    for key in ("guidance_scale", "max_guidance_scale", "true_cfg_scale"):
+        v = record.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v >= 0):
+            raise CallError(f"{key} must be finite and >= 0, not {v}")
+
+
+def _all_finite(frames) -> bool:
+    if frames is None:
+        return True
+    if isinstance(frames, torch.Tensor):
+        return bool(torch.isfinite(frames).all())
+    if isinstance(frames, np.ndarray) and frames.dtype.kind == "f":
+        return bool(np.isfinite(frames).all())
+    if isinstance(frames, list) and frames and isinstance(frames[0], np.ndarray):
+        return all(_all_finite(f) for f in frames)
+    return True
+
+
 def takes_prompt(pipe) -> bool:
     """Whether the pipeline's call has a prompt (its own class, also while it is traced)."""
     cls = next(c for c in type(pipe).__mro__ if not c.__dict__.get("_attnlens_traced"))
@@ -739,5 +793,5 @@ def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=Non
                   split_videos=split_videos)
 
 
-__all__ = ["trace", "Tracer", "CaptureConfig", "LayerSelectionError", "PerturbSpecError", "sampled_rows",
+__all__ = ["trace", "Tracer", "CaptureConfig", "CallError", "LayerSelectionError", "PerturbSpecError", "sampled_rows",
            "takes_prompt"]

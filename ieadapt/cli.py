@@ -178,7 +178,7 @@ def register(sub) -> None:
     p.add_argument("--rule", default="bottom:0.5", help="top:F, bottom:F, threshold:>=X, threshold:<=X, names:a,b")
     p.add_argument("--kind", help="spatial, temporal, cross or joint (default: all kinds together)")
     p.add_argument("--branch", default="cond")
-    p.add_argument("--model", help="model name to record (default: the source runs' model)")
+    p.add_argument("--model", help="use only this model's runs, and record it (default: the source runs' one model)")
     p.add_argument("-o", "--output", default="-", help="selection JSON file (default: print it)")
     p.set_defaults(func=cmd_select)
 

@@ -20,6 +20,7 @@ calls).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ class CompareConfig:
     factor: float = 0.8  # ie-temp-high: logits × factor on the high-entropy layers
     steps: tuple[int, int] | None = None
     random_seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fraction {self.fraction} must be in (0, 1]")
+        for name in ("scale", "factor"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name} {v} must be finite and > 0")
 
 
 def demo_pairs(n_prompts: int, seeds: list[int], split: str = "heldout", seed: int = 0) -> list[tuple[str, int]]:

@@ -16,6 +16,7 @@ dashboard and the catalog compare it with its baseline (the same prompt and seed
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,8 +46,10 @@ class EnhanceConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; one of {', '.join(MODES)}")
-        if self.mode == "temperature" and not self.factor > 0:
-            raise ValueError("temperature factor must be > 0")
+        if self.mode == "temperature" and not (math.isfinite(self.factor) and self.factor > 0):
+            raise ValueError(f"temperature factor must be finite and > 0, not {self.factor}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"guidance scale s must be finite and >= 0, not {self.scale}")
         if self.mode == "guidance":
             self.guidance()  # validates perturbation and schedule
 

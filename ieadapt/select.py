@@ -24,9 +24,10 @@ from capture.selection import Selection, SelectionError, apply_rule
 STATS = (dims.ENTROPY_NORM, dims.ENTROPY, dims.ENERGY, "energy_proportion")
 
 
-def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = "cond") -> tuple[pd.DataFrame, list[str]]:
-    """(layer_name, kind, value) rows for ``stat`` and the source runs used. ``tr`` is a
-    ``dashboard.data.TraceRoot``."""
+def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = "cond",
+                 model: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """(layer_name, kind, value) rows for ``stat`` and the source runs used (only ``model``'s runs
+    when given). ``tr`` is a ``dashboard.data.TraceRoot``."""
     if stat.startswith("effect:"):
         parts = stat.split(":")
         if len(parts) not in (3, 4):
@@ -46,6 +47,7 @@ def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = 
         vals = d.groupby(["layer_name", "kind"], as_index=False)["effect"].mean().rename(columns={"effect": "value"})
         src = list(tr.catalog.query("SELECT run FROM runs WHERE sweep = ? AND status = ? ORDER BY run",
                                     [sweep, dims.COMPLETE])["run"])
+        _check_model(tr, src, model)
         return vals, src
     if stat not in STATS:
         raise SelectionError(f"unknown statistic {stat!r}; one of {', '.join(STATS)}, effect:SWEEP:METRIC")
@@ -53,12 +55,16 @@ def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = 
     if not runs:  # default: every complete unperturbed run that is not an IE-Adapt method run (plain CFG ones count)
         runs = list(tr.catalog.query(f"""SELECT run FROM runs WHERE status = '{dims.COMPLETE}'
                                         AND coalesce(perturbation, '') = '' AND sweep_layers IS NULL
-                                        AND coalesce(ieadapt, 'cfg') = 'cfg' ORDER BY run""")["run"])
+                                        AND coalesce(ieadapt, 'cfg') = 'cfg'
+                                        AND (? IS NULL OR model = ?) ORDER BY run""", [model, model])["run"])
+        if not runs and model is not None:
+            raise SelectionError(f"no complete unperturbed runs of model {model!r} in {tr.root}")
     missing = [r for r in runs if r not in complete]
     if missing:
         raise SelectionError(f"no complete run {missing[0]!r} in {tr.root}")
     if not runs:
         raise SelectionError(f"no complete runs in {tr.root}")
+    _check_model(tr, runs, model)
     base = dims.ENERGY if stat == "energy_proportion" else stat
     vals = tr.per_layer(runs, base, branch=branch)[["layer_name", "kind", "value"]]
     if stat == "energy_proportion":
@@ -66,10 +72,22 @@ def layer_values(tr, stat: str, runs: list[str] | None = None, *, branch: str = 
     return vals, runs
 
 
+def _check_model(tr, runs: list[str], model: str | None) -> None:
+    """With a model named, every source run must be that model's: a selection is never pooled
+    across models under one model's label."""
+    if model is None:
+        return
+    r = tr.runs()
+    other = r[r["run"].isin(runs) & (r["model"].astype(str) != model)]
+    if len(other):
+        raise SelectionError(f"run {other['run'].iloc[0]} is of model {other['model'].iloc[0]!r}, not {model!r}")
+
+
 def select(tr, *, stat: str, rule: str, kind: str | None = None, runs: list[str] | None = None,
            branch: str = "cond", model: str | None = None) -> Selection:
-    """The selection ``rule`` makes among the ranked layers (of ``kind`` when given)."""
-    vals, src = layer_values(tr, stat, runs, branch=branch)
+    """The selection ``rule`` makes among the ranked layers (of ``kind`` when given); with
+    ``model``, from that model's runs only."""
+    vals, src = layer_values(tr, stat, runs, branch=branch, model=model)
     if kind is not None:
         kinds_present = sorted(set(vals["kind"]))
         if kind not in kinds_present:

@@ -107,3 +107,21 @@ def test_loading_against_another_model_or_unknown_names_is_a_clear_error():
     typo = Selection(model="demo", layers=[names[0].replace("down_blocks", "down_block")], rule="r", statistic="s")
     with pytest.raises(SelectionError, match=f"nearest: {names[0]}"):
         check_layers(typo, names)
+
+
+def test_model_filter_uses_only_that_models_runs(tmp_path):
+    """select --model M ranks M's runs alone; several models without --model stay an error."""
+    from .test_store import write_run
+
+    root = tmp_path / "mixed"
+    m1 = [write_run(root, s, model="model-one")[0].dir.name for s in (1, 2)]
+    m2 = [write_run(root, s, model="model-two")[0].dir.name for s in (3,)]
+    tr = TraceRoot(root)
+    with pytest.raises(SelectionError, match="several models"):
+        select(tr, stat="entropy_norm", rule="top:0.5")
+    sel = select(tr, stat="entropy_norm", rule="top:0.5", model="model-one")
+    assert sorted(sel.source_runs) == sorted(m1) and sel.model == "model-one"
+    with pytest.raises(SelectionError, match="not 'model-one'"):
+        select(tr, stat="entropy_norm", rule="top:0.5", runs=m1 + m2, model="model-one")
+    with pytest.raises(SelectionError, match="no complete unperturbed runs of model 'demo'"):
+        select(tr, stat="entropy_norm", rule="top:0.5", model="demo")

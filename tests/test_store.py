@@ -25,9 +25,9 @@ def fake_result(rng, heads, nb=2):
     return r
 
 
-def write_run(root, seed, steps=3, complete=True, prompt="p"):
+def write_run(root, seed, steps=3, complete=True, prompt="p", model="fake"):
     rng = np.random.default_rng(seed)
-    w = RunWriter(root, {"model": "fake", "prompt": prompt, "seed": seed, "capture": {"maps": True, "mode": "exact"}})
+    w = RunWriter(root, {"model": model, "prompt": prompt, "seed": seed, "capture": {"maps": True, "mode": "exact"}})
     written = []
     for s in range(steps):
         res = [fake_result(rng, l["heads"]) for l in LAYERS]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,23 +281,36 @@ def pipeline_call(preset, defaults: dict, *, steps=None, frames=None, guidance=N
     plus the preset's own call arguments; frames come back as numpy arrays. ``image``: the
     conditioning image of an image-to-video preset (a path or PIL image; default a built-in
     test image at the video's size)."""
-    call = dict(num_inference_steps=int(steps or defaults["steps"]), num_frames=int(frames or defaults["frames"]),
-                guidance_scale=float(guidance if guidance is not None else defaults["guidance"]), output_type="np")
+    steps = _positive("steps", steps, defaults["steps"])
+    frames = _positive("frames", frames, defaults["frames"])
+    guidance = float(guidance if guidance is not None else defaults["guidance"])
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ModelError(f"guidance scale {guidance} must be finite and >= 0")
+    call = dict(num_inference_steps=steps, num_frames=frames, guidance_scale=guidance, output_type="np")
     if preset and preset.guidance_arg != "guidance_scale":
         # SVD: max_guidance_scale (a ramp over the frames); HunyuanVideo 1.5: the guider's scale
         g = call.pop("guidance_scale")
         if preset.guidance_arg:
             call[preset.guidance_arg] = g
     for k, v in (("height", height), ("width", width)):
-        v = v or defaults.get(k)
+        v = _positive(k, v, defaults.get(k))
         if v:
-            call[k] = int(v)
+            call[k] = v
     call.update(preset.call_kwargs if preset else {})
     if preset and preset.frames_arg != "num_frames":
         call[preset.frames_arg] = call.pop("num_frames")
     if image is not None or (preset and preset.needs_image):
         call["image"] = _conditioning_image(image, call.get("height") or 64, call.get("width") or 64)
     return call
+
+
+def _positive(name: str, value, default):
+    """A given value (0 and negatives are errors, not "use the default"), else the default."""
+    if value is None:
+        return int(default) if default else default
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ModelError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def _conditioning_image(image, height: int, width: int):
