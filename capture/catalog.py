@@ -177,7 +177,7 @@ def run_row(run_dir: Path) -> dict:
         state = "interrupted"  # the writing process is gone: it will never complete
     ptb = a.get("perturbation") or []
     row.update(
-        run=a.get("run_id", run_dir.name), status=status, state=state, model=a.get("model"), family=a.get("family"),
+        run=run_dir.name, status=status, state=state, model=a.get("model"), family=a.get("family"),
         prompt=a.get("prompt"), negative_prompt=a.get("negative_prompt"), seed=a.get("seed"),
         steps=a.get("num_inference_steps"), frames=a.get("num_frames"), height=a.get("height"), width=a.get("width"),
         guidance=a.get("guidance_scale"), perturbation=" ".join(p.get("spec", "") for p in ptb),
@@ -322,7 +322,10 @@ def _make_view(con, name: str, files: list[str], empty: pd.DataFrame) -> None:
             pass
     if files:
         lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{lst}], union_by_name=true)")
+        # a run is its directory: the run column comes from the file's directory, so a copied run
+        # (same id inside) stays a run of its own
+        con.execute(f"CREATE VIEW {name} AS SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS run, "
+                    f"* EXCLUDE (run, filename) FROM read_parquet([{lst}], union_by_name=true, filename=true)")
     else:
         con.register(f"_{name}_empty", empty)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")

@@ -99,9 +99,10 @@ class TraceRoot:
     def run_dir(self, run_id: str) -> Path:
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
             raise RunUnavailable(f"{run_id!r} is not a run id")
-        d = (self.root / RUNS_DIR / run_id).resolve()
-        if d.parent != (self.root / RUNS_DIR).resolve() or not d.is_dir():
-            raise RunUnavailable(f"no run {run_id} in {self.root}")
+        link = self.root / RUNS_DIR / run_id
+        d = link.resolve()
+        if link.is_symlink() or d.parent != (self.root / RUNS_DIR).resolve() or not d.is_dir():
+            raise RunUnavailable(f"no run {run_id} in this trace root")
         return d
 
     def attrs(self, run_id: str) -> dict:
@@ -293,9 +294,13 @@ class TraceRoot:
                              values="effect").reset_index()
 
     def video_file(self, run_id: str) -> Path | None:
+        """The run's video file: a regular file inside the run directory (a symlink is not
+        followed, so nothing outside the root is ever served)."""
+        from capture.store import inside_root
+
         d = self.run_dir(run_id)
         for name in ("video.mp4", "video.gif"):
-            if (d / name).is_file():
+            if inside_root(d / name, d):
                 return d / name
         return None
 

@@ -4,14 +4,26 @@ current value back, so a copied link reopens the same view.
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 
-def init(key: str, default, *, cast=str, options=None, multi: bool = False):
+def init(key: str, default, *, cast=str, options=None, multi: bool = False, bounds=None):
     """Give widget ``key`` its value from the URL (once per session), else ``default``; values
-    not among ``options`` fall back to the default. Returns the key, for the widget."""
-    valid = (lambda v: True) if options is None else (
+    not among ``options``, non-finite numbers and numbers outside ``bounds`` (lo, hi; None for
+    open) fall back to the default. Returns the key, for the widget."""
+    def number_ok(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if bounds is not None and isinstance(v, (int, float)):
+            lo, hi = bounds
+            return (lo is None or v >= lo) and (hi is None or v <= hi)
+        return True
+
+    in_options = (lambda v: True) if options is None else (
         (lambda v: all(x in options for x in v)) if multi else (lambda v: v in options))
+    valid = (lambda v: in_options(v) and (all(number_ok(x) for x in v) if multi else number_ok(v)))
     if key not in st.session_state:
         value = default
         raw = st.query_params.get(key)

@@ -106,7 +106,7 @@ def test_runs_note_form(app, root):
     at.button(key="runs_note_submit").click().run()
     got = notes.list_notes(path, ids["a"])
     assert [(n.author, n.text, n.tags) for n in got][-1:] == [("ana", "entropy drops at step 2", ["check", "odd"])]
-    assert any("entropy drops at step 2" in m.value for m in at.markdown)
+    assert any("entropy drops at step 2" in m.value for m in at.text)  # plain text, never Markdown
 
 
 def test_layer_step_heatmap_and_difference(app, root):

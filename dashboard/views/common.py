@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 
 import pandas as pd
@@ -9,6 +11,8 @@ import streamlit as st
 
 from .. import cache, state
 from ..data import RunUnavailable, TraceRoot
+
+log = logging.getLogger(__name__)
 
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -107,20 +111,47 @@ def show(fig, data: pd.DataFrame | None, name: str, key: str) -> None:
 
 
 def video(tr: TraceRoot, run_id: str, caption: str, width: int = 256) -> None:
-    """A run's stored video (GIF as an image, MP4 as a player), or a note that it has none."""
-    v = tr.video_file(run_id)
+    """A run's stored video (GIF as an image, MP4 as a player), or a one-line note when it has none
+    or it cannot be shown. The file's bytes are read here (a regular file of the run, no symlink)."""
+    try:
+        v = tr.video_file(run_id)
+    except (RunUnavailable, OSError) as e:
+        st.caption(f"{caption}: video unavailable ({one_line(e)})")
+        return
     if v is None:
         st.caption(f"{caption}: no stored video")
-    elif v.suffix == ".gif":
-        st.image(str(v), caption=caption, width=width)
-    else:
-        st.video(str(v))
-        st.caption(caption)
+        return
+    try:
+        data = v.read_bytes()
+        if v.suffix == ".gif":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()  # a damaged file is a message here, not an error in the browser
+            st.image(data, caption=caption, width=width)
+        else:
+            st.video(data, format="video/mp4")
+            st.caption(caption)
+    except Exception as e:  # noqa: BLE001 - any undecodable file is one line for the viewer
+        log.warning("video of run %s cannot be shown: %s", run_id, e)
+        st.caption(f"{caption}: the stored video cannot be shown ({type(e).__name__})")
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line without server paths."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"(/[^\s/'\"]+)+/", "…/", text)[:300]
 
 
 def guard(fn):
-    """Run a view body; a run that cannot be read becomes a message, not a traceback."""
+    """Run a view body; whatever fails becomes a one-line message in place (no traceback, no server
+    path reaches the browser); the full error goes to the server log."""
     try:
         fn()
     except RunUnavailable as e:
         unavailable(e)
+    except Exception as e:  # noqa: BLE001
+        if type(e).__name__ in ("RerunException", "StopException"):  # Streamlit's own control flow
+            raise
+        log.exception("view failed")
+        st.error(f"This view could not be drawn: {one_line(e)}")

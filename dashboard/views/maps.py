@@ -42,7 +42,8 @@ def _body() -> None:
     rule = c4.selectbox("threshold rule", list(rules.THRESHOLDS),
                         key=state.init("mp_rule", "quantile", options=list(rules.THRESHOLDS)),
                         format_func=lambda r: f"{r}: {rules.THRESHOLDS[r]}")
-    pkey = state.init(f"mp_param_{rule}", DEFAULT_PARAM[rule], cast=float)
+    pkey = state.init(f"mp_param_{rule}", DEFAULT_PARAM[rule], cast=float,
+                      bounds=(0.0, 1.0) if rule == "quantile" else (0.0, None))
     if rule == "quantile":
         st.session_state[pkey] = min(max(st.session_state[pkey], 0.0), 1.0)
     param = c5.number_input({"absolute": "t", "quantile": "q", "mean_std": "k"}[rule],
@@ -66,7 +67,7 @@ def _body() -> None:
         n = m.values.shape[0]
         what = "query frame" if m.kind == "temporal" else f"query cell (row-major over {m.gy}×{m.gx})"
         q = st.number_input(what, min_value=0, max_value=max(0, n - 1), step=1,
-                            key=state.init("mp_query", 0, cast=int))
+                            key=state.init("mp_query", 0, cast=int, bounds=(0, max(0, n - 1))))
         state.sync("mp_query")
         q = min(int(q), n - 1)
         qt = f"where {what.split(' (')[0]} {q} attends · {name} · step {step}"

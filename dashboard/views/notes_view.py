@@ -6,10 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from .. import notes, state
-from .common import note_form, root, run_label
+from .common import guard, note_form, root, run_label
 
 
 def render() -> None:
+    guard(_body)
+
+
+def _body() -> None:
     tr = root()
     st.header("Notes")
     runs = tr.runs()

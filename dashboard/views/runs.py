@@ -8,7 +8,7 @@ import streamlit as st
 
 from .. import notes, state
 from ..data import RunUnavailable
-from .common import note_form, root, run_label, unavailable, video
+from .common import guard, note_form, root, run_label, unavailable, video
 
 STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
 COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "ieadapt", "steps", "frames", "height", "width",
@@ -16,6 +16,10 @@ COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "ieadapt",
 
 
 def render() -> None:
+    guard(_body)
+
+
+def _body() -> None:
     tr = root()
     st.header("Runs")
     everything = tr.runs()
@@ -58,6 +62,8 @@ def render() -> None:
             unavailable(e)
     st.subheader("Notes on this run")
     for n in notes.list_notes(tr.root, run_id):
-        tags = " ".join(f"`{t}`" for t in n.tags)
-        st.markdown(f"**{n.author or 'anonymous'}** · {n.created[:16].replace('T', ' ')} · {tags}\n\n{n.text}")
+        tags = " ".join(n.tags)
+        # notes are plain text: no Markdown, so no remote image, link or fake banner reaches viewers
+        st.caption(f"{n.author or 'anonymous'} · {n.created[:16].replace('T', ' ')} · {tags}")
+        st.text(n.text)
     note_form(tr.root, "runs_note", target=run_id)

@@ -49,7 +49,7 @@ def _body() -> None:
     values = dict(zip(vals["layer_name"], vals["value"]))
     kinds = dict(zip(vals["layer_name"], vals["kind"]))
     if rk in ("top", "bottom"):
-        frac = st.slider("fraction of layers", 0.05, 1.0, step=0.05, key=state.init("sel_frac", 0.5, cast=float))
+        frac = st.slider("fraction of layers", 0.05, 1.0, step=0.05, key=state.init("sel_frac", 0.5, cast=float, bounds=(0.05, 1.0)))
         rule = f"{rk}:{frac:g}"
     elif rk == "threshold":
         t1, t2 = st.columns([1, 3])
