@@ -5,9 +5,12 @@
 
 import streamlit as st
 
+from dashboard import auth
 from dashboard.views import common, compare, layer_step, maps, notes_view, perturbation, proportions, runs, selection
 
 st.set_page_config(page_title="attnlens", page_icon="🔍", layout="wide")
+if not auth.gate():  # served beyond this machine: nothing is shown before the access token
+    st.stop()
 
 PAGES = [
     st.Page(runs.render, title="Runs", url_path="runs", default=True),

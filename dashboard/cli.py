@@ -34,8 +34,20 @@ def cmd_dashboard(args) -> int:
         raise FileNotFoundError(f"trace root {root} does not exist (capture runs first, e.g. `attnlens demo`)")
     if not app_path().is_file():
         raise FileNotFoundError(f"dashboard app not found at {app_path()}")
-    print(f"attnlens dashboard: serving {root} at http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
+    from .auth import TOKEN_ENV, is_loopback, token_for
+
+    token, generated = token_for(args.host, args.password)
+    url = f"http://{args.host}:{args.port}"
+    print(f"attnlens dashboard: serving {root} at {url}  (Ctrl-C stops)", flush=True)
+    if not is_loopback(args.host):
+        print(f"attnlens dashboard: {args.host} is reachable from other machines; every page asks for the access "
+              "token first (anyone with it can read this root and add notes)", flush=True)
+    if token and generated:
+        print(f"attnlens dashboard: access token {token}  (open {url}/?token={token})", flush=True)
     env = {**os.environ, ROOT_ENV: str(root)}
+    env.pop(TOKEN_ENV, None)
+    if token:
+        env[TOKEN_ENV] = token  # to the server through its environment, not its command line
     return supervise(streamlit_command(root, args.host, args.port, args.open), env=env)
 
 
@@ -101,10 +113,19 @@ def supervise(cmd: list[str], env: dict | None = None, grace: float = 5.0, poll:
     return rc if rc >= 0 else 128 - rc
 
 
+def argparse_namespace(**kw):
+    """The arguments of `attnlens dashboard` as the parser makes them (for callers and tests)."""
+    import argparse
+
+    return argparse.Namespace(**kw)
+
+
 def register(sub) -> None:
     p = sub.add_parser("dashboard", help="serve the dashboard (Streamlit) over a trace root")
     p.add_argument("--root", help=f"trace root (default ${ROOT_ENV} or data/traces)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
+    p.add_argument("--password", help="access token every client must give (default: none on 127.0.0.1; generated and "
+                   "printed when --host reaches other machines; or $ATTNLENS_DASHBOARD_TOKEN)")
     p.set_defaults(func=cmd_dashboard)
