@@ -59,9 +59,12 @@ def run_task(job: dict) -> list[dict]:
             _run_locked(job)
         return [{"run": r, "ok": True} for r in ids]
     except FileExistsError:
-        return [{"run": r, "ok": False, "error": "taken by another process"} for r in ids]
+        return [{"run": r, "ok": False, "error": TAKEN} for r in ids]
     except Exception as e:  # noqa: BLE001 - reported in the summary; the run itself is marked failed
         return [{"run": r, "ok": False, "error": f"{type(e).__name__}: {e}"} for r in ids]
+
+
+TAKEN = "taken by another process"  # another sweep claimed the run first
 
 
 def _run_locked(job: dict) -> None:
@@ -181,9 +184,13 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
         for j in jobs:
             note(run_task(j))
     measured = measure(spec, tasks, root)
-    failed = [r for r in results if not r["ok"]]
-    return {"sweep": spec.name, "planned": len(tasks), "ran": len(todo), "ok": len(todo) - len(failed),
-            "failed": failed, "skipped": skipped, "measured": measured, "root": root}
+    # a run another process claimed first (a concurrent sweep of the same name) is its run, not a failure
+    taken = [r for r in results if not r["ok"] and r.get("error") == TAKEN]
+    failed = [r for r in results if not r["ok"] and r.get("error") != TAKEN]
+    skipped["running elsewhere"] += len(taken)
+    return {"sweep": spec.name, "planned": len(tasks), "ran": len(todo) - len(taken),
+            "ok": len(todo) - len(taken) - len(failed), "failed": failed, "skipped": skipped, "measured": measured,
+            "root": root}
 
 
 def _run_dask(address: str, jobs: list[dict]):

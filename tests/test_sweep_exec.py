@@ -117,3 +117,16 @@ def test_dask_cluster_gives_identical_runs(tmp_path):
         assert np.array_equal(run_video(run_dir(tmp_path / "seq", rid)), run_video(run_dir(tmp_path / "dask", rid)))
     m = Catalog(tmp_path / "dask").query("SELECT count(*) AS n FROM metrics WHERE metric = 'ssim_mean'")
     assert m["n"][0] == 2
+
+
+def test_a_run_claimed_by_a_concurrent_sweep_is_not_a_failure(tmp_path, monkeypatch):
+    """Two sweeps of one name race for the same runs: the one that loses a run's claim counts it as
+    running elsewhere, not as failed (every run completes once)."""
+    from capture import sweep_exec
+
+    first = execute(_spec("race"), tmp_path, threads=1)
+    assert first["ok"] == 3
+    # the second sweep planned before the first claimed its runs: it sees no attempts yet
+    monkeypatch.setattr(sweep_exec, "attempts", lambda root, sweep: {})
+    second = execute(_spec("race"), tmp_path, threads=1)
+    assert not second["failed"] and second["skipped"]["running elsewhere"] == 3 and second["ran"] == 0
