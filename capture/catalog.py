@@ -119,7 +119,10 @@ class RebuildError(Exception):
 
 
 def _finite_count(df: pd.DataFrame) -> int:
-    return int(np.isfinite(pd.to_numeric(df[dims.ENTROPY], errors="coerce")).sum()) if len(df) else 0
+    """Finite values over every scalar statistic of a table (what a rebuild must not lose)."""
+    if not len(df):
+        return 0
+    return int(sum(np.isfinite(pd.to_numeric(df[c], errors="coerce")).sum() for c in dims.SCALAR_STATS if c in df))
 
 
 def rebuild_run_table(run_dir: Path) -> bool:
@@ -144,11 +147,11 @@ def rebuild_run_table(run_dir: Path) -> bool:
         raise RebuildError(f"{STATS_FILE} is a symlink; not written through")
     if out.exists() and parquet_problem(out) is None:
         try:
-            old = duckdb.connect().execute(f"SELECT {dims.ENTROPY} FROM read_parquet('{_sql_str(out)}')").df()
+            old = duckdb.connect().execute(f"SELECT * FROM read_parquet('{_sql_str(out)}')").df()
         except duckdb.Error:
             old = None
         if old is not None and _finite_count(df) < _finite_count(old):
-            raise RebuildError(f"the store yields {_finite_count(df)} finite entropies, its table has "
+            raise RebuildError(f"the store yields {_finite_count(df)} finite statistics, its table has "
                                f"{_finite_count(old)}: the table is kept")
     _write_parquet_atomic(df, out)
     return True

@@ -28,11 +28,12 @@ def _snapshot(root: Path) -> dict:
 
 @pytest.fixture
 def damaged(tmp_path):
-    """Five complete runs: a (stats.parquet truncated), b (metrics.parquet emptied), c (a variable
-    deleted from its store), d and e (intact); plus a run directory symlinked from outside."""
+    """Six complete runs: a (stats.parquet truncated), b (metrics.parquet emptied), c (a variable
+    deleted from its store), f (its energy chunks truncated), d and e (intact); plus a run
+    directory symlinked from outside."""
     root = tmp_path / "traces"
     runs = {}
-    for name, seed in zip("abcde", range(5)):
+    for name, seed in zip("abcdef", range(6)):
         w, _ = write_run(root, seed, prompt=f"prompt {name}")
         write_run_metrics(w.dir, pd.DataFrame({"metric": ["flicker"], "value": [0.1 * seed], "frame": [None]}))
         runs[name] = w.dir
@@ -40,6 +41,9 @@ def damaged(tmp_path):
     stats.write_bytes(stats.read_bytes()[: stats.stat().st_size // 2])
     (runs["b"] / METRICS_FILE).write_bytes(b"")
     shutil.rmtree(runs["c"] / STORE_NAME / dims.ENTROPY)
+    for chunk in (runs["f"] / STORE_NAME / dims.ENERGY / "c").rglob("*"):  # truncated Zarr chunks
+        if chunk.is_file():
+            chunk.write_bytes(chunk.read_bytes()[:3])
     outside = tmp_path / "outside"
     w, _ = write_run(tmp_path / "elsewhere", 9)
     shutil.copytree(w.dir, outside)
@@ -51,25 +55,28 @@ def test_catalog_lists_damaged_runs_and_queries_the_rest(damaged):
     root, runs, _ = damaged
     cat = Catalog(root)
     df = cat.runs().set_index("run")
-    assert "linked-run" not in df.index and len(df) == 5
+    assert "linked-run" not in df.index and len(df) == 6
     a, b = runs["a"].name, runs["b"].name
     assert df.loc[a, "state"] == "unreadable" and "stats.parquet" in df.loc[a, "error"]
     assert df.loc[b, "state"] == "unreadable" and "metrics.parquet" in df.loc[b, "error"]
     assert set(cat.unreadable) == {a, b}
     per_run = cat.query("SELECT run, count(*) AS n FROM stats GROUP BY run").set_index("run")["n"]
-    assert set(per_run.index) == {runs[k].name for k in "cde"}
-    assert set(cat.query("SELECT run FROM metrics")["run"]) == {runs[k].name for k in "cde"}
+    assert set(per_run.index) == {runs[k].name for k in "cdef"}
+    assert set(cat.query("SELECT run FROM metrics")["run"]) == {runs[k].name for k in "cdef"}
 
 
 def test_rebuild_rebuilds_what_it_can_and_keeps_better_tables(damaged):
     root, runs, outside = damaged
     c_table = (runs["c"] / STATS_FILE).read_bytes()
+    f_table = (runs["f"] / STATS_FILE).read_bytes()
     before_outside = _snapshot(outside)
     cat = Catalog(root)
     n = cat.rebuild()
     assert n == 4  # a (its store is fine: the truncated table is rewritten), b, d, e
-    assert set(cat.problems) == {runs["c"].name} and "entrop" in cat.problems[runs["c"].name]
-    assert (runs["c"] / STATS_FILE).read_bytes() == c_table  # the good table was not replaced
+    assert set(cat.problems) == {runs["c"].name, runs["f"].name}
+    assert "finite statistics" in cat.problems[runs["c"].name] and "cannot be read" in cat.problems[runs["f"].name]
+    assert (runs["c"] / STATS_FILE).read_bytes() == c_table  # the good tables were not replaced
+    assert (runs["f"] / STATS_FILE).read_bytes() == f_table
     assert cat.runs().set_index("run").loc[runs["a"].name, "state"] == "complete"
     assert _snapshot(outside) == before_outside  # nothing written through the symlink
 
@@ -81,7 +88,7 @@ def test_cli_readers_report_the_damaged_runs_and_go_on(damaged, capsys, argv):
     rc = main([*argv, "--root", str(root)])
     out, err = capsys.readouterr()
     if argv[-1] == "--rebuild":
-        assert rc == 1 and f"not rebuilt: {runs['c'].name}" in err
+        assert rc == 1 and f"not rebuilt: {runs['c'].name}" in err and f"not rebuilt: {runs['f'].name}" in err
     else:
         assert rc == 0
         assert f"unreadable run {runs['a'].name}: " in err and f"unreadable run {runs['b'].name}: " in err
@@ -130,5 +137,5 @@ def test_sql_still_answers_select_over_the_tables(damaged, capsys):
     root, runs, _ = damaged
     assert main(["sql", "SELECT count(DISTINCT run) AS n FROM stats", "--root", str(root), "--json"]) == 0
     out = capsys.readouterr().out
-    assert '"n":3' in out.replace(" ", "")  # c, d, e (a's table is damaged)
+    assert '"n":4' in out.replace(" ", "")  # c, d, e, f (a's table is damaged)
     assert np.isfinite(Catalog(root).sandboxed_query("SELECT avg(entropy) AS h FROM stats")["h"][0])
