@@ -295,7 +295,8 @@ class Tracer:
                     raise PerturbSpecError(f"perturbation {spec}: the call generates {self._n_videos} video(s)")
         seeds = _seeds(args, kwargs, self._pipe_cls)
         base = {
-            "model": self.model or getattr(self.pipe.config, "_name_or_path", None) or type(self.pipe).__name__,
+            "model": (self.model or getattr(self.pipe, "_attnlens_model", None)
+                      or getattr(self.pipe.config, "_name_or_path", None) or type(self.pipe).__name__),
             "pipeline": type(self.pipe).__name__,
             "family": self.family.name,
             "negative_prompt": record.get("negative_prompt"),

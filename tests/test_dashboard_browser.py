@@ -38,13 +38,15 @@ def test_every_view_renders_in_chromium(tmp_path):
                 page.wait_for_selector(".js-plotly-plot", timeout=30000)
             page.screenshot(path=str(SHOTS / f"{view}.png"), full_page=True)
         # state in the URL reopens the same view
+        # (waits for the content itself, not a fixed time: a busy machine draws plots late)
         page.goto(f"{srv.url}/layer-step?ls_run={ids['b']}&ls_stat=energy")
         wait_rendered(page)
-        assert f"energy · run {ids['b']}" in page.locator(".js-plotly-plot").first.inner_text()
+        expect = pw.expect
+        expect(page.locator(".js-plotly-plot").first).to_contain_text(f"energy · run {ids['b']}", timeout=60000)
         # a broken run is a message, not a traceback
         page.goto(f"{srv.url}/?run={ids['unreadable']}")
         wait_rendered(page)
-        assert page.get_by_text("cannot be read").count() >= 1
+        expect(page.get_by_text("cannot be read").first).to_be_visible(timeout=60000)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     assert not errors, errors

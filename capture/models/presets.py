@@ -362,4 +362,8 @@ def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = N
         pipe = pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    try:  # the name a run records when traced without an explicit model= (the preset, not the class)
+        pipe._attnlens_model = spec
+    except AttributeError:
+        pass
     return pipe, preset, defaults
