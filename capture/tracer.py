@@ -199,9 +199,6 @@ class Tracer:
     def _layer_specs(self, specs) -> dict[str, list[PerturbSpec]]:
         out: dict[str, list[PerturbSpec]] = {}
         for spec in specs:
-            if spec.kind == "M" and self.family.per_item_calls:
-                raise PerturbSpecError(f"{spec}: M takes another video's map from the same SDPA call, but "
-                                       f"{self.family.name} makes one SDPA call per video (and per-video text lengths)")
             for layer in select(self.inventory, spec.layers):
                 if spec.kind == "I" and layer.kind == "cross":
                     raise PerturbSpecError(f"I needs self-attention; {layer.name} is cross-attention ({spec})")
@@ -417,6 +414,7 @@ class Tracer:
         self._step_t: float | None = None  # timestep of the current step (steps from the denoiser's input)
         self._others_warned = False
         self._extra_calls = 0  # most denoiser calls per step beyond the captured one (main_call_only)
+        self._item_qk: dict = {}  # (layer, branch, video) -> (q, k) of per-item calls, for M
 
     def _on_denoiser(self, args, kwargs):
         if self._side:
@@ -584,6 +582,10 @@ class Tracer:
         with torch.no_grad():
             lay = self._layout(name, call)
             out = orig
+            if lay.item_video is not None and any(sp.kind == "M" for sp in specs):
+                # per-item calls: keep each video's queries and keys for M on a later video
+                k_items, _ = call.kv_for_heads()
+                self._item_qk[(name, lay.branch_base, lay.item_video)] = (call.q, k_items)
             if specs:
                 out = self._perturb(name, call, lay, specs, orig)
             if capture:
@@ -616,15 +618,35 @@ class Tracer:
                 continue
             k, v = call.kv_for_heads()
             src = None
-            if spec.kind == "M":  # the same item of the source video: same branch, frame or position
-                src = torch.arange(out.shape[0], device=out.device) + (spec.source - video) * per_video
-            ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src,
-                                   text_first=lay.text_first)
+            if spec.kind == "M" and lay.item_video is not None:
+                ptb = self._item_map_output(name, spec, call, lay, v, orig)
+            else:
+                if spec.kind == "M":  # the same item of the source video: same branch, frame or position
+                    src = torch.arange(out.shape[0], device=out.device) + (spec.source - video) * per_video
+                ptb = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, orig, lay.text, src,
+                                       text_first=lay.text_first)
             out[sel] = ptb[sel]
             hit = torch.unique(video[sel] * lay.n_branch + branch[sel]).tolist()  # one device sync
             for code in hit:
                 vi, b = divmod(int(code), lay.n_branch)
                 self._perturbed.setdefault((vi if self.split_videos else 0, name), set()).add(b)
+        return out
+
+    def _item_map_output(self, name, spec, call, lay: Layout, v, orig) -> torch.Tensor:
+        """M for per-item calls (Mochi: one SDPA call per video, [video; text] with that video's own
+        text length): the target's video rows take the source video's map over the video keys,
+        renormalized there, applied to the target's video values; the text rows and the text keys
+        keep the target's own attention (the two prompts' text tokens do not line up). The source's
+        call of the same branch comes first in the batch, so its queries and keys are at hand."""
+        got = self._item_qk.get((name, lay.branch_base, spec.source))
+        if got is None:
+            raise PerturbSpecError(f"{spec}: the source video's call must come before the target's in the batch "
+                                   f"(source {spec.source}, target {lay.item_video})")
+        q_src, k_src = got
+        n = lay.n_video
+        vid = call.func(q_src[..., :n, :], k_src[..., :n, :], v[..., :n, :], scale=call.scale)
+        out = orig.clone()
+        out[..., :n, :] = vid.to(out.dtype)
         return out
 
     def _side_sdpa(self, name: str, call: hooks.SDPACall) -> torch.Tensor:

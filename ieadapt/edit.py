@@ -84,6 +84,8 @@ def edit(pipe, layers: list[str], *, source_prompt: str, target_prompt: str, inj
     tracer.next_video_attrs = [{"ieadapt": {**record, "role": "source", "target_run": ids[1]}},
                                {"ieadapt": {**record, "role": "target", "source_run": ids[0]}}]
     kw = dict(call)
+    if "image" in kw and not isinstance(kw["image"], (list, tuple)) and tracer.family.images_per_prompt:
+        kw["image"] = [kw["image"]] * 2  # I2VGenXL: one conditioning image per prompt (the same for both)
     if source_latents is not None:
         kw["latents"] = source_latents.repeat(2, *[1] * (source_latents.dim() - 1))
     g = [torch.Generator().manual_seed(seed if seed is not None else 0) for _ in range(2)]

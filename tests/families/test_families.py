@@ -191,15 +191,11 @@ def test_editing_injects_the_source_maps(fam, tmp_path):
     if not PRESETS[name.removesuffix("-cfg")].takes_prompt:
         pytest.skip("text-guided editing needs a prompt (Stable Video Diffusion has none)")
     family = family_of(pipe)
-    if family.per_item_calls:
-        from capture.perturb import PerturbSpecError
-
-        with pytest.raises(PerturbSpecError, match="one SDPA call per video"):
-            edit(pipe, ["transformer_blocks.0.attn1"], source_prompt="a", target_prompt="b", inject=1.0, call=call,
-                 seed=0, root=tmp_path)
-        return
     try:  # a pipeline that cannot generate two prompts in one call cannot edit (diffusers' own limits)
-        pipe(prompt=["a", "b"], generator=[torch.Generator().manual_seed(0)] * 2, **dict(call, num_inference_steps=1))
+        two = dict(call, num_inference_steps=2)
+        if "image" in two and family.images_per_prompt:
+            two["image"] = [two["image"]] * 2
+        pipe(prompt=["a", "b"], generator=[torch.Generator().manual_seed(0)] * 2, **two)
     except RuntimeError as e:
         pytest.skip(f"{type(pipe).__name__} fails on a two-prompt batch without attnlens: {str(e)[:80]}")
     layers = [l.name for l in inventory(pipe, family) if l.kind in SELF]
@@ -406,3 +402,37 @@ def test_wan_i2v_image_and_text_calls_are_separate_layers(tmp_path):
     pds = ptb.dataset()
     flagged = {pds[dims.LAYER_NAME].values[i] for i in np.nonzero(pds[dims.PERTURBED].values.any(axis=(0, 2)))[0]}
     assert flagged == {"blocks.0.attn2.image"}
+
+
+def test_mochi_map_injection_equals_an_explicit_computation(tmp_path):
+    """Mochi's M (one SDPA call per video): the target's video rows are softmax(q_src k_src,videoᵀ)
+    V_tgt,video over the video keys; its text rows keep their own output."""
+    from capture.perturb import PerturbSpec
+
+    pipe, preset, defaults = load_pipeline("tiny-mochi")
+    call = pipeline_call(preset, defaults, steps=2)
+    layer = "transformer_blocks.0.attn1"
+    seen = []
+    tr = trace(pipe, root=tmp_path, layers="all", perturb=[PerturbSpec.parse(f"M=0@{layer}:steps=0-0")],
+               split_videos=True)
+    orig_perturb = tr._perturb
+
+    def spy(name, c, lay, specs, orig):
+        out = orig_perturb(name, c, lay, specs, orig)
+        if name == layer and tr.step == 0:
+            k, v = c.kv_for_heads()
+            seen.append((lay.branch_base, lay.item_video, c.q.clone(), k.clone(), v.clone(), orig.clone(), out.clone(),
+                         lay.n_video, c.scale))
+        return out
+
+    tr._perturb = spy
+    with tr:
+        pipe(prompt=["a red circle", "a blue square moving"], generator=[torch.Generator().manual_seed(0)] * 2, **call)
+    by = {(b, vi): rest for b, vi, *rest in seen}
+    for b in (0, 1):
+        q0, k0, _, _, _, n, scale = by[(b, 0)]
+        _, _, v1, orig1, out1, n, scale = by[(b, 1)]
+        a = torch.softmax((q0[..., :n, :].double() @ k0[..., :n, :].double().transpose(-1, -2)) * scale, -1)
+        torch.testing.assert_close(out1[..., :n, :].double(), a @ v1[..., :n, :].double(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(out1[..., n:, :], orig1[..., n:, :])  # text rows: the target's own output
+        assert torch.equal(by[(b, 0)][4], by[(b, 0)][3])  # the source video's own output is untouched

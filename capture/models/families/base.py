@@ -92,6 +92,7 @@ class Family:
     infers_kinds = False  # kinds come from token counts at run time (the generic family)
     per_item_calls = False  # the attention processor makes one SDPA call per batch item (Mochi)
     main_call_only = False  # capture the first denoiser call of a step; later ones are guidance passes (LTX-2)
+    images_per_prompt = False  # image-to-video pipelines that take one conditioning image per prompt (I2VGenXL)
     latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input ("BFCHW" for CogVideoX-style)
     vae_scale, time_scale = 8, 1
 

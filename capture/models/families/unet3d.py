@@ -13,6 +13,7 @@ from .animatediff import AnimateDiffFamily
 class UNet3DFamily(AnimateDiffFamily):
     name = "unet3d"
     denoiser_attr = "unet"
+    images_per_prompt = True  # I2VGenXL: a batch of prompts needs a list of images
     # attention over frames before the UNet's down blocks
     input_blocks = ("transformer_in.", "image_latents_temporal_encoder.")
 
