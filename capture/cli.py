@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="the paper's one-layer-at-a-time I/U study and its Markdown report")
     _add_root(p)
-    p.add_argument("--out", default="docs/study", help="report directory (README.md, figures, CSV)")
+    p.add_argument("--out", default="build/study",
+                   help="report directory (README.md, figures, CSV); the shipped docs/study is rewritten only when named")
     p.add_argument("--name", default="paper-study", help="sweep id (rerun to resume)")
     p.add_argument("--model", default="demo")
     p.add_argument("--prompt", action="append", help="prompt (repeatable; default: four demo-world prompts)")

@@ -245,7 +245,8 @@ def register_compare(sub) -> None:
     c.add_argument("--fraction", type=float, default=0.5, help="share of each kind's layers for ie-high / ie-low")
     c.add_argument("--factor", type=float, default=0.8, help="ie-temp-high: logits x factor")
     c.add_argument("--steps", help="guidance step window A-B")
-    c.add_argument("--out", default="docs/ieadapt", help="report directory")
+    c.add_argument("--out", default="build/ieadapt",
+                   help="report directory; the shipped docs/ieadapt is rewritten only when named")
     for a in ("--num-steps", "--frames", "--height", "--width"):
         c.add_argument(a, type=int)
     c.add_argument("--guidance", type=float)

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     ap = argparse.ArgumentParser(description="Train the demo-world clip classifier and report its accuracy.")
-    ap.add_argument("--out", default="data/demo/classifier")
+    ap.add_argument("--out", default="build/classifier", help="where to write it (the shipped one is data/demo/classifier)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
