@@ -354,9 +354,15 @@ class Tracer:
                 # a diffusers PipelineCallback names its tensors itself; the pipeline reads them off
                 # the object only when it is passed directly, so pass them on explicitly
                 kwargs["callback_on_step_end_tensor_inputs"] = list(user_cb.tensor_inputs)
+        wanted = record.get("output_type") or "np"
+        decode_each = self.family.decode_per_video and self._n_videos > 1 and wanted != "latent"
+        if decode_each:  # the pipeline cannot decode several videos: it returns latents, decoded here
+            kwargs = dict(kwargs, output_type="latent")
         t0 = time.perf_counter()
         try:
             out = call_original(*args, **kwargs)
+            if decode_each:
+                out = self._decode_each(out, record, wanted)
             if self.step_source != "callback_on_step_end" and self._step_t is not None:
                 self._end_step(self.step, self._step_t)  # the last step ends with the call
         except BaseException as e:
@@ -397,6 +403,18 @@ class Tracer:
             raise
         for w in self.writers:
             log.info("run %s complete (%d steps captured)", w.run_id, w.n_steps)
+        return out
+
+    def _decode_each(self, out, record: dict, wanted: str):
+        """Latents of a batched call -> the frames the pipeline would return, decoded one video at a
+        time with the family's decode (the pipeline's own VAE step) and the pipeline's post-processing."""
+        lat = out[0] if isinstance(out, tuple) else out.frames
+        with torch.no_grad():
+            video = torch.cat([self.family.decode_video(self.pipe, lat[i:i + 1], record) for i in range(lat.shape[0])])
+        frames = self.pipe.video_processor.postprocess_video(video, output_type=wanted)
+        if isinstance(out, tuple):
+            return (frames, *out[1:])
+        out.frames = frames
         return out
 
     def _reset_run_state(self):

@@ -93,6 +93,12 @@ class Family:
     per_item_calls = False  # the attention processor makes one SDPA call per batch item (Mochi)
     main_call_only = False  # capture the first denoiser call of a step; later ones are guidance passes (LTX-2)
     images_per_prompt = False  # image-to-video pipelines that take one conditioning image per prompt (I2VGenXL)
+    decode_per_video = False  # the pipeline's VAE decode fails on several videos: the tracer decodes one at a time
+
+    def decode_video(self, pipe, latents: torch.Tensor, record: dict) -> torch.Tensor:
+        """One video's latents (batch 1) -> the pipeline's decoded video tensor, as its own decode
+        step makes it (only for families with ``decode_per_video``)."""
+        raise NotImplementedError(f"the {self.name} family has no per-video decode")
     latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input ("BFCHW" for CogVideoX-style)
     vae_scale, time_scale = 8, 1
 

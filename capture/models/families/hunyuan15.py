@@ -11,6 +11,11 @@ from .hunyuan import HunyuanVideoFamily
 
 class HunyuanVideo15Family(HunyuanVideoFamily):
     name = "hunyuan15"
+    decode_per_video = True  # its VAE's causal attention mask does not broadcast over a batch
+
+    def decode_video(self, pipe, latents, record):
+        lat = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor  # as HunyuanVideo15Pipeline decodes
+        return pipe.vae.decode(lat, return_dict=False)[0]
 
     def cfg_branches(self, pipe, record=None):
         return guider_branches(getattr(pipe, "guider", None))
