@@ -455,3 +455,28 @@ def test_batched_calls_are_decoded_per_video(tmp_path, name):
     assert np.asarray(two).shape[0] == 2
     np.testing.assert_allclose(np.asarray(two)[0], np.asarray(one)[0], atol=2e-3)
     assert all(open_run(d)[dims.VIDEO].shape[0] == np.asarray(one).shape[1] for d in tr.run_dirs[-2:])
+
+
+def test_map_injection_on_image_only_svd(tmp_path):
+    """SVD has no prompt (no text-guided editing), but M works on its batched videos (two noise
+    draws of one image): injecting video 0's maps changes video 1 only, and so does U on video 1."""
+    pipe, preset, defaults = load_pipeline("tiny-svd")
+    call = dict(pipeline_call(preset, defaults, steps=2), num_videos_per_prompt=2)
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+
+    def run(spec):
+        torch.manual_seed(0)
+        with trace(pipe, root=tmp_path, perturb=[spec], split_videos=True) as tr:
+            out = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+        return np.asarray(out), tr
+
+    torch.manual_seed(0)
+    plain = np.asarray(pipe(generator=torch.Generator().manual_seed(0), **call).frames)
+    m, tr = run(f"M=0@{layer}")
+    np.testing.assert_array_equal(m[0], plain[0])
+    assert not np.array_equal(m[1], plain[1])
+    assert open_run(tr.run_dirs[-1])[dims.PERTURBED].values.any()  # video 1 was flagged
+    assert not open_run(tr.run_dirs[-2])[dims.PERTURBED].values.any()
+    u, _ = run(f"U@{layer}:video=1")
+    np.testing.assert_array_equal(u[0], plain[0])
+    assert not np.array_equal(u[1], plain[1])
