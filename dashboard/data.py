@@ -75,7 +75,7 @@ class TraceRoot:
         (of the perturbation specs or the IE-Adapt method label)."""
         where, params = [], []
         if model:
-            where.append(f"model IN (SELECT unnest(?::VARCHAR[]))")
+            where.append("model IN (SELECT unnest(?::VARCHAR[]))")
             params.append(list(model))
         if status:
             where.append("state IN (SELECT unnest(?::VARCHAR[]))")

@@ -3,8 +3,6 @@ round trip with the dashboard's format, and clear errors."""
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from capture.cli import main
