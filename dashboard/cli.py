@@ -25,6 +25,7 @@ def streamlit_command(root: Path, host: str, port: int, open_browser: bool = Fal
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "false" if open_browser else "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a workbench, not an app to publish
             "--", "--root", str(root)]
 
 
