@@ -50,11 +50,7 @@ def tiny_text_to_video_sd(seed: int = 0):
                                 out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=TEXT_DIM,
                                 attention_head_dim=8, norm_num_groups=8)
-    vae = _kl_vae(seed)
-    _seeded(seed, 3)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
-                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                                bos_token_id=512, eos_token_id=513, pad_token_id=513))
+    vae, text_encoder = _kl_vae(seed), _clip_text(seed)
     scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               steps_offset=1)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=byte_clip_tokenizer(77), unet=unet,
@@ -128,10 +124,7 @@ def tiny_hunyuan(seed: int = 0):
     llama = LlamaModel(LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
                                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=128, pad_token_id=513, bos_token_id=512, eos_token_id=513))
-    _seeded(seed, 4)
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        bos_token_id=512, eos_token_id=513, pad_token_id=513))
+    clip = _clip_text(seed, offset=4)
     pipe = HunyuanVideoPipeline(text_encoder=llama, tokenizer=byte_clip_tokenizer(64), transformer=transformer,
                                 vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
                                 tokenizer_2=byte_clip_tokenizer(77))
@@ -280,8 +273,8 @@ def _clip_vision(seed: int, hidden: int = TEXT_DIM, projection: int = TEXT_DIM, 
     return enc, CLIPImageProcessor(crop_size=image_size, size=image_size)
 
 
-def _clip_text(seed: int):
-    _seeded(seed, 3)
+def _clip_text(seed: int, offset: int = 3):
+    _seeded(seed, offset)
     return CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                                         bos_token_id=512, eos_token_id=513, pad_token_id=513))
