@@ -176,8 +176,9 @@ def run_row(run_dir: Path) -> dict:
         return row
     status = a.get("status", "unknown")
     state = status
-    if status == dims.RUNNING and a.get("host") == socket.gethostname() and not _pid_alive(a.get("pid")):
-        state = "interrupted"  # the writing process is gone: it will never complete
+    if status == dims.RUNNING and (a.get("pid") is None or (a.get("host") == socket.gethostname()
+                                                           and not _pid_alive(a.get("pid")))):
+        state = "interrupted"  # the writing process is gone (or never recorded itself): it will never complete
     ptb = a.get("perturbation") or []
     row.update(
         run=run_dir.name, status=status, state=state, model=a.get("model"), family=a.get("family"),

@@ -80,7 +80,6 @@ class RunWriter:
         self.dir = run_dir(root, self.run_id)
         self.dir.mkdir(parents=True, exist_ok=False)
         self.path = self.dir / STORE_NAME
-        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         base = {
             "run_id": self.run_id,
             "status": dims.RUNNING,
@@ -89,7 +88,9 @@ class RunWriter:
             "host": socket.gethostname(),
         }
         self.attrs = {**base, **_json_safe(attrs)}
-        self.group.attrs.update(self.attrs)
+        # the group's metadata is written once with every attribute: an interrupt can leave no
+        # store (unreadable, retried) but never a "running" run without the pid that shows it is gone
+        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3, attributes=self.attrs)
         self.arrays: dict[str, zarr.Array] = {}
         self.n_steps = 0
         # Steps are written by one background thread, in order, so generation does not wait on
