@@ -59,7 +59,7 @@ def cmd_capture(args) -> int:
     capture_steps = parse_steps(args.capture_steps) if args.capture_steps else None
     cfg = CaptureConfig(layers=tuple(split_terms(args.layers)), every=args.every, steps=capture_steps,
                         maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows)
-    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
         if prompts != [None]:
             raise CLIError(f"{type(pipe).__name__} takes no prompt (it is conditioned on --image only)")
@@ -96,7 +96,8 @@ def cmd_capture(args) -> int:
             torch.manual_seed(seed)  # some pipelines (I2VGenXL) also draw from the global generator
             pipe(generator=gen, **call, **({} if prompt is None else {"prompt": prompt}))
             run_ids.append(tracer.run_id)
-            print(tracer.run_id, flush=True)
+            bar.write(tracer.run_id, file=sys.stdout)  # above the bar, never inside it
+            sys.stdout.flush()
     bar.close()
     return 0
 
@@ -533,9 +534,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from .console import quiet_libraries
+
+    quiet_libraries()
     logging.basicConfig(level=os.environ.get("ATTNLENS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("ATTNLENS_DEBUG") == "1"

@@ -40,7 +40,7 @@ def cmd_apply_enhance(args) -> int:
 
     from .enhance import EnhanceConfig, enhance
 
-    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
     window = parse_steps(args.steps, n) if args.steps else None
@@ -80,7 +80,7 @@ def cmd_apply_edit(args) -> int:
 
     from .edit import edit, injected_layers, measure_edit
 
-    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
     sel = _selection(args.selection, pipe, None if args.any_model else args.model)
@@ -130,7 +130,7 @@ def cmd_compare(args) -> int:
 
     from .compare import METHODS, CompareConfig, demo_pairs, frechet_by_method, run_comparison, write_report
 
-    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+    pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     if args.prompts:
         prompts = [l.strip() for l in open(args.prompts) if l.strip() and not l.startswith("#")]

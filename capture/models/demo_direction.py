@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world as W
+from .presets import dtype_kwargs, loading_bars
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,11 @@ def _real_clips(pipe, clips: int, seed: int):
 
 @torch.no_grad()
 def direction_gap(pipe, *, clips: int = 32, timesteps=(960, 880, 800, 600), seed: int = 99, renders: int = 48,
-                  oracle: bool = True) -> list[dict]:
+                  oracle: bool = True, on_step=None) -> list[dict]:
     """Per timestep: x0 MSE with the clip's prompt, with the direction-swapped prompt, and the
-    relative gap (swapped - own) / own; the same for the oracle conditional mean when ``oracle``."""
+    relative gap (swapped - own) / own; the same for the oracle conditional mean when ``oracle``.
+    ``on_step()`` after each timestep and after each oracle mean."""
+    tick = on_step or (lambda: None)
     rng, specs, _, z0, noise = _real_clips(pipe, clips, seed)
     frames = z0.shape[2]
     own = _embed(pipe, [s.prompt for s in specs], frames)
@@ -113,9 +116,16 @@ def direction_gap(pipe, *, clips: int = 32, timesteps=(960, 880, 800, 600), seed
                        - z0) ** 2).mean()) for e in (own, swapped)]
         rows.append({"predictor": "model", "t": int(t), "mse_own": mse[0], "mse_swapped": mse[1],
                      "gap": (mse[1] - mse[0]) / mse[0]})
+        tick()
     if oracle:
-        m_own = torch.stack([conditional_mean(pipe.vae, s, rng, renders) for s in specs])
-        m_swap = torch.stack([conditional_mean(pipe.vae, swap_direction(s), rng, renders) for s in specs])
+        m_own, m_swap = [], []
+        for s in specs:  # same draw order as before: every own-prompt mean, then every swapped one
+            m_own.append(conditional_mean(pipe.vae, s, rng, renders))
+            tick()
+        for s in specs:
+            m_swap.append(conditional_mean(pipe.vae, swap_direction(s), rng, renders))
+            tick()
+        m_own, m_swap = torch.stack(m_own), torch.stack(m_swap)
         mse = [float(((m - z0) ** 2).mean()) for m in (m_own, m_swap)]
         rows.append({"predictor": "oracle conditional mean", "t": None, "mse_own": mse[0], "mse_swapped": mse[1],
                      "gap": (mse[1] - mse[0]) / mse[0]})
@@ -124,7 +134,7 @@ def direction_gap(pipe, *, clips: int = 32, timesteps=(960, 880, 800, 600), seed
 
 @torch.no_grad()
 def resample_from_step(pipe, classifier, *, clips: int = 32, starts=(0, 4, 8), steps: int = 25, guidance: float = 7.5,
-                       seed: int = 5) -> list[dict]:
+                       seed: int = 5, on_step=None) -> list[dict]:
     """Noise real moving clips to DDIM step ``start`` of ``steps`` and sample the rest with classifier-free
     guidance, once with each clip's prompt and once with the direction reversed; the classifier then
     reads the direction. Per start: the fraction that keeps the clip's direction under its own prompt,
@@ -149,6 +159,8 @@ def resample_from_step(pipe, classifier, *, clips: int = 32, starts=(0, 4, 8), s
                 out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
                 e_u, e_c = out.chunk(2)
                 x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+                if on_step is not None:
+                    on_step()
             video = pipe.video_processor.postprocess_video(pipe.decode_latents(x), output_type="np")
             read[name] = classifier.predict(np.stack([frames_to_uint8(v[None]) for v in video]))["motion"]
         def share(pred, want):
@@ -213,6 +225,9 @@ def fit_two_prompts(pipe, steps: int = 200, *, lr: float = 1e-3, t: int = 960, r
 
 
 def main(argv=None) -> int:
+    from ..console import quiet_libraries
+
+    quiet_libraries()
     from diffusers import AnimateDiffPipeline
 
     ap = argparse.ArgumentParser(description="Does a demo-world model's high-noise prediction follow the motion word?")
@@ -222,6 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resample", action="store_true",
                     help="also sample real clips from DDIM steps 0, 4 and 8 with their own and the reversed prompt")
     ap.add_argument("--control", action="store_true", help="fit one prompt instead of a direction-swapped pair")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     problem = None
     if not (Path(args.pipeline) / "model_index.json").is_file():
@@ -232,31 +248,42 @@ def main(argv=None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True, torch_dtype=torch.float32)
+        with loading_bars(False):
+            pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True,
+                                                       **dtype_kwargs(torch.float32))
     except (OSError, ValueError) as e:
         print(f"error: cannot load {args.pipeline}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
+    from tqdm.auto import tqdm
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=desc, unit="step", disable=args.quiet, file=sys.stderr, leave=False)
+
+    timesteps = (960, 880, 800, 600)  # direction_gap's defaults
+    with bar(len(timesteps) + 2 * args.clips, "direction gap") as b:
+        gap = direction_gap(pipe, clips=args.clips, timesteps=timesteps, on_step=b.update)
     print(f"{'predictor':26s} {'t':>4s} {'x0 MSE, own prompt':>19s} {'swapped direction':>18s} {'gap':>7s}")
-    for r in direction_gap(pipe, clips=args.clips):
+    for r in gap:
         t = "" if r["t"] is None else str(r["t"])
         print(f"{r['predictor']:26s} {t:>4s} {r['mse_own']:19.4f} {r['mse_swapped']:18.4f} {100 * r['gap']:+6.1f}%")
     if args.resample:
         from .demo_eval import DEFAULT_CLASSIFIER
         from .world_classifier import ClipClassifier
 
-        rows = resample_from_step(pipe, ClipClassifier.load(DEFAULT_CLASSIFIER), clips=args.clips)
+        starts, steps = (0, 4, 8), 25  # resample_from_step's defaults
+        with bar(2 * sum(steps - s for s in starts), "resample") as b:
+            rows = resample_from_step(pipe, ClipClassifier.load(DEFAULT_CLASSIFIER), clips=args.clips, starts=starts,
+                                      steps=steps, on_step=b.update)
         print(f"\n{'start':>10s} {'own prompt: keeps clip':>23s} {'reversed: keeps clip':>21s}"
               f" {'reversed: follows prompt':>25s}")
         for r in rows:
             print(f"{r['start']:4d} t={r['t']:<4d} {100 * r['own_keeps_clip']:22.0f}%"
                   f" {100 * r['reversed_keeps_clip']:20.0f}% {100 * r['reversed_follows_prompt']:24.0f}%")
     if args.fit:
-        from tqdm.auto import tqdm
-
         what = "'red circle moving left' alone" if args.control else "'red circle moving left' vs 'moving right'"
         print(f"\nfitting {what} from pure noise, {args.fit} steps")
-        with tqdm(total=args.fit, desc="fit", unit="step") as bar:
-            curve = fit_two_prompts(pipe, args.fit, on_step=bar.update, twin=not args.control)
+        with bar(args.fit, "fit") as b:
+            curve = fit_two_prompts(pipe, args.fit, on_step=b.update, twin=not args.control)
         floor = "two renders' Monte Carlo noise" if args.control else "direction-blind"
         print(f"{'step':>5s} {'own prompt':>11s} {'swapped':>9s}   floor ({floor}) {curve[0]['floor']:.4f}")
         for r in curve:

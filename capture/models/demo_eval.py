@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import world as W
+from .presets import dtype_kwargs, loading_bars
 from .world_classifier import HEADS, ClipClassifier, frechet_distance
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "data" / "demo" / "classifier"
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], *, frames=8, size=32, steps=25, guidance=7.5,
-             batch=8) -> np.ndarray:
-    """(N, frames, size, size, 3) uint8 clips, one per (prompt, seed) pair, in order."""
+             batch=8, progress=None) -> np.ndarray:
+    """(N, frames, size, size, 3) uint8 clips, one per (prompt, seed) pair, in order; ``progress(n)``
+    after every n clips."""
     from ..video import frames_to_uint8
 
     out = []
@@ -36,6 +39,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, frames=8, size=32, s
         res = pipe(ps, num_frames=frames, height=size, width=size, num_inference_steps=steps,
                    guidance_scale=guidance, generator=gens, output_type="np").frames
         out += [frames_to_uint8(res[j : j + 1]) for j in range(len(ps))]
+        if progress is not None:
+            progress(len(ps))
     return np.stack(out)
 
 
@@ -44,7 +49,7 @@ def evaluate(pipe, classifier: ClipClassifier, *, clips=120, split="heldout", se
     rng = np.random.default_rng(seed)
     specs = [W.sample_spec(rng, split) for _ in range(clips)]
     seeds = [int(s) for s in rng.integers(0, 2**31, clips)]
-    gen = generate(pipe, [s.prompt for s in specs], seeds, steps=steps, guidance=guidance)
+    gen = generate(pipe, [s.prompt for s in specs], seeds, steps=steps, guidance=guidance, progress=progress)
     real_a = np.stack([W.render(s, int(rng.integers(2**31))) for s in specs])
     real_b = np.stack([W.render(s, int(rng.integers(2**31))) for s in specs])
     pred = classifier.predict(gen)
@@ -58,7 +63,8 @@ def evaluate(pipe, classifier: ClipClassifier, *, clips=120, split="heldout", se
                     "real_vs_real": frechet_distance(feats["real_b"], feats["real_a"])},
     }
     if random_pipe is not None:
-        rand = generate(random_pipe, [s.prompt for s in specs], seeds, steps=steps, guidance=guidance)
+        rand = generate(random_pipe, [s.prompt for s in specs], seeds, steps=steps, guidance=guidance,
+                        progress=progress)
         with torch.no_grad():
             report["frechet"]["random_weights_vs_real"] = frechet_distance(classifier.features(rand).numpy(),
                                                                            feats["real_a"])
@@ -120,6 +126,9 @@ def pipeline_from_checkpoint(run_dir: Path, ema: bool = True):
 
 
 def main(argv=None) -> int:
+    from ..console import quiet_libraries
+
+    quiet_libraries()
     from diffusers import AnimateDiffPipeline
 
     ap = argparse.ArgumentParser(description="Prompt fidelity and Fréchet distance of a demo-world model.")
@@ -134,12 +143,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-random-baseline", action="store_true")
     ap.add_argument("--out", help="write the report JSON here too")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     classifier = ClipClassifier.load(Path(args.classifier))
     if args.checkpoint:
         pipe = pipeline_from_checkpoint(Path(args.checkpoint))
     else:
-        pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True, torch_dtype=torch.float32)
+        with loading_bars(False):
+            pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True,
+                                                       **dtype_kwargs(torch.float32))
         pipe.set_progress_bar_config(disable=True)
     if args.vae_only:
         print(json.dumps(vae_report(pipe.vae, classifier, split=args.split, seed=args.seed), indent=1))
@@ -154,8 +166,12 @@ def main(argv=None) -> int:
         random_pipe = AnimateDiffPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, motion_adapter=adapter,
                                           scheduler=sched)
         random_pipe.set_progress_bar_config(disable=True)
-    report = evaluate(pipe, classifier, clips=args.clips, split=args.split,
-                      seed=args.seed, steps=args.steps, guidance=args.guidance, random_pipe=random_pipe)
+    from tqdm.auto import tqdm
+
+    total = args.clips * (1 if random_pipe is None else 2)  # the random-weight baseline generates as many
+    with tqdm(total=total, unit="clip", desc="generating", disable=args.quiet, file=sys.stderr) as bar:
+        report = evaluate(pipe, classifier, clips=args.clips, split=args.split, seed=args.seed, steps=args.steps,
+                          guidance=args.guidance, random_pipe=random_pipe, progress=bar.update)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

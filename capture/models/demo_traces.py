@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,12 @@ PROMPTS = 6
 SEEDS = (0, 1)
 
 
-def capture_runs(pipe, root, prompts, seeds, *, model: str, defaults: dict) -> list[str]:
+def capture_runs(pipe, root, prompts, seeds, *, model: str, defaults: dict, on_step=None) -> list[str]:
     import torch
 
-    from ..trace import trace
+    from ..tracer import trace
 
-    with trace(pipe, root=root, layers="all", model=model) as tr:
+    with trace(pipe, root=root, layers="all", model=model, on_step=on_step) as tr:
         for p in prompts:
             for s in seeds:
                 pipe(p, num_frames=defaults["frames"], height=defaults["height"], width=defaults["width"],
@@ -95,6 +96,9 @@ def report(trained: dict, random: dict | None, runs: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from ..console import quiet_libraries
+
+    quiet_libraries()
     from .presets import load_pipeline
 
     ap = argparse.ArgumentParser(description="Capture the demo model and summarize its attention traces.")
@@ -102,13 +106,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the Markdown report here (default: print)")
     ap.add_argument("--prompts", type=int, default=PROMPTS)
     ap.add_argument("--no-random", action="store_true", help="skip the random-weight contrast")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    from tqdm.auto import tqdm
+
     from ..catalog import Catalog
 
     rng = np.random.default_rng(2026)
     prompts = [W.sample_spec(rng, "heldout").prompt for _ in range(args.prompts)]
-    pipe, _, defaults = load_pipeline("demo")
-    runs = {"trained": capture_runs(pipe, args.root, prompts, SEEDS, model="demo", defaults=defaults)}
+    pipe, _, defaults = load_pipeline("demo", quiet=args.quiet)
+    per_model = len(prompts) * len(SEEDS) * defaults["steps"]
+    bar = tqdm(total=per_model * (1 if args.no_random else 2), unit="step", desc="capturing", disable=args.quiet,
+               file=sys.stderr)
+    tick = lambda i, t: bar.update(1)  # noqa: E731
+    runs = {"trained": capture_runs(pipe, args.root, prompts, SEEDS, model="demo", defaults=defaults, on_step=tick)}
     random = None
     if not args.no_random:
         from diffusers import AnimateDiffPipeline
@@ -124,7 +135,8 @@ def main(argv=None) -> int:
                                     scheduler=sched)
         rpipe.set_progress_bar_config(disable=True)
         runs["random"] = capture_runs(rpipe, args.root, prompts, SEEDS, model="demo-random-weights",
-                                      defaults=defaults)
+                                      defaults=defaults, on_step=tick)
+    bar.close()
     cat = Catalog(args.root)
     text = report(summarize(cat, runs["trained"]), summarize(cat, runs["random"]) if "random" in runs else None,
                   runs)

@@ -16,7 +16,7 @@ unit-variance latents.
 Reproducible from --seed; resumable: every --save-every steps the stage's weights, AdamW state
 and RNG states go to <out>/checkpoint (safetensors + JSON; no pickle), and a rerun continues
 from there. The loss curve is appended to <out>/loss.csv. The finished pipeline is written with
-save_pretrained to <out>/pipeline, in float16 (load it with ``torch_dtype=torch.float32``).
+save_pretrained to <out>/pipeline, in float16 (load it with ``dtype=torch.float32``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world as W
+from .presets import dtype_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     if reuse_vae is not None:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(reuse_vae, torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(reuse_vae, **dtype_kwargs(torch.float32))
         vae_steps = decoder_steps = 0
     dev = torch.device(device)
     vae.to(dev)
@@ -301,8 +302,13 @@ def train(out: Path, cfg: DemoConfig = DemoConfig(), *, vae_steps: int = 1200, u
     vae.eval().requires_grad_(False)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                motion_adapter=None, scheduler=scheduler)
-    pipe.to("cpu", torch.float16).save_pretrained(out / "pipeline")
-    return pipe.to(torch.float32)
+    # .half()/.float() cast like .to(dtype) without diffusers' "modules kept in float32: []" warning
+    for m in (vae, text_encoder, unet):
+        m.to("cpu").half()
+    pipe.save_pretrained(out / "pipeline")
+    for m in (vae, text_encoder, unet):
+        m.float()
+    return pipe
 
 
 def denoiser_loss(unet, text_encoder, alphas, noisy, t, ids, noise):
@@ -331,6 +337,9 @@ def latent_scale(vae, cfg: DemoConfig, seed: int, clips: int = 32, device=None) 
 
 
 def main(argv=None) -> int:
+    from ..console import quiet_libraries
+
+    quiet_libraries()
     ap = argparse.ArgumentParser(description="Train the demo text-to-video model on the demo world.")
     ap.add_argument("--out", default="data/demo/model")
     ap.add_argument("--vae-steps", type=int, default=1200)

@@ -17,6 +17,7 @@ import difflib
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -85,7 +86,7 @@ def _demo(opts, dtype):
         raise ModelError(f"demo model not found at {path} (it ships in the repository's data/demo/model)")
     # weights are stored in float16 to stay small; computing in float32 is what CPUs do well
     return _guard(path, lambda: AnimateDiffPipeline.from_pretrained(
-        str(path), torch_dtype=dtype or torch.float32, local_files_only=True))
+        str(path), local_files_only=True, **dtype_kwargs(dtype or torch.float32)))
 
 
 def _from_pretrained(cls_name: str, default_id: str):
@@ -94,7 +95,7 @@ def _from_pretrained(cls_name: str, default_id: str):
 
         cls = getattr(diffusers, cls_name)
         src = opts.get("path", default_id)
-        return _guard(src, lambda: cls.from_pretrained(src, torch_dtype=dtype))
+        return _guard(src, lambda: cls.from_pretrained(src, **dtype_kwargs(dtype)))
 
     return load
 
@@ -104,12 +105,43 @@ def _animatediff(opts, dtype):
 
     adapter_id = opts.get("adapter", "guoyww/animatediff-motion-adapter-v1-5-2")
     base_id = opts.get("base", "stable-diffusion-v1-5/stable-diffusion-v1-5")
-    adapter = _guard(adapter_id, lambda: MotionAdapter.from_pretrained(adapter_id, torch_dtype=dtype))
-    pipe = _guard(base_id, lambda: AnimateDiffPipeline.from_pretrained(base_id, motion_adapter=adapter, torch_dtype=dtype))
+    adapter = _guard(adapter_id, lambda: MotionAdapter.from_pretrained(adapter_id, **dtype_kwargs(dtype)))
+    pipe = _guard(base_id, lambda: AnimateDiffPipeline.from_pretrained(
+        base_id, motion_adapter=adapter, **dtype_kwargs(dtype)))
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, beta_schedule="linear", clip_sample=False, timestep_spacing="linspace", steps_offset=1
     )
     return pipe
+
+
+def dtype_kwargs(dtype) -> dict:
+    """``from_pretrained`` keywords: the dtype under the name this diffusers takes (newer releases
+    deprecate ``torch_dtype`` with a warning on every load), and, without ``accelerate``, the
+    plain loading path asked for explicitly (else diffusers warns that it falls back to it)."""
+    import importlib.util
+
+    from diffusers.utils import deprecation_utils
+
+    kw = {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+    if importlib.util.find_spec("accelerate") is None:
+        kw["low_cpu_mem_usage"] = False
+    return kw
+
+
+@contextmanager
+def loading_bars(show: bool):
+    """diffusers' and transformers' "Loading ..." bars on or off while a pipeline loads."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = [dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()]
+    (dlog.enable_progress_bar if show else dlog.disable_progress_bar)()
+    (tlog.enable_progress_bar if show else tlog.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (dlog.enable_progress_bar if was[0] else dlog.disable_progress_bar)()
+        (tlog.enable_progress_bar if was[1] else tlog.disable_progress_bar)()
 
 
 def _guard(src, fn):
@@ -342,9 +374,18 @@ def set_guider_scale(pipe, preset, scale: float | None) -> None:
     guider.guidance_scale = float(scale)
 
 
-def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None):
-    """(pipeline, preset or None, defaults) for a preset name or a save_pretrained directory."""
+def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = None, quiet: bool = False):
+    """(pipeline, preset or None, defaults) for a preset name or a save_pretrained directory.
+
+    Loading bars are shown only for real checkpoints (built-in models load in well under a second),
+    and never with ``quiet``."""
     preset, opts, path = resolve(spec)
+    builtin = preset is not None and (preset.tiny or preset.name == "demo")
+    with loading_bars(not quiet and not builtin):
+        return _load(spec, preset, opts, path, dtype, device)
+
+
+def _load(spec, preset, opts, path, dtype, device):
     if dtype is not None and dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     tdtype = DTYPES[dtype] if dtype else None
@@ -356,7 +397,8 @@ def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = N
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = _guard(path, lambda: DiffusionPipeline.from_pretrained(str(path), torch_dtype=tdtype, local_files_only=True))
+        pipe = _guard(path, lambda: DiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, **dtype_kwargs(tdtype)))
         defaults = dict(GENERIC_DEFAULTS)
     if device:
         pipe = pipe.to(device)

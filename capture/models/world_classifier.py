@@ -144,6 +144,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     """python -m capture.models.world_classifier --out data/demo/classifier [--steps N] [--seed S]"""
+    from ..console import quiet_libraries
+
+    quiet_libraries()
     import argparse
 
     from tqdm.auto import tqdm
