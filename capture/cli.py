@@ -190,7 +190,7 @@ def cmd_study(args) -> int:
     failed = False
     if not args.report_only:
         failed = bool(_run_sweep(spec, args)["failed"])
-    parts = ["attnlens study", "--root ROOT", f"--name {spec.name}", f"--model {spec.model}", f"--out {args.out}",
+    parts = ["attnlens study", "--root <root>", f"--name {spec.name}", f"--model {spec.model}", f"--out {args.out}",
              "--seed " + " ".join(map(str, spec.seeds))]
     if args.steps:
         parts.append(f"--steps {args.steps}")
@@ -203,8 +203,10 @@ def cmd_study(args) -> int:
 
 
 def cmd_metrics(args) -> int:
+    from .catalog import read_run_metrics
     from .metrics import measure_run
-    from .store import list_run_dirs
+    from .store import list_run_dirs, read_attrs
+    from .sweep_exec import is_demo_world_model, world_metrics
 
     dirs = {d.name: d for d in list_run_dirs(args.root)}
     missing = [r for r in [*args.runs, *([args.baseline] if args.baseline else [])] if r not in dirs]
@@ -215,9 +217,13 @@ def cmd_metrics(args) -> int:
     for r in args.runs:
         try:
             rows = measure_run(dirs[r], base)
+            attrs = read_attrs(dirs[r])
+            if is_demo_world_model(attrs.get("model")):  # the demo world's exact metrics too
+                world_metrics(dirs[r], attrs.get("prompt") or "")
+                rows = read_run_metrics(dirs[r])
+                rows = rows[rows["baseline"].isin(["", args.baseline or ""])]
             if args.optional:
                 from . import metrics_optional
-                from .catalog import read_run_metrics
 
                 for a in metrics_optional.measure_run(dirs[r], base, args.metric_weights):
                     if not a.available:

@@ -40,11 +40,14 @@ def label(metric: str) -> str:
 
 
 def sweeps(cat) -> pd.DataFrame:
-    """Sweeps in the root with their run counts (complete perturbed single-layer runs, baselines)."""
+    """Sweeps in the root with their run counts (complete perturbed single-layer runs, baselines),
+    newest first (by the last run to finish)."""
     return cat.query(f"""
         SELECT sweep, count(*) FILTER (WHERE sweep_layers IS NOT NULL AND sweep_layers NOT LIKE '%,%') AS single_layer,
-               count(*) FILTER (WHERE sweep_layers IS NULL) AS baselines, any_value(model) AS model
-        FROM runs WHERE sweep IS NOT NULL AND status = '{dims.COMPLETE}' GROUP BY sweep ORDER BY sweep""")
+               count(*) FILTER (WHERE sweep_layers IS NULL) AS baselines, any_value(model) AS model,
+               max(finished) AS last_finished
+        FROM runs WHERE sweep IS NOT NULL AND status = '{dims.COMPLETE}' GROUP BY sweep
+        ORDER BY last_finished DESC NULLS LAST, sweep""")
 
 
 def layer_effects(cat, sweep: str, *, single_layer: bool = True) -> pd.DataFrame:

@@ -100,6 +100,20 @@ class PerturbSpec:
             s += ":text=1"
         return s
 
+    def describe(self) -> str:
+        """The spec in words, e.g. "identity map (I) on kind=temporal, steps 0–3, cond branch only"."""
+        what = {"I": "identity map (I)", "U": "uniform map (U)", "T": f"logits × {self.factor} (T)",
+                "M": f"maps of video {self.source} injected (M)"}[self.kind]
+        if self.kind == "T":
+            what = f"logits × {self.factor:g} (T)"
+        parts = [f"{what} on {self.layers}", f"steps {self.steps[0]}–{self.steps[1]}" if self.steps else "every step",
+                 f"{self.branch} branch only" if self.branch else "both CFG branches"]
+        if self.video is not None:
+            parts.append(f"video {self.video} only")
+        if self.text:
+            parts.append("text rows too")
+        return ", ".join(parts)
+
     def active(self, step: int) -> bool:
         return self.steps is None or self.steps[0] <= step <= self.steps[1]
 

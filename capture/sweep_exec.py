@@ -250,6 +250,11 @@ def stored_metrics(run_path: Path) -> set[tuple[str, str]]:
     return set(zip(rows["metric"], rows["baseline"].fillna("")))
 
 
+def is_demo_world_model(model: str | None) -> bool:
+    """Whether runs of this model draw the demo world (the shipped demo model or a copy of it)."""
+    return bool(model) and (model == "demo" or model.startswith("demo:"))
+
+
 def world_metrics(run_path: Path, prompt: str) -> None:
     """The demo world's exact metrics of one run: whether the classifier reads the prompt's colour,
     shape and motion from the video (1/0 per attribute)."""

@@ -40,6 +40,18 @@ def init(key: str, default, *, cast=str, options=None, multi: bool = False, boun
     return key
 
 
+def forget_when_changed(key: str, context) -> None:
+    """Drop widget ``key``'s value (session and URL) when ``context`` differs from the last run's, so
+    a choice made for another context (another sweep, metric, layer) never lingers; the first run of
+    a session keeps what the URL says."""
+    ss, ck = st.session_state, f"_ctx_{key}"
+    if ck in ss and ss[ck] != context:
+        ss.pop(key, None)
+        if key in st.query_params:
+            del st.query_params[key]
+    ss[ck] = context
+
+
 def sync(*keys: str) -> None:
     """Write these widgets' values into the URL."""
     for k in keys:

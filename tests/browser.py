@@ -37,7 +37,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "capture.cli", "dashboard", "--root", str(self.root),
                                       "--port", str(self.port)], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 60
+        deadline = time.time() + 180  # a busy machine starts Streamlit slowly
         while time.time() < deadline:
             try:
                 with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
@@ -47,7 +47,7 @@ class Server:
                 time.sleep(0.3)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dashboard exited: {self.proc.stdout.read().decode()[-2000:]}")
-        raise TimeoutError("dashboard did not come up in 60 s")
+        raise TimeoutError("dashboard did not come up in 180 s")
 
     def __exit__(self, *exc):
         import signal
@@ -59,13 +59,16 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def wait_rendered(page, timeout_ms: int = 30000) -> None:
-    """Until the app has finished its script run (no running indicator) and drawn a header."""
+def wait_rendered(page, timeout_ms: int = 120000) -> None:
+    """Until the app has finished its script run (no running indicator) and drawn a header. Waits for
+    content, with a generous ceiling: a busy CI machine can take tens of seconds per view."""
     page.wait_for_selector('[data-testid="stHeading"], [data-testid="stException"]', timeout=timeout_ms)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
         timeout=timeout_ms)
+    # Streamlit draws grey skeletons until a view's widgets and tables have arrived
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=timeout_ms)
     page.wait_for_timeout(300)
 
 

@@ -57,8 +57,10 @@ def test_proportion_figure_bars_lines_and_halves():
     np.testing.assert_allclose(bars[0].y, df[dims.ENERGY])
     np.testing.assert_allclose(bars[1].y, df[f"{dims.ENERGY}_prop"])
     np.testing.assert_allclose(bars[2].y, df[f"{dims.ENTROPY_NORM}_prop"])
-    lines = [t for t in fig.data if t.type == "scatter"]
+    lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
     assert len(lines) == 4  # two kinds x two proportion panels
+    legend = {t.name for t in fig.data if t.type == "scatter" and t.showlegend and t.mode == "markers"}
+    assert legend == set(df["kind"])  # the kind colours have a legend
     sp = df[df["kind"] == "spatial"]
     assert lines[0].y[0] == pytest.approx(np.median(sp[f"{dims.ENERGY}_prop"]))
     assert list(lines[0].x) == [-0.5, 3.5]
@@ -84,12 +86,13 @@ def test_entropy_grid_one_panel_per_frame():
     e = rng.random((6, 3, 4))
     fig = figures.entropy_grid(e, title="t", max_cols=4)
     z = np.asarray(fig.data[0].z, dtype=float)
-    assert z.shape == (2 * 4 - 1, 4 * 5 - 1)  # 2 rows x 4 columns of 3x4 tiles, one-cell gaps
+    # 2 rows x 4 columns of 3x4 tiles; one empty row above each tile row (its labels), one column between
+    assert z.shape == (2 * 4, 4 * 5 - 1)
     for f in range(6):
         r, c = divmod(f, 4)
-        np.testing.assert_array_equal(z[r * 4: r * 4 + 3, c * 5: c * 5 + 4], e[f])
-        assert (np.asarray(fig.data[0].customdata)[r * 4, c * 5] == [f, 0, 0]).all()
-    assert np.isnan(z[3]).all() and np.isnan(z[:, 4]).all()  # gaps
+        np.testing.assert_array_equal(z[r * 4 + 1: r * 4 + 4, c * 5: c * 5 + 4], e[f])
+        assert (np.asarray(fig.data[0].customdata)[r * 4 + 1, c * 5] == [f, 0, 0]).all()
+    assert np.isnan(z[0]).all() and np.isnan(z[4]).all() and np.isnan(z[:, 4]).all()  # gaps
     assert [a.text for a in fig.layout.annotations] == [f"frame {f}" for f in range(6)]
     assert fig.data[0].zmin == pytest.approx(e.min()) and fig.data[0].zmax == pytest.approx(e.max())
 

@@ -58,3 +58,9 @@ def test_shipped_classifier_reads_real_clips():
         clips = np.stack([W.render(s, int(rng.integers(2**31))) for s in specs])
         acc = accuracy(model, clips, specs)
         assert min(acc.values()) >= 0.95, (split, acc)
+
+
+def test_frechet_distance_of_a_single_sample_is_nan_not_an_error():
+    rng = np.random.default_rng(1)
+    assert np.isnan(frechet_distance(rng.normal(size=(1, 8)), rng.normal(size=(5, 8))))
+    assert np.isfinite(frechet_distance(rng.normal(size=(2, 8)), rng.normal(size=(5, 8))))

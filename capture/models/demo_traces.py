@@ -120,7 +120,6 @@ def main(argv=None) -> int:
                file=sys.stderr)
     tick = lambda i, t: bar.update(1)  # noqa: E731
     runs = {"trained": capture_runs(pipe, args.root, prompts, SEEDS, model="demo", defaults=defaults, on_step=tick)}
-    random = None
     if not args.no_random:
         from diffusers import AnimateDiffPipeline
 

@@ -132,8 +132,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (rows are samples).
 
     tr(sqrtm(S1 S2)) is computed as the sum of square roots of the eigenvalues of the symmetric
-    matrix sqrt(S1) S2 sqrt(S1), which has the same spectrum (numpy only, no scipy)."""
+    matrix sqrt(S1) S2 sqrt(S1), which has the same spectrum (numpy only, no scipy). NaN when either
+    set has fewer than two samples (no covariance to fit)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     w, v = np.linalg.eigh(s1)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from capture import dims
 
-from .. import cache, figures, rules, state
+from .. import cache, figures, rules, state, words
 from ..data import STATS
 from .common import complete_runs, guard, pick_run, root, show, unavailable, video
 
@@ -50,8 +50,8 @@ def _body() -> None:
     diff = {k: (attrs[a].get(k), attrs[b].get(k)) for k in ATTRS if attrs[a].get(k) != attrs[b].get(k)}
     if diff:
         st.markdown("**Differences in attributes**")
-        st.table({"attribute": list(diff), "run A": [str(x[0]) for x in diff.values()],
-                  "run B": [str(x[1]) for x in diff.values()]})
+        st.table({"attribute": list(diff), "run A": [words.attribute(k, x[0]) for k, x in diff.items()],
+                  "run B": [words.attribute(k, x[1]) for k, x in diff.items()]})
     else:
         st.caption("The two runs have the same model, prompt, seed, settings and perturbation.")
     kw = dict(branch=branch)

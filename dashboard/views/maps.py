@@ -41,7 +41,7 @@ def _body() -> None:
     c4, c5 = st.columns([1, 2])
     rule = c4.selectbox("threshold rule", list(rules.THRESHOLDS),
                         key=state.init("mp_rule", "quantile", options=list(rules.THRESHOLDS)),
-                        format_func=lambda r: f"{r}: {rules.THRESHOLDS[r]}")
+                        help="; ".join(f"{r}: {d}" for r, d in rules.THRESHOLDS.items()))
     pkey = state.init(f"mp_param_{rule}", DEFAULT_PARAM[rule], cast=float,
                       bounds=(0.0, 1.0) if rule == "quantile" else (0.0, None))
     if rule == "quantile":
@@ -50,6 +50,7 @@ def _body() -> None:
                             step=0.01 if rule != "mean_std" else 0.25, key=pkey,
                             min_value=0.0, max_value=1.0 if rule == "quantile" else None)
     state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule", pkey)
+    st.caption(f"Threshold rule **{rule}**: {rules.THRESHOLDS[rule]}.")
     layer = int(layers.set_index("layer_name").loc[name, "layer"])
     m = tr.attention_map(run_id, step, layer, branch)
     title = f"{name} · step {step} · {branch} · run {run_id}"

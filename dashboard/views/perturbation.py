@@ -27,7 +27,7 @@ def _body() -> None:
         st.info("No sweep with measured one-layer runs in this root. Run the paper's study with "
                 "`attnlens study --root DIR`, or a sweep with `attnlens sweep`.")
         return
-    names = list(sw["sweep"])
+    names = list(sw["sweep"])  # newest first: the view opens on the sweep that finished last
     c1, c2, c3 = st.columns([2, 2, 2])
     sweep = c1.selectbox("sweep", names, key=state.init("ps_sweep", names[0], options=names),
                          format_func=lambda s: f"{s} · {sw.set_index('sweep').loc[s, 'model']}")
@@ -62,6 +62,8 @@ def _videos(tr, sweep, d, metric) -> None:
         return
     ranked = d.sort_values("effect", ascending=metric in effects.PAIRED)
     options = [f"{r.layer_name}|{r.perturbation}" for r in ranked.itertuples()]
+    # another sweep, metric or set of maps ranks differently: start again from its largest effect
+    state.forget_when_changed("ps_layer", (sweep, metric, tuple(sorted(set(d["perturbation"])))))
     c1, c2 = st.columns([3, 2])
     pick = c1.selectbox("layer and map (largest effect first)", options, key=state.init("ps_layer", options[0],
                                                                                           options=options),
@@ -72,6 +74,7 @@ def _videos(tr, sweep, d, metric) -> None:
         st.info("No measured run of this layer and map.")
         return
     labels = [f"{r.prompt[:60]} · seed {r.seed}" for r in pairs.itertuples()]
+    state.forget_when_changed("ps_pair", (sweep, pick))
     i = c2.selectbox("prompt and seed", range(len(labels)), format_func=labels.__getitem__, key="ps_pair")
     state.sync("ps_layer")
     row = pairs.iloc[i]

@@ -6,13 +6,16 @@ import json
 
 import streamlit as st
 
-from .. import notes, state
+from .. import notes, state, words
 from ..data import RunUnavailable
 from .common import guard, note_form, root, run_label, unavailable, video
 
 STATES = ["complete", "running", "interrupted", "failed", "unreadable"]
 COLUMNS = ["run", "state", "model", "prompt", "seed", "perturbation", "ieadapt", "steps", "frames", "height", "width",
            "guidance", "capture_mode", "layers_captured", "steps_captured", "sweep", "created", "seconds"]
+BRIEF = ["run", "state", "model", "prompt", "seed", "perturbation", "steps"]
+# pixel widths of the brief table: together they fit the page at 1400 px (the rest scrolls with "all columns")
+WIDTHS = {"run": 190, "state": 85, "model": 110, "prompt": 250, "seed": 55, "perturbation": 120, "steps": 55}
 
 
 def render() -> None:
@@ -35,8 +38,14 @@ def _body() -> None:
     ss = st.session_state
     runs = tr.runs(model=ss.runs_model, prompt=ss.runs_prompt.strip() or None, seed=ss.runs_seed,
                    perturbation=ss.runs_pert.strip() or None, status=ss.runs_status)
-    st.caption(f"{len(runs)} of {len(everything)} runs in `{tr.root}`")
-    st.dataframe(runs[COLUMNS], hide_index=True, width="stretch", key="runs_table")
+    t1, t2 = st.columns([4, 1])
+    t1.caption(f"{len(runs)} of {len(everything)} runs in `{tr.root}`")
+    wide = t2.toggle("all columns", key=state.init("runs_all", False, cast=lambda v: str(v) == "True",
+                                                        options=[True, False]))
+    state.sync("runs_all")
+    cols = COLUMNS if wide else BRIEF
+    st.dataframe(runs[cols], hide_index=True, width="stretch", key="runs_table",
+                 column_config={c: st.column_config.Column(width=w) for c, w in WIDTHS.items()})
     if runs.empty:
         st.info("No run matches these filters.")
         return
@@ -57,6 +66,8 @@ def _body() -> None:
     with right:
         try:
             attrs = tr.attrs(run_id)
+            st.markdown(f"**Perturbation:** {words.perturbation(attrs.get('perturbation'))}  \n"
+                        f"**Capture:** {words.capture(attrs.get('capture'))}")
             st.json(json.loads(json.dumps(attrs, default=str)), expanded=1)
         except RunUnavailable as e:
             unavailable(e)

@@ -74,14 +74,14 @@ def _body() -> None:
                     source_runs=list(chosen), values={n: values[n] for n in layers},
                     options={"branch": branch, "head_agg": "mean", "step_agg": "mean", "part": "all"})
     text = sel.to_json()
-    e1, e2 = st.columns(2)
-    with e1:
-        st.download_button("Download selection JSON", text.encode(), file_name="selection.json",
-                           mime="application/json", key="sel_download", disabled=not layers)
-        st.code("\n".join(layers) or "(none)", language=None)
-    with e2:
-        st.markdown("diffusers `pag_applied_layers`:")
-        st.code(repr(sel.pag_applied_layers()), language="python")
+    st.download_button("Download selection JSON", text.encode(), file_name="selection.json",
+                       mime="application/json", key="sel_download", disabled=not layers)
+    if layers:  # full names, never cut: a table as wide as the page
+        st.dataframe({"layer": layers, "kind": [kinds[n] for n in layers],
+                      STATS[stat]: [round(float(values[n]), 6) for n in layers]},
+                     hide_index=True, width="stretch", key="sel_chosen_table")
+    st.markdown("diffusers `pag_applied_layers`:")
+    st.code(repr(sel.pag_applied_layers()), language="python", wrap_lines=True)
     with st.form("sel_save", clear_on_submit=False):
         name = st.text_input("save in the trace root as", key="sel_save_name")
         if st.form_submit_button("Save selection", disabled=not layers, key="sel_save_submit"):
