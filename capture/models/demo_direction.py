@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world as W
-from .presets import dtype_kwargs, loading_bars
+from .presets import DEMO_DIR, dtype_kwargs, loading_bars
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     from diffusers import AnimateDiffPipeline
 
     ap = argparse.ArgumentParser(description="Does a demo-world model's high-noise prediction follow the motion word?")
-    ap.add_argument("--pipeline", default="data/demo/model")
+    ap.add_argument("--pipeline", default=str(DEMO_DIR), help="a saved demo-world pipeline (default: the shipped one)")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--fit", type=int, default=0, metavar="STEPS", help="also run the two-prompt learnability test")
     ap.add_argument("--resample", action="store_true",

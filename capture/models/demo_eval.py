@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import world as W
-from .presets import dtype_kwargs, loading_bars
+from .presets import DEMO_DIR, dtype_kwargs, loading_bars
 from .world_classifier import HEADS, ClipClassifier, frechet_distance
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[2] / "data" / "demo" / "classifier"
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     from diffusers import AnimateDiffPipeline
 
     ap = argparse.ArgumentParser(description="Prompt fidelity and Fréchet distance of a demo-world model.")
-    ap.add_argument("--pipeline", default="data/demo/model")
+    ap.add_argument("--pipeline", default=str(DEMO_DIR), help="a saved demo-world pipeline (default: the shipped one)")
     ap.add_argument("--checkpoint", help="evaluate a training run's latest checkpoint (its --out directory)")
     ap.add_argument("--vae-only", action="store_true", help="only the VAE round trip (PSNR, classifier accuracy)")
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     if args.checkpoint:
         pipe = pipeline_from_checkpoint(Path(args.checkpoint))
     else:
+        if not (Path(args.pipeline) / "model_index.json").is_file():
+            print(f"error: {args.pipeline} is not a saved diffusers pipeline (no model_index.json)", file=sys.stderr)
+            return 2
         with loading_bars(False):
             pipe = AnimateDiffPipeline.from_pretrained(args.pipeline, local_files_only=True,
                                                        **dtype_kwargs(torch.float32))

@@ -341,7 +341,8 @@ def main(argv=None) -> int:
 
     quiet_libraries()
     ap = argparse.ArgumentParser(description="Train the demo text-to-video model on the demo world.")
-    ap.add_argument("--out", default="data/demo/model")
+    ap.add_argument("--out", default="build/demo-run",
+                    help="run directory (checkpoints, loss.csv, pipeline/); the shipped data/demo/model only when named")
     ap.add_argument("--vae-steps", type=int, default=1200)
     ap.add_argument("--unet-steps", type=int, default=2800)
     ap.add_argument("--decoder-steps", type=int, default=800)
