@@ -299,12 +299,16 @@ class Catalog:
     def runs(self) -> pd.DataFrame:
         return self.query("SELECT * FROM runs ORDER BY created, run")
 
-    def rebuild(self) -> int:
+    def rebuild(self, progress=None) -> int:
         """Rewrite stats.parquet of every complete run from its store; returns how many were
         rewritten. A run whose store cannot be read, or yields fewer statistics than the table it
-        has, keeps its table and is named in ``self.problems`` (run -> one-line reason)."""
+        has, keeps its table and is named in ``self.problems`` (run -> one-line reason).
+        ``progress(done, total)`` after each run directory."""
         n, self.problems = 0, {}
-        for d in list_run_dirs(self.root):
+        dirs = list_run_dirs(self.root)
+        for i, d in enumerate(dirs):
+            if progress is not None:
+                progress(i, len(dirs))
             try:
                 if read_attrs(d / STORE_NAME).get("status") != dims.COMPLETE:
                     continue
@@ -313,6 +317,8 @@ class Catalog:
             except (StoreError, RebuildError) as e:
                 self.problems[d.name] = str(e)
                 log.warning("run %s not rebuilt: %s", d.name, e)
+        if progress is not None:
+            progress(len(dirs), len(dirs))
         self.refresh()
         return n
 

@@ -363,7 +363,14 @@ def cmd_catalog(args) -> int:
     cat = Catalog(_existing_root(args.root))
     rc = 0
     if args.rebuild:
-        n = cat.rebuild()
+        from tqdm.auto import tqdm
+
+        with tqdm(unit="run", desc="rebuilding", disable=args.quiet, file=sys.stderr) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            n = cat.rebuild(progress=progress)
         print(f"rebuilt statistics tables of {n} complete run(s)")
         for run, why in cat.problems.items():  # each kept its table (if it had one)
             print(f"attnlens: not rebuilt: {run}: {why}", file=sys.stderr)
@@ -513,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(p)
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_catalog)
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):

@@ -160,8 +160,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-clips", type=int, default=400)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    bar = tqdm(total=args.steps, unit="step")
+    bar = tqdm(total=args.steps, unit="step", disable=args.quiet)
 
     def progress(step, loss):
         bar.update(1)
