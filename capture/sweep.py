@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .layers import LayerInfo, LayerSelectionError, select
-from .perturb import PerturbSpec, PerturbSpecError, parse_steps
+from .perturb_spec import PerturbSpec, PerturbSpecError, parse_steps
 
 # world: the demo world's classifier metrics (demo model only); optional: LPIPS, CLIP score,
 # aesthetic, DINO consistency from local weights (capture.metrics_optional), where available

@@ -3,7 +3,7 @@ the store; people read sentences). No streamlit, no torch."""
 
 from __future__ import annotations
 
-from capture.perturb import PerturbSpec, PerturbSpecError
+from capture.perturb_spec import PerturbSpec, PerturbSpecError
 
 
 def perturbation(value) -> str:

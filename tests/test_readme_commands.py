@@ -46,8 +46,8 @@ SMALL = {
     "python -m capture.models.demo_train --out build/demo-run":
         "--vae-steps 2 --unet-steps 2 --decoder-steps 2 --batch 2",
     "python -m capture.models.demo_eval --pipeline data/demo/model": "--clips 4 --steps 4",
-    "python -m capture.models.demo_traces --root build/demo-traces": "--prompts 1",
-    "python -m capture.models.demo_direction --resample --fit 200": "--fit 2 --clips 2",
+    "python -m capture.models.demo_traces --root build/demo-traces": "--prompts 1 --steps 4",
+    "python -m capture.models.demo_direction --resample --fit 200": "--fit 2 --clips 2 --renders 4",
     "python -m capture.models.world_classifier --out build/classifier": "--steps 2 --eval-clips 8",
     "attnlens compare --clips 16 --seed 0 1 --scale 3": "--clips 1 --seed 0 --num-steps 4",
 }

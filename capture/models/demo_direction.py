@@ -237,13 +237,15 @@ def main(argv=None) -> int:
     ap.add_argument("--resample", action="store_true",
                     help="also sample real clips from DDIM steps 0, 4 and 8 with their own and the reversed prompt")
     ap.add_argument("--control", action="store_true", help="fit one prompt instead of a direction-swapped pair")
+    ap.add_argument("--renders", type=int, default=48,
+                    help="fresh clips per prompt behind each Monte Carlo conditional mean (the oracle and the fit)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     problem = None
     if not (Path(args.pipeline) / "model_index.json").is_file():
         problem = f"{args.pipeline} is not a saved diffusers pipeline (no model_index.json)"
-    elif args.clips < 1 or args.fit < 0:
-        problem = "--clips must be at least 1 and --fit at least 0"
+    elif args.clips < 1 or args.fit < 0 or args.renders < 1:
+        problem = "--clips and --renders must be at least 1 and --fit at least 0"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
 
     timesteps = (960, 880, 800, 600)  # direction_gap's defaults
     with bar(len(timesteps) + 2 * args.clips, "direction gap") as b:
-        gap = direction_gap(pipe, clips=args.clips, timesteps=timesteps, on_step=b.update)
+        gap = direction_gap(pipe, clips=args.clips, timesteps=timesteps, renders=args.renders, on_step=b.update)
     print(f"{'predictor':26s} {'t':>4s} {'x0 MSE, own prompt':>19s} {'swapped direction':>18s} {'gap':>7s}")
     for r in gap:
         t = "" if r["t"] is None else str(r["t"])
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
         what = "'red circle moving left' alone" if args.control else "'red circle moving left' vs 'moving right'"
         print(f"\nfitting {what} from pure noise, {args.fit} steps")
         with bar(args.fit, "fit") as b:
-            curve = fit_two_prompts(pipe, args.fit, on_step=b.update, twin=not args.control)
+            curve = fit_two_prompts(pipe, args.fit, renders=args.renders, on_step=b.update, twin=not args.control)
         floor = "two renders' Monte Carlo noise" if args.control else "direction-blind"
         print(f"{'step':>5s} {'own prompt':>11s} {'swapped':>9s}   floor ({floor}) {curve[0]['floor']:.4f}")
         for r in curve:

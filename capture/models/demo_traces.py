@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the Markdown report here (default: print)")
     ap.add_argument("--prompts", type=int, default=PROMPTS)
     ap.add_argument("--no-random", action="store_true", help="skip the random-weight contrast")
+    ap.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     from tqdm.auto import tqdm
@@ -115,6 +116,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(2026)
     prompts = [W.sample_spec(rng, "heldout").prompt for _ in range(args.prompts)]
     pipe, _, defaults = load_pipeline("demo", quiet=args.quiet)
+    if args.steps is not None:
+        if args.steps < 1:
+            print("error: --steps must be at least 1", file=sys.stderr)
+            return 2
+        defaults = {**defaults, "steps": args.steps}
     per_model = len(prompts) * len(SEEDS) * defaults["steps"]
     bar = tqdm(total=per_model * (1 if args.no_random else 2), unit="step", desc="capturing", disable=args.quiet,
                file=sys.stderr)
