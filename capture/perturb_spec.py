@@ -87,10 +87,8 @@ class PerturbSpec:
 
     def describe(self) -> str:
         """The spec in words, e.g. "identity map (I) on kind=temporal, steps 0–3, cond branch only"."""
-        what = {"I": "identity map (I)", "U": "uniform map (U)", "T": f"logits × {self.factor} (T)",
-                "M": f"maps of video {self.source} injected (M)"}[self.kind]
-        if self.kind == "T":
-            what = f"logits × {self.factor:g} (T)"
+        what = {"I": "identity map (I)", "U": "uniform map (U)"}.get(self.kind) or (
+            f"logits × {self.factor:g} (T)" if self.kind == "T" else f"maps of video {self.source} injected (M)")
         parts = [f"{what} on {self.layers}", f"steps {self.steps[0]}–{self.steps[1]}" if self.steps else "every step",
                  f"{self.branch} branch only" if self.branch else "both CFG branches"]
         if self.video is not None:

@@ -44,7 +44,7 @@ def _legible(fig: go.Figure, *, title_width: int = 110) -> go.Figure:
     fig.update_xaxes(tickfont=TICKS, title_font=dict(size=12, color=INK), automargin=True)
     fig.update_yaxes(tickfont=TICKS, title_font=dict(size=12, color=INK), automargin=True)
     bar = dict(tickfont=TICKS, title_font=dict(size=12, color=INK))
-    if fig.layout.coloraxis.colorbar is not None and any(getattr(t, "coloraxis", None) for t in fig.data):
+    if any(getattr(t, "coloraxis", None) for t in fig.data):
         fig.update_coloraxes(colorbar=bar)
     fig.update_traces(colorbar=bar, selector=dict(type="heatmap"))
     title = fig.layout.title.text or ""

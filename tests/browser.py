@@ -72,5 +72,16 @@ def wait_rendered(page, timeout_ms: int = 120000) -> None:
     page.wait_for_timeout(300)
 
 
+PLOTTED = {"layer-step", "proportions", "maps", "compare", "perturbation", "selection"}  # views with figures
+
+
+def wait_view(page, view: str, timeout_ms: int = 120000) -> None:
+    """``wait_rendered``, and for a view with figures until Plotly has drawn one."""
+    wait_rendered(page, timeout_ms)
+    if view in PLOTTED:
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
+        page.wait_for_timeout(500)  # Plotly's last relayout after the data arrives
+
+
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)

@@ -3,47 +3,18 @@
     python docs/img/screenshots.py --root data/traces --out build/screenshots
 
 Serves ``attnlens dashboard`` over the root on a free loopback port, opens each view in Debian's
-Chromium (Playwright), waits until the view has drawn its figures (not a fixed time) and saves a
-full-page PNG per view. A root like the README's: ``attnlens demo``, ``attnlens study --seed 0``.
+Chromium (Playwright, through the browser test's helpers in tests/browser.py), waits until the view
+has drawn its figures (not a fixed time) and saves a full-page PNG per view. A root like the
+README's: ``attnlens demo``, ``attnlens study --seed 0``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
-VIEWS = {"runs": "", "layer-step": "layer-step", "proportions": "proportions", "maps": "maps", "compare": "compare",
-         "perturbation": "perturbation", "selection": "selection", "notes": "notes"}
-PLOTTED = {"layer-step", "proportions", "maps", "compare", "perturbation", "selection"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_drawn(page, view: str, timeout_ms: int) -> None:
-    page.wait_for_selector('[data-testid="stHeading"], [data-testid="stException"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout_ms)
-    # Streamlit draws grey skeletons until a view's widgets and tables have arrived
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=timeout_ms)
-    if view in PLOTTED:
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
-    page.wait_for_timeout(500)  # Plotly's last relayout after the data arrives
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.browser
 
 
 def main(argv=None) -> int:
@@ -57,33 +28,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
+    from tests.browser import VIEWS, Server, launch, wait_view
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     queries = dict(q.split(":", 1) for q in args.query)
-    port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "capture.cli", "dashboard", "--root", args.root, "--port",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            for view, path in VIEWS.items():
-                q = queries.get(view)
-                page.goto(f"http://127.0.0.1:{port}/{path}" + (f"?{q}" if q else ""))
-                _wait_drawn(page, view, 120_000)
-                page.screenshot(path=str(out / f"dashboard-{view}.png"), full_page=True)
-                print(out / f"dashboard-{view}.png", flush=True)
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
+    with Server(args.root) as srv, sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": args.width, "height": args.height})
+        for view, path in VIEWS.items():
+            q = queries.get(view)
+            page.goto(f"{srv.url}/{path}" + (f"?{q}" if q else ""))
+            wait_view(page, view)
+            page.screenshot(path=str(out / f"dashboard-{view}.png"), full_page=True)
+            print(out / f"dashboard-{view}.png", flush=True)
+        browser.close()
     return 0
 
 

@@ -480,3 +480,13 @@ def test_map_injection_on_image_only_svd(tmp_path):
     u, _ = run(f"U@{layer}:video=1")
     np.testing.assert_array_equal(u[0], plain[0])
     assert not np.array_equal(u[1], plain[1])
+
+
+def test_every_family_that_decodes_per_video_says_how():
+    """decode_per_video makes the tracer call decode_video; the base class's one only raises."""
+    from capture.models.families import FAMILIES
+    from capture.models.families.base import Family
+
+    flagged = [c for c in set(FAMILIES.values()) if c.decode_per_video]
+    assert flagged  # Allegro, HunyuanVideo 1.5
+    assert all(c.decode_video is not Family.decode_video for c in flagged), flagged
