@@ -52,21 +52,42 @@ def stats_frame(ds, run_id: str) -> pd.DataFrame:
     """Long-form scalar statistics of one run's Dataset (rows with no value dropped)."""
     if dims.ENTROPY not in ds:
         return pd.DataFrame(columns=STATS_COLUMNS)
-    sub = ds[list(dims.SCALAR_STATS)].load()
-    df = sub.to_dataframe().reset_index()
-    df = df.dropna(subset=[dims.ENTROPY, dims.ENERGY], how="all")
-    df = df.rename(columns={dims.LAYER_KIND: "kind", dims.LAYER_BLOCK: "block"})
-    pert = ds[dims.PERTURBED].load().to_dataframe().reset_index()[[dims.STEP, dims.LAYER, dims.BRANCH, dims.PERTURBED]]
-    df = df.merge(pert, on=[dims.STEP, dims.LAYER, dims.BRANCH], how="left")
-    df.insert(0, "run", run_id)
-    for col in STATS_COLUMNS:
-        if col not in df:
-            df[col] = np.nan
-    df = df[STATS_COLUMNS]
-    df[dims.PERTURBED] = df[dims.PERTURBED].fillna(0).astype("int8")
-    for c in (dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART):
-        df[c] = df[c].astype(str)
-    return df
+    coord = lambda n: np.asarray(ds[n].values)  # noqa: E731
+    return stats_long(run_id, coord(dims.STEP), coord(dims.TIMESTEP), coord(dims.LAYER_NAME), coord(dims.LAYER_KIND),
+                      coord(dims.LAYER_BLOCK), coord(dims.BRANCH), coord(dims.PART),
+                      {n: np.asarray(ds[n].values) for n in dims.SCALAR_STATS}, np.asarray(ds[dims.PERTURBED].values))
+
+
+def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict,
+               perturbed) -> pd.DataFrame:
+    """The long form of a run's scalar arrays: one row per (step, layer, branch, part, head), in
+    that (C) order, rows where both entropy and energy are NaN dropped. values[name]: (S, L, B, P, H)
+    arrays of dims.SCALAR_STATS; perturbed: (S, L, B). Used for stores read back (rebuild) and for
+    the arrays a writer still holds (a run's table at completion), so both give the same table."""
+    shape = values[dims.ENTROPY].shape
+    S, L, B, P, H = shape
+    if not S:
+        return pd.DataFrame(columns=STATS_COLUMNS)
+    i_s, i_l, i_b, i_p, i_h = np.indices(shape).reshape(5, -1)
+    ent, en = values[dims.ENTROPY].reshape(-1), values[dims.ENERGY].reshape(-1)
+    keep = ~(np.isnan(ent) & np.isnan(en))
+    i_s, i_l, i_b, i_p, i_h = (a[keep] for a in (i_s, i_l, i_b, i_p, i_h))
+    as_str = lambda a: pd.array(np.asarray(a, dtype=object).astype(str), dtype="str")  # noqa: E731
+    df = pd.DataFrame({
+        "run": as_str(np.full(i_s.shape, run_id, dtype=object)),
+        dims.STEP: np.asarray(steps, dtype="int32")[i_s],
+        dims.TIMESTEP: np.asarray(timesteps, dtype="float64")[i_s],
+        dims.LAYER: i_l.astype("int32"),
+        dims.LAYER_NAME: as_str(np.asarray(names, dtype=object)[i_l]),
+        "kind": as_str(np.asarray(kinds, dtype=object)[i_l]),
+        "block": as_str(np.asarray(blocks, dtype=object)[i_l]),
+        dims.BRANCH: as_str(np.asarray(branches, dtype=object)[i_b]),
+        dims.PART: as_str(np.asarray(parts, dtype=object)[i_p]),
+        dims.HEAD: i_h.astype("int32"),
+        **{n: np.asarray(values[n], dtype="float32").reshape(-1)[keep] for n in dims.SCALAR_STATS},
+        dims.PERTURBED: np.nan_to_num(np.asarray(perturbed, dtype="float32")[i_s, i_l, i_b]).astype("int8"),
+    })
+    return df[STATS_COLUMNS]
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -84,11 +105,14 @@ def _sql_str(p) -> str:
     return str(p).replace("'", "''")
 
 
-def write_run_table(run_dir: Path) -> Path:
-    """(Re)write <run>/stats.parquet from the run's store."""
+def write_run_table(run_dir: Path, frame: pd.DataFrame | None = None) -> Path:
+    """(Re)write <run>/stats.parquet: the given long-form frame, else the one read from the run's store."""
     run_dir = Path(run_dir)
-    ds = open_run(run_dir)
-    df = stats_frame(ds, ds.attrs.get("run_id", run_dir.name))
+    if frame is not None:
+        df = frame
+    else:
+        ds = open_run(run_dir)
+        df = stats_frame(ds, ds.attrs.get("run_id", run_dir.name))
     out = run_dir / STATS_FILE
     _write_parquet_atomic(df, out)
     return out
@@ -220,8 +244,36 @@ class Catalog:
         self.refresh()
 
     def refresh(self) -> None:
+        """Re-read the root: every run directory's row and tables, through the root's index
+        (capture.catalog_index), so only runs whose files changed since the last open are read."""
+        from . import catalog_index
+
         dirs = list_run_dirs(self.root)
-        runs = pd.DataFrame([run_row(d) for d in dirs], columns=RUN_COLUMNS)
+        index = catalog_index.RootIndex(self.root, RUN_COLUMNS)
+        rows, dirty = [], False
+        for d in dirs:
+            files = {"attrs": d / STORE_NAME / "zarr.json", "stats": d / STATS_FILE, "metrics": d / METRICS_FILE}
+            sigs = {k: catalog_index.signature(f) for k, f in files.items()}
+            row = index.cached_row(d.name, sigs)
+            if row is None:
+                dirty = True
+                row = run_row(d)
+                row.update({f"_sig_{k}": v for k, v in sigs.items()})
+                for k in ("stats", "metrics"):
+                    why = None
+                    if sigs[k] == "link":
+                        why = "is a symlink"
+                    elif sigs[k] and row["status"] == dims.COMPLETE:
+                        why = parquet_problem(files[k])
+                    row[f"_problem_{k}"] = why
+            rows.append(row)
+        if dirty or len(rows) != len(index.rows):
+            index.save_rows(rows)
+        private = [c for c in (rows[0] if rows else {}) if c.startswith("_")]
+        runs = pd.DataFrame(rows, columns=RUN_COLUMNS + private)
+        for c in RUN_COLUMNS:
+            if runs[c].dtype == object or str(runs[c].dtype).startswith("str"):
+                runs[c] = runs[c].astype(object).where(runs[c].notna(), None)
         for c in ("seed", "steps", "frames", "height", "width", "layers_captured", "steps_captured"):
             runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("Int64")
         runs["guidance"] = pd.to_numeric(runs["guidance"], errors="coerce")
@@ -231,36 +283,40 @@ class Catalog:
                 self.con.execute(stmt)
             except duckdb.CatalogException:  # the name exists as the other object type
                 pass
-        complete = set(runs.loc[runs["status"] == dims.COMPLETE, "run"])
-        files, mfiles, damaged = [], [], {}
-        for d in dirs:
-            if d.name not in complete:
+        tables, mfiles, damaged = {}, [], {}
+        for row in rows:
+            if row["status"] != dims.COMPLETE:
                 continue
-            for name, into in ((STATS_FILE, files), (METRICS_FILE, mfiles)):
-                f = d / name
-                if not (f.exists() or f.is_symlink()):
+            run, d = row["run"], Path(row["path"])
+            for name, key in ((STATS_FILE, "stats"), (METRICS_FILE, "metrics")):
+                if not row[f"_sig_{key}"]:
                     continue
-                why = "is a symlink" if f.is_symlink() else parquet_problem(f)
-                if why:
-                    damaged.setdefault(d.name, f"{name} {why}" if why == "is a symlink" else why)
+                why = row.get(f"_problem_{key}")
+                if isinstance(why, str) and why:
+                    damaged.setdefault(run, f"{name} {why}" if why == "is a symlink" else why)
+                elif key == "stats":
+                    tables[run] = (str(d / name), row["_sig_stats"])
                 else:
-                    into.append(str(f))
+                    mfiles.append(str(d / name))
         if damaged:  # listed as unreadable, with the reason; every other run stays queryable
-            files = [f for f in files if Path(f).parent.name not in damaged]
+            tables = {r: t for r, t in tables.items() if r not in damaged}
             mfiles = [f for f in mfiles if Path(f).parent.name not in damaged]
             hit = runs["run"].isin(list(damaged))
             runs.loc[hit, "state"] = "unreadable"
             runs.loc[hit, "error"] = runs.loc[hit, "run"].map(damaged)
             for run, why in damaged.items():
                 log.warning("run %s is unreadable: %s", run, why)
+        runs = runs[RUN_COLUMNS]
         self.unreadable = {r: e for r, e in zip(runs["run"], runs["error"]) if r in damaged} | {
             r: e for r, s_, e in zip(runs["run"], runs["status"], runs["error"]) if s_ == "unreadable"}
         self.con.register("_runs_df", runs)
         self.con.execute("CREATE OR REPLACE TABLE runs AS SELECT * FROM _runs_df")
         self.con.unregister("_runs_df")
-        self._files = {"stats": files, "metrics": mfiles}
-        self._view("stats", files, stats_frame_empty())
-        self._view("metrics", mfiles, metrics_frame_empty())
+        segments, loose = index.stats_sources(tables)
+        self._files = {"stats": loose + [p for p, _ in segments], "metrics": mfiles}
+        self._sources = {"stats": (segments, loose), "metrics": ([], mfiles)}
+        self._view("stats", *self._sources["stats"], stats_frame_empty())
+        self._view("metrics", *self._sources["metrics"], metrics_frame_empty())
 
     def sandboxed_query(self, sql: str) -> pd.DataFrame:
         """A user's SQL (``attnlens sql``), read-only: SELECT (or EXPLAIN) statements only, on a
@@ -281,7 +337,7 @@ class Catalog:
             con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
             con.unregister("_runs_df")
             for name, empty in (("stats", stats_frame_empty()), ("metrics", metrics_frame_empty())):
-                _make_view(con, name, self._files[name], empty)
+                _make_view(con, name, *self._sources[name], empty)
             files = self._files["stats"] + self._files["metrics"]
             con.execute("SET allowed_paths = [" + ", ".join(f"'{_sql_str(f)}'" for f in files) + "]")
             con.execute("SET enable_external_access = false")
@@ -290,8 +346,8 @@ class Catalog:
         finally:
             con.close()
 
-    def _view(self, name: str, files: list[str], empty: pd.DataFrame) -> None:
-        _make_view(self.con, name, files, empty)
+    def _view(self, name: str, segments, files: list[str], empty: pd.DataFrame) -> None:
+        _make_view(self.con, name, segments, files, empty)
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
         return self.con.cursor().execute(sql, params or []).df()
@@ -319,27 +375,47 @@ class Catalog:
                 log.warning("run %s not rebuilt: %s", d.name, e)
         if progress is not None:
             progress(len(dirs), len(dirs))
+        from . import catalog_index
+
+        catalog_index.remove(self.root)  # the index is rebuilt from the run directories
         self.refresh()
         return n
 
 
-def _make_view(con, name: str, files: list[str], empty: pd.DataFrame) -> None:
-    """(Re)create ``name`` as a view over the Parquet files, or an empty table with the columns."""
+def _make_view(con, name: str, segments, files: list[str], empty: pd.DataFrame) -> None:
+    """(Re)create ``name`` as a view over the Parquet files, or an empty table with the columns.
+
+    segments: (path, runs to leave out or None) of consolidated tables (capture.catalog_index),
+    whose ``run`` column is already the run's directory name; files: single runs' tables."""
     for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
         try:
             con.execute(stmt)
         except duckdb.CatalogException:
             pass
+    parts = []
+    whole = [p for p, out in segments if not out]
+    if whole:
+        parts.append(f"SELECT * FROM read_parquet([{', '.join(repr_sql(p) for p in whole)}], union_by_name=true)")
+    for p, out in segments:
+        if out:
+            parts.append(f"SELECT * FROM read_parquet({repr_sql(p)}) WHERE run NOT IN ({', '.join(repr_sql(r) for r in out)})")
     if files:
-        lst = ", ".join(f"'{_sql_str(f)}'" for f in files)
+        lst = ", ".join(repr_sql(f) for f in files)
         # a run is its directory: the run column comes from the file's directory, so a copied run
         # (same id inside) stays a run of its own
-        con.execute(f"CREATE VIEW {name} AS SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS run, "
-                    f"* EXCLUDE (run, filename) FROM read_parquet([{lst}], union_by_name=true, filename=true)")
+        parts.append(f"SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS run, "
+                     f"* EXCLUDE (run, filename) FROM read_parquet([{lst}], union_by_name=true, filename=true)")
+    if parts:
+        con.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
     else:
         con.register(f"_{name}_empty", empty)
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")
         con.unregister(f"_{name}_empty")
+
+
+def repr_sql(value) -> str:
+    """A SQL string literal."""
+    return "'" + _sql_str(value) + "'"
 
 
 def stats_frame_empty() -> pd.DataFrame:

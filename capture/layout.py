@@ -9,7 +9,7 @@ pooled maps the store keeps. Pure torch; knows no diffusers classes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,9 @@ class Layout:
     text_first: bool = True  # joint layers: the text tokens come before the video tokens (else after)
     item_video: int | None = None  # per-item calls (Mochi): the one batch item's video
     per_position: bool = False  # cross-attention with one batch item per grid position (SVD temporal blocks)
+    # index tensors derived from the layout (kernel arguments, scatter indices), built at the first
+    # call and reused for every later call of the layer: not rebuilt per call (see Accumulator)
+    cache: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     @property
     def vid0(self) -> int:
@@ -121,7 +124,15 @@ def make_layout(kind: str, batch: int, nq: int, nk: int, geo: Geometry, n_videos
 
 
 def kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
-    """Keyword arguments for stats.row_stats for this layout."""
+    """Keyword arguments for stats.row_stats for this layout (built once per layout and shape)."""
+    key = ("kernel", nq, nk, maps, str(device))
+    got = lay.cache.get(key)
+    if got is None:
+        got = lay.cache[key] = _kernel_args(lay, nq, nk, maps, device)
+    return dict(got)
+
+
+def _kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
     kw: dict = {}
     if lay.kind == "joint":
         vid = torch.arange(nk - lay.text, device=device)
@@ -173,13 +184,19 @@ class Accumulator:
         self.sums[:, PART_INDEX[part]].index_add_(0, branch_of, torch.cat([per_row, totals], dim=-1))
 
     def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int,
-            lay: Layout | None = None):
+            lay: Layout | None = None, maps: bool = True):
         """rs from the kernel; out: SDPA output (B,H,Nq,Dv); v: (B,H,Nk,Dv); rows: sampled rows.
 
-        lay: this call's layout when it differs from the accumulator's only by branch_base."""
+        lay: this call's layout when it differs from the accumulator's only by branch_base.
+        maps: also add the pooled maps and the entropy map (else only the scalar sums)."""
         lay = lay or self.lay
         B, H, Nq, _ = out.shape
-        Nk = v.shape[-2]
+        self.calls += 1
+        if lay.kind != "joint" and rs.n_keys_all is not None and B >= lay.per_branch and B % lay.per_branch == 0:
+            self._add_uniform(lay, rs, out, v, n_videos)
+            if maps:
+                self._maps(rs, rows, lay, B, out.device)
+            return
         dev = out.device
         row_ids = rows if rows is not None else torch.arange(Nq, device=dev)
         branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
@@ -187,7 +204,6 @@ class Accumulator:
         v = v.float()
         out_sq = torch.linalg.vecdot(out, out)  # (B,H,Nq), all rows: energy is exact in every mode
         v_sq_tok = torch.linalg.vecdot(v, v)  # (B,H,Nk)
-        self.calls += 1
         present = torch.unique(branch_of)
         self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), device=dev))
         ent = rs.entropy
@@ -207,9 +223,90 @@ class Accumulator:
                               pt["out_sq"][..., vid_rows], v_vid, pt["mass"][..., vid_rows])
         else:
             self._scalars("all", branch_of, ent, rs.n_keys, out_sq, v_sq_tok.sum(-1))
-        self._maps(rs, row_ids, branch_of)
+        if maps:
+            self._maps_general(rs, row_ids, branch_of)
 
-    def _maps(self, rs: RowStats, row_ids, branch_of):
+    def _add_uniform(self, lay: Layout, rs: RowStats, out, v, n_videos: int) -> None:
+        """The common case in a handful of wide ops: every row allows all Nk keys (no mask), so no
+        row is invalid and every row's normalizer is ln Nk; the call's batch items are whole
+        branches in order ([branch_base, branch_base + 1, ...] × per_branch items each)."""
+        ent = rs.entropy  # (B,H,R)
+        B, H, R = ent.shape
+        per = lay.per_branch
+        nbc, b0 = B // per, lay.branch_base
+        out, v = out.float(), v.float()  # no-ops for float32; half precision sums in float32
+        e = ent.reshape(nbc, per, H, R).sum(dim=(1, 3))  # (nbc,H)
+        o = torch.linalg.vecdot(out, out).reshape(nbc, per, H, -1).sum(dim=(1, 3))
+        vv = torch.linalg.vecdot(v, v).reshape(nbc, per, H, -1).sum(dim=(1, 3))
+        nk = rs.n_keys_all
+        inv_ln = 1.0 / math.log(nk) if nk > 1 else 0.0  # one key: normalized entropy 0
+        key = ("rows", nbc, H, per * R, str(ent.device))
+        cnt = lay.cache.get(key)
+        if cnt is None:
+            cnt = lay.cache[key] = torch.full((nbc, H), float(per * R), device=ent.device)
+        # columns as in _ENT, _ENTN, _MASS (1 per row for part "all"), _ROWS, _ENERGY, _VENERGY
+        self.sums[b0:b0 + nbc, 0].add_(torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1))
+        self.videos[b0:b0 + nbc] += float(n_videos)
+
+    def _map_plan(self, lay: Layout, B: int, n_rows: int, dev) -> dict | None:
+        """Scatter indices of a full call (every row) of a non-joint layer, built once per layout:
+        flat (branch, frame, cell) slots of each (item, row) for the entropy map, their counts, and
+        the flat (branch, query cell|frame) rows of the pooled query-key map."""
+        key = ("maps", B, n_rows, str(dev))
+        if key in lay.cache:
+            return lay.cache[key]
+        nb, F, G = lay.n_branch, lay.frames, lay.cells
+        branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
+        plan = None
+        if lay.kind == "cross" and lay.per_position:
+            R = n_rows
+            frame = torch.arange(R, device=dev).expand(B, -1)
+            cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
+            plan = {"dst": None}
+        elif lay.kind in ("spatial", "cross") and lay.tokens3d:
+            hw = lay.th * lay.tw
+            ids = torch.arange(n_rows, device=dev)
+            frame, cell = (ids // hw).expand(B, -1), lay.cell_of(ids % hw).expand(B, -1)
+            plan = {"dst": None}
+        elif lay.kind in ("spatial", "cross"):
+            R = n_rows
+            frame = (torch.arange(B, device=dev) % lay.frames)[:, None].expand(-1, R)
+            cell = lay.cell_of(torch.arange(R, device=dev)).expand(B, -1)
+            plan = {"dst": "s" if lay.kind == "spatial" else None, "q": cell}
+        elif lay.kind == "temporal":
+            R = n_rows
+            frame = torch.arange(R, device=dev).expand(B, -1)
+            cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
+            plan = {"dst": "t", "q": frame}
+        if plan is not None:
+            flat = (branch_of[:, None] * (F * G) + frame * G + cell).long().reshape(-1)
+            plan["emap"] = flat
+            plan["emap_n"] = torch.bincount(flat, minlength=nb * F * G).float().view(nb, F, G)
+            if plan["dst"] is not None:
+                Q = self.map_s.shape[1] if plan["dst"] == "s" else self.map_t.shape[1]
+                qflat = (branch_of[:, None] * Q + plan.pop("q")).reshape(-1)
+                plan["qflat"] = qflat
+                plan["q_n"] = torch.bincount(qflat, minlength=nb * Q).float().view(nb, Q)
+            plan.pop("q", None)
+        lay.cache[key] = plan
+        return plan
+
+    def _maps(self, rs: RowStats, rows, lay: Layout, B: int, dev) -> None:
+        """Maps of a call whose rows all allow every key: cached scatter indices (see _map_plan)."""
+        if rows is not None:  # sampled rows: indices of those rows, not cached
+            return self._maps_general(rs, rows, torch.arange(B, device=dev) // lay.per_branch + lay.branch_base)
+        plan = self._map_plan(lay, B, rs.entropy.shape[-1], dev)
+        if plan is None:
+            return
+        self.emap.view(-1).index_add_(0, plan["emap"], rs.entropy.mean(1).reshape(-1))
+        self.emap_n.add_(plan["emap_n"])
+        if plan["dst"] is not None and rs.key_pooled is not None:
+            dst, cnt = (self.map_s, self.map_s_n) if plan["dst"] == "s" else (self.map_t, self.map_t_n)
+            K = dst.shape[-1]
+            dst.view(-1, K).index_add_(0, plan["qflat"], rs.key_pooled[:, 0].reshape(-1, K))
+            cnt.add_(plan["q_n"])
+
+    def _maps_general(self, rs: RowStats, row_ids, branch_of):
         lay = self.lay  # geometry only: identical for every call of the layer in a step
         dev = branch_of.device
         B = branch_of.shape[0]
@@ -362,4 +459,4 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
                 slot[..., idx] = t
                 full[name][key] = slot
         rs.parts = full
-    acc.add(rs, out, v, rows, n_videos, lay)
+    acc.add(rs, out, v, rows, n_videos, lay, maps=maps)

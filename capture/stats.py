@@ -39,6 +39,7 @@ class RowStats:
     entropy: torch.Tensor  # (B, H, Nr) nats; NaN for rows with no allowed key
     n_keys: torch.Tensor  # (B, H|1, Nr) allowed keys per row (float)
     lse: torch.Tensor | None = None  # (B, H, Nr) log-normalizer of each row (logsumexp of logits)
+    n_keys_all: float | None = None  # every row allows all keys (no mask): their number; else None
     key_pooled: torch.Tensor | None = None  # (B, H|1, Nr, Gk): A summed over each key cell
     parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     # parts[name] = {"entropy": (B,H,Nr), "n_keys": (B,H|1,Nr), "mass": (B,H,Nr),
@@ -137,13 +138,14 @@ def _fused(q, k, scale, add_mask, nkeys, onehot):
     qp = torch.nn.functional.pad(q, (0, pad)) if pad else q
     kp = torch.nn.functional.pad(k, (0, pad)) if pad else k
     out, lse = _FLASH_CPU(qp, kp, v, 0.0, False, attn_mask=add_mask, scale=scale)
-    ent = (lse - scale * torch.linalg.vecdot(q, out[..., :D])).clamp_min_(0.0)
+    ent = torch.sub(lse, torch.linalg.vecdot(q, out[..., :D]), alpha=scale).clamp_min_(0.0)
     if add_mask is not None:  # the kernel returns lse = 0 for rows without an allowed key
         none = nkeys.expand_as(ent) == 0
         ent = ent.masked_fill(none, float("nan"))
         lse = lse.masked_fill(none, float("-inf"))
     pooled = out[..., D:].mean(dim=1, keepdim=True) if onehot is not None else None
-    return RowStats(entropy=ent, n_keys=nkeys, lse=lse, key_pooled=pooled)
+    return RowStats(entropy=ent, n_keys=nkeys, lse=lse, key_pooled=pooled,
+                    n_keys_all=None if add_mask is not None else float(Nk))
 
 
 def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, n_scores) -> bool:
@@ -194,7 +196,6 @@ def row_stats(
     Nr = q.shape[-2]
     if chunk_rows is None:
         chunk_rows = chunk_rows_for(B * H, Nk, device=q.device)
-    kt = k.float().transpose(-1, -2).contiguous()  # (B,H,D,Nk)
     want_pool = key_cells is not None or key_grid is not None
     pool_h = 1 if map_heads_mean else H
 
@@ -222,6 +223,7 @@ def row_stats(
         onehot = _onehot_cells(key_cells, n_key_cells, torch.float32) if want_pool else None
         return _fused(q.float(), k.float(), scale, m_rows, nkeys, onehot)
 
+    kt = k.float().transpose(-1, -2).contiguous()  # (B,H,D,Nk)
     ent = q.new_empty((B, H, Nr), dtype=torch.float32)
     lse_all = q.new_empty((B, H, Nr), dtype=torch.float32)
     pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool else None
@@ -280,7 +282,8 @@ def row_stats(
                 po["out_sq"][:, :, start:stop] = ob.pow(2).sum(-1)
             else:
                 po["out_sq"][:, :, start:stop] = float("nan")
-    return RowStats(entropy=ent, n_keys=nkeys, lse=lse_all, key_pooled=pooled, parts=part_out)
+    return RowStats(entropy=ent, n_keys=nkeys, lse=lse_all, key_pooled=pooled, parts=part_out,
+                    n_keys_all=None if add_mask is not None else float(Nk))
 
 
 def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,12 @@ import logging
 import os
 import secrets
 import socket
+import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from . import dims
 
@@ -40,6 +40,9 @@ LAYER_COORDS = (
     dims.LAYER_NAME, dims.LAYER_KIND, dims.LAYER_BLOCK, dims.N_QUERY, dims.N_KEY, dims.N_HEADS, "map_gy", "map_gx",
 )
 COORDS_ATTR = " ".join((dims.TIMESTEP,) + LAYER_COORDS)
+# steps are written in batches at most this many seconds apart (see RunWriter.write_step)
+FLUSH_SECONDS = 2.0
+STEP_CHUNK = 64  # steps per chunk of the scalar arrays
 
 
 class StoreError(RuntimeError):
@@ -88,19 +91,28 @@ class RunWriter:
             "host": socket.gethostname(),
         }
         self.attrs = {**base, **_json_safe(attrs)}
+        import zarr  # here, not at module level: reading a root's attributes must not pay zarr's import
+
         # the group's metadata is written once with every attribute: an interrupt can leave no
         # store (unreadable, retried) but never a "running" run without the pid that shows it is gone
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3, attributes=self.attrs)
-        self.arrays: dict[str, zarr.Array] = {}
+        self.arrays: dict = {}  # name -> zarr.Array
         self.n_steps = 0
         # Steps are written by one background thread, in order, so generation does not wait on
         # the store; flush() (called by complete/fail) waits and re-raises any write error.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"attnlens-{self.run_id}")
         self._pending: list[Future] = []
+        self._buffer: list[tuple] = []  # (step, timestep, arrays) queued since the last batch
+        self._layout: tuple | None = None  # (layers, branches, grid, frames) of the first step
+        self._kept: list[tuple] = []  # (step, timestep, scalar arrays) of every step written
+        self._layers: list[dict] | None = None  # per-layer coordinates as last written
+        self._last_write = time.monotonic()
+        self.flush_seconds = FLUSH_SECONDS
 
     # -- structure, created at the first step once layer shapes and branches are known -------------
     def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int) -> None:
         g = self.group
+        self._layers = [dict(l) for l in layers]
         nl, nb, np_ = len(layers), len(branches), len(dims.PARTS)
         G = grid * grid
         with warnings.catch_warnings():
@@ -116,19 +128,22 @@ class RunWriter:
         g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER])
         g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD])
 
-        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, shards=None):
+        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, shards=None, steps=1):
             self.arrays[name] = g.create_array(
-                name, shape=(0,) + shape, chunks=(1,) + chunks, shards=shards, dtype=dtype, fill_value=fill,
+                name, shape=(0,) + shape, chunks=(steps,) + chunks, shards=shards, dtype=dtype, fill_value=fill,
                 dimension_names=[dims.STEP, *dim_names], attributes={"coordinates": COORDS_ATTR},
             )
 
-        arr(dims.STEP, (), (), [], dtype="int32", fill=-1)
+        # scalars: STEP_CHUNK steps per chunk (a few KB each), so a batch of steps is one file per
+        # array, not one per step; they are read whole (the run's table, a rebuild)
+        n = STEP_CHUNK
+        arr(dims.STEP, (), (), [], dtype="int32", fill=-1, steps=n)
         self.arrays[dims.STEP].attrs.clear()
-        arr(dims.TIMESTEP, (), (), [], dtype="float64")
+        arr(dims.TIMESTEP, (), (), [], dtype="float64", steps=n)
         self.arrays[dims.TIMESTEP].attrs.clear()
         for name in dims.SCALAR_STATS:
-            arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:])
-        arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0)
+            arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
+        arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0, steps=n)
         if self.attrs.get("capture", {}).get("maps", True):
             # one shard per step (one file), one chunk per layer inside it: written once per step,
             # read one (step, layer) map at a time
@@ -142,40 +157,52 @@ class RunWriter:
 
     def write_step(self, step: int, timestep: float, layers: list[dict], branches: list[str], results: list[dict],
                    perturbed: np.ndarray, grid: int, frames: int) -> None:
-        """Queue one step for writing. results[i] holds numpy arrays for layer i (Accumulator.result)."""
+        """Queue one step for writing. results[i] holds numpy arrays for layer i (Accumulator.result).
+
+        Steps go to disk in batches, at most ``flush_seconds`` apart (and at complete/fail): each
+        zarr write costs a few milliseconds of CPU whatever its size, so one write per array per
+        step would cost more than the statistics on small models. A process killed mid-run loses
+        at most the steps of the last ``flush_seconds``; the run is not complete either way."""
         for f in self._pending:
             if f.done():
-                f.result()  # re-raises a write error of an earlier step
+                f.result()  # re-raises a write error of an earlier batch
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(
-            self._write_step, step, timestep, layers, branches, results, perturbed, grid, frames))
+        if self._layout is None:
+            self._layout = (layers, branches, grid, frames)
+        blocks = self._step_blocks(layers, branches, results, perturbed, grid, frames)
+        self._buffer.append((step, timestep, blocks))
+        # the scalars stay in memory too (a few KB per step): the run's table is built from them
+        self._kept.append((step, timestep, {n: blocks[n] for n in (*dims.SCALAR_STATS, dims.PERTURBED)}))
+        if time.monotonic() - self._last_write >= self.flush_seconds:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._last_write = time.monotonic()
+            self._pending.append(self._pool.submit(self._write_steps, batch))
 
     def flush(self) -> None:
-        """Wait until every queued step is on disk; raise the first write error, if any."""
+        """Write every queued step and wait until it is on disk; raise the first write error, if any."""
+        self._submit()
         pending, self._pending = self._pending, []
         for f in pending:
             f.result()
 
-    def _write_step(self, step, timestep, layers, branches, results, perturbed, grid, frames) -> None:
-        if not self.arrays:
-            heads = max(l["heads"] for l in layers)
-            self._create(layers, branches, heads, grid, frames)
-        i = self.n_steps
-        for a in self.arrays.values():
-            a.resize((i + 1,) + a.shape[1:])
-        self.arrays[dims.STEP][i] = step
-        self.arrays[dims.TIMESTEP][i] = float(timestep)
+    def _step_blocks(self, layers, branches, results, perturbed, grid, frames) -> dict[str, np.ndarray]:
+        """One step's arrays, padded to the store's shapes (NaN where a layer has no value)."""
         nl, nb = len(layers), len(branches)
-        heads = self.shape_info["heads"]
+        heads = max(l["heads"] for l in layers)
+        out = {}
         for name in dims.SCALAR_STATS:
             block = np.full((nl, nb, len(dims.PARTS), heads), np.nan, dtype="float32")
             for li, r in enumerate(results):
                 if r is not None:
                     v = r[name]
                     block[li, :, :, : v.shape[-1]] = v
-            self.arrays[name][i] = block
-        self.arrays[dims.PERTURBED][i] = perturbed.astype("int8")
-        if dims.MAP_SPATIAL in self.arrays:
+            out[name] = block
+        out[dims.PERTURBED] = perturbed.astype("int8")
+        if self.attrs.get("capture", {}).get("maps", True):
             G = grid * grid
             ms = np.full((nl, nb, G, G), np.nan, dtype="float32")
             mt = np.full((nl, nb, frames, frames), np.nan, dtype="float32")
@@ -191,10 +218,22 @@ class RunWriter:
                 mt[li, :, :f, :f] = r[dims.MAP_TEMPORAL]
                 fe = r[dims.ENTROPY_MAP].shape[1]
                 em[li, :, :fe, :gy, :gx] = r[dims.ENTROPY_MAP].reshape(nb, fe, gy, gx)
-            self.arrays[dims.MAP_SPATIAL][i] = ms
-            self.arrays[dims.MAP_TEMPORAL][i] = mt
-            self.arrays[dims.ENTROPY_MAP][i] = em
-        self.n_steps += 1
+            out[dims.MAP_SPATIAL], out[dims.MAP_TEMPORAL], out[dims.ENTROPY_MAP] = ms, mt, em
+        return out
+
+    def _write_steps(self, batch: list) -> None:
+        """Append a batch of steps: one resize and one slice write per array."""
+        if not self.arrays:
+            layers, branches, grid, frames = self._layout
+            self._create(layers, branches, max(l["heads"] for l in layers), grid, frames)
+        i, k = self.n_steps, len(batch)
+        for a in self.arrays.values():
+            a.resize((i + k,) + a.shape[1:])
+        self.arrays[dims.STEP][i:i + k] = np.array([b[0] for b in batch], dtype="int32")
+        self.arrays[dims.TIMESTEP][i:i + k] = np.array([float(b[1]) for b in batch], dtype="float64")
+        for name in batch[0][2]:
+            self.arrays[name][i:i + k] = np.stack([b[2][name] for b in batch])
+        self.n_steps += k
 
     def write_video(self, frames: np.ndarray, fps: int = 8) -> None:
         """frames: (F, H, W, 3) uint8."""
@@ -214,8 +253,9 @@ class RunWriter:
         first seen after the first stored step (Wan 2.2's low-noise expert, kinds inferred later)
         gets its kind and token counts."""
         self.flush()
-        if not self.arrays:
-            return
+        if not self.arrays or layers == self._layers:
+            return  # nothing to rewrite (the usual case: every layer was seen at the first step)
+        self._layers = layers
         g = self.group
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -231,11 +271,27 @@ class RunWriter:
 
         self.flush()
         self._pool.shutdown()
-        write_run_table(self.dir)
+        write_run_table(self.dir, self.stats_frame())
         self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
+        import zarr
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python extension to v3
             zarr.consolidate_metadata(str(self.path))
+
+    def stats_frame(self):
+        """The run's long-form statistics table, from the arrays this writer wrote (the same table
+        catalog.stats_frame reads back from the store)."""
+        from .catalog import stats_long
+
+        layers, branches, _, _ = self._layout or ([], [], 0, 0)
+        layers = self._layers or layers
+        kept = self._kept
+        stack = {n: (np.stack([k[2][n] for k in kept]) if kept else np.zeros((0, 0, 0, 0, 0), "float32"))
+                 for n in (*dims.SCALAR_STATS, dims.PERTURBED)}
+        return stats_long(self.run_id, [k[0] for k in kept], [float(k[1]) for k in kept], [l["name"] for l in layers],
+                          [l["kind"] for l in layers], [l["block"] for l in layers], branches, dims.PARTS,
+                          {n: stack[n] for n in dims.SCALAR_STATS}, stack[dims.PERTURBED])
 
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -297,6 +353,7 @@ def _open_trimmed(p: Path):
     """An interrupted run whose last step was only partly written: every variable cut to the steps
     all of them have (read eagerly; such runs are never shown as complete)."""
     import xarray as xr
+    import zarr
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -162,14 +162,16 @@ PROMPTS = ("a red circle moving left", "a blue square moving up", "a green trian
 
 
 def make_root(root, *, runs: int = 200, steps: int = 25, map_runs: int = 10, heads: int = HEADS, frames: int = 16,
-              seed: int = 0, progress=None) -> list[str]:
+              seed: int = 0, progress=None, first: int = 0) -> list[str]:
     """A benchmark root: ``runs`` complete runs of an AnimateDiff-shaped model (53 attention layers:
     spatial, cross, temporal) with varied prompts, seeds and perturbations; the first ``map_runs``
-    carry attention maps, the rest scalar statistics only (maps are ~20 MB per run at this size)."""
-    rng = np.random.default_rng(seed)
+    carry attention maps, the rest scalar statistics only (maps are ~20 MB per run at this size).
+    ``first``: index of the first run to write (runs first..runs-1; so several processes can
+    write one root, each its own range, with the same runs a single process would write)."""
     layers = animatediff_like_layers(heads=heads, frames=frames)
     ids = []
-    for i in range(runs):
+    for i in range(first, runs):
+        rng = np.random.default_rng([seed, i])
         pert = [] if i % 4 else [{"spec": f"{'IU'[i // 4 % 2]}@{layers[i % len(layers)]['name']}"}]
         attrs = {"model": f"synthetic-{'ab'[i % 2]}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": int(i // 6),
                  "perturbation": pert}

@@ -124,6 +124,8 @@ def test_missing_root_is_an_error(tmp_path, capsys):
 ])
 def test_sql_is_read_only_and_reaches_nothing_else(damaged, tmp_path, capsys, query):
     root, _, _ = damaged
+    assert main(["runs", "--root", str(root)]) == 0  # the first open writes the root's catalog index
+    capsys.readouterr()
     before = _snapshot(root)
     q = query.format(tmp=tmp_path)
     assert main(["sql", q, "--root", str(root)]) == 2
