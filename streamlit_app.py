@@ -24,5 +24,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-common.sidebar()
-page.run()
+with common.render_timer(page.url_path or "runs"):
+    common.sidebar()
+    page.run()

@@ -1,6 +1,7 @@
 """Dashboard speed on a large trace root (make one with benchmarks/make_root.py).
 
     python benchmarks/bench_dashboard.py --root build/bench-root [--browser]
+    python benchmarks/bench_dashboard.py --root build/root-2000 --sessions 5     # a team at once
 
 Prints, against the goals of the dashboard issue:
 - opening the root (catalog of every run);
@@ -8,7 +9,12 @@ Prints, against the goals of the dashboard issue:
 - a map switch, server side: read one (step, layer) map and its per-query entropy and build both
   figures — goal <= 200 ms;
 - with --browser: first full render of each view in Chromium (navigation until the app has
-  finished its run and drawn its figures) — goal <= 3 s.
+  finished its run and drawn its figures) — goal <= 3 s;
+- with --sessions N: N Chromium sessions (threads, one browser each, on loopback) clicking
+  through every view ``--rounds`` times at once, each starting at a different view; prints each
+  view's server-side render time (the app's own timing of each script run, see
+  dashboard.views.common.render_timer) as median and p95 — goals <= 1 s and <= 3 s — and the
+  first full render of the first session in Chromium — goal <= 3 s.
 """
 
 from __future__ import annotations
@@ -48,7 +54,12 @@ def main() -> None:
     ap.add_argument("--root", default="build/bench-root")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--browser", action="store_true")
+    ap.add_argument("--sessions", type=int, default=0, help="concurrent browser sessions (0: none)")
+    ap.add_argument("--rounds", type=int, default=2, help="times each session visits every view")
     args = ap.parse_args()
+    if args.sessions:
+        concurrent(args.root, args.sessions, args.rounds)
+        return
     t = time.perf_counter()
     tr = TraceRoot(args.root)
     open_ms = (time.perf_counter() - t) * 1000
@@ -101,6 +112,82 @@ def browser_render(root: str) -> None:
             ok = "  OK" if ms <= 3000 else "  over goal (3000 ms)"
             print(f"{'first render in Chromium: ' + view:<52} {ms:8.1f} ms{ok}")
         b.close()
+
+
+def concurrent(root: str, sessions: int, rounds: int) -> None:
+    import json
+    import os
+    import tempfile
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from capture.store import list_run_dirs, read_attrs
+    from tests.browser import PLOTTED, VIEWS, Server, launch, wait_rendered
+
+    # the maps view opens on a run that has maps (most runs of a big root are captured without)
+    map_run = next((d.name for d in list_run_dirs(root) if (read_attrs(d).get("capture") or {}).get("maps")), None)
+    query = {"maps": f"?mp_run={map_run}" if map_run else ""}
+    log = Path(tempfile.mkdtemp(prefix="attnlens-bench-")) / "render.jsonl"
+    os.environ["ATTNLENS_RENDER_LOG"] = str(log)  # inherited by the server process
+    views = list(VIEWS)
+    client: dict[str, list[float]] = {v: [] for v in views}
+    first: list[float] = []
+    errors: list[str] = []
+    with Server(root) as srv:
+        def session(i: int) -> None:
+            try:
+                with sync_playwright() as p:
+                    b = launch(p)
+                    page = b.new_page(viewport={"width": 1400, "height": 1000})
+                    order = views[i % len(views):] + views[:i % len(views)]
+                    for r in range(rounds):
+                        for view in order:
+                            t = time.perf_counter()
+                            page.goto(f"{srv.url}/{VIEWS[view]}{query.get(view, '')}")
+                            wait_rendered(page, timeout_ms=180000)
+                            if view in PLOTTED:  # a view may show a message instead (no sweep here)
+                                try:
+                                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
+                                except Exception:  # noqa: BLE001
+                                    pass
+                            dt = time.perf_counter() - t
+                            client[view].append(dt)
+                            if i == 0 and r == 0 and view == order[0]:
+                                first.append(dt)
+                    b.close()
+            except Exception as e:  # noqa: BLE001 - reported with the figures
+                errors.append(f"session {i}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t0
+    server: dict[str, list[float]] = {v: [] for v in views}
+    for ln in log.read_text().splitlines():
+        rec = json.loads(ln)
+        server.setdefault(rec["view"], []).append(rec["seconds"])
+    runs = len(os.listdir(Path(root) / "runs"))
+    print(f"{sessions} sessions x {rounds} rounds x {len(views)} views on {root} ({runs} runs), {wall:.0f} s in all")
+    print(f"  {'view':<14}{'server median s':>16}{'server p95 s':>14}{'n':>5}{'browser median s':>18}{'browser max s':>15}")
+    for v in views:
+        s_, c = sorted(server.get(v, [])), client[v]
+        if not s_:
+            continue
+        p95 = s_[min(len(s_) - 1, int(round(0.95 * (len(s_) - 1))))]
+        print(f"  {v:<14}{statistics.median(s_):>16.2f}{p95:>14.2f}{len(s_):>5}"
+              f"{(statistics.median(c) if c else float('nan')):>18.2f}{(max(c) if c else float('nan')):>15.2f}")
+    every = sorted(x for xs in server.values() for x in xs)
+    if every:
+        p95 = every[min(len(every) - 1, int(round(0.95 * (len(every) - 1))))]
+        print(f"  all views: server median {statistics.median(every):.2f} s (goal 1), p95 {p95:.2f} s (goal 3)")
+    if first:
+        print(f"  first full render in Chromium ({views[0]}, cold server): {first[0]:.2f} s (goal 3)")
+    for e in errors:
+        print("  " + e)
 
 
 if __name__ == "__main__":

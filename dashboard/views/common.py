@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
+import os
 import re
+import time
 
 import pandas as pd
 import streamlit as st
@@ -15,6 +19,30 @@ from ..data import RunUnavailable, TraceRoot
 log = logging.getLogger(__name__)
 
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+RENDER_LOG_ENV = "ATTNLENS_RENDER_LOG"
+
+
+@contextlib.contextmanager
+def render_timer(view: str):
+    """Time one script run of a view on the server (from the top of the script to the last
+    element sent); logged at debug level, and appended as a JSON line to $ATTNLENS_RENDER_LOG when
+    set (benchmarks/bench_dashboard.py reads it). Streamlit stops a run that a newer interaction
+    replaces by raising inside it; such a run is recorded as not finished."""
+    t0 = time.perf_counter()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        secs = time.perf_counter() - t0
+        log.debug("view %s rendered in %.3f s%s", view, secs, "" if finished else " (stopped)")
+        path = os.environ.get(RENDER_LOG_ENV)
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"view": view, "seconds": round(secs, 4), "finished": finished,
+                                    "time": time.time()}) + "\n")
 
 
 def root() -> TraceRoot:

@@ -39,8 +39,9 @@ def _body() -> None:
     agg = c4.selectbox("head aggregation", aggs, key=state.init("ls_hagg", "mean", options=aggs),
                        format_func=rules.HEAD_AGG.get, disabled=head != "avg")
     others = [NO_COMPARE] + [r for r in runs["run"] if r != run_id]
+    label_of = run_label(runs)  # built once: per option it would cost O(runs) each, O(runs²) in all
     other = c5.selectbox("minus run", others, key=state.init("ls_minus", NO_COMPARE, options=others),
-                         format_func=lambda r: r if r == NO_COMPARE else run_label(runs)(r))
+                         format_func=lambda r: r if r == NO_COMPARE else label_of(r))
     state.sync("ls_run", "ls_stat", "ls_branch", "ls_head", "ls_hagg", "ls_minus")
     kw = dict(branch=branch, head=None if head == "avg" else int(head), head_agg=agg)
     label = STATS[stat]
