@@ -34,7 +34,17 @@ def root() -> TraceRoot:
 def reload() -> None:
     """Forget everything cached: new runs, new notes, rebuilt tables become visible."""
     _open.clear()
+    figure.clear()
     st.cache_data.clear()
+
+
+@st.cache_resource(show_spinner=False, ttl=120, max_entries=512)
+def figure(key: tuple, _build):
+    """The figure ``_build()`` makes, built once per ``key`` and shared by every session: building
+    a Plotly figure is the largest part of a view's server time (0.1-0.2 s each), and a team
+    looks at the same runs. ``key`` must name everything the figure depends on (data source,
+    options, title). Callers must not change the returned figure."""
+    return _build()
 
 
 @st.cache_data(show_spinner=False, ttl=120, max_entries=256)

@@ -62,15 +62,17 @@ def complete_runs(tr: TraceRoot) -> pd.DataFrame:
 
 
 def run_label(runs: pd.DataFrame):
-    info = {r.run: r for r in runs.itertuples()}
+    """run id -> its label in pickers (id · model · seed · prompt · perturbation). Built from
+    whole columns at once: a root of thousands of runs labels each picker in milliseconds."""
+    cols = {c: runs[c].tolist() for c in ("run", "model", "seed", "prompt", "perturbation")}
+    info = {}
+    for run, model, seed, prompt, pert in zip(*cols.values()):
+        prompt = prompt[:48] if isinstance(prompt, str) else ""
+        pert = f" · {pert}" if isinstance(pert, str) and pert else ""
+        info[run] = f"{run} · {model} · seed {seed} · {prompt}{pert}"
 
     def fmt(run_id):
-        r = info.get(run_id)
-        if r is None:
-            return run_id
-        prompt = r.prompt[:48] if isinstance(r.prompt, str) else ""
-        pert = f" · {r.perturbation}" if isinstance(r.perturbation, str) and r.perturbation else ""
-        return f"{run_id} · {r.model} · seed {r.seed} · {prompt}{pert}"
+        return info.get(run_id, run_id)
 
     return fmt
 

@@ -60,7 +60,11 @@ def _body() -> None:
     d = pa.merge(pb[["layer_name", "value"]], on="layer_name", suffixes=("_a", "_b"))
     d["value"] = d["value_b"] - d["value_a"]
     title = f"Δ {STATS[stat]} per layer (B − A, {rules.STEP_AGG['mean']}, {rules.HEAD_AGG['mean']}) · {branch}"
-    show(figures.layer_diff_bars(d, label=f"Δ {STATS[stat]}", title=title), d, title, "cmp_bars")
+    bars = cache.figure(("cmp_bars", path, a, b, stat, branch, title),
+                        lambda: figures.layer_diff_bars(d, label=f"Δ {STATS[stat]}", title=title))
+    show(bars, d, title, "cmp_bars")
     hd = cache.layer_step_diff(path, b, a, stat, branch=branch)
     ht = f"Δ {STATS[stat]} over (layer, step) = run {b} − run {a} · {branch}"
-    show(figures.layer_step_heatmap(hd, label=f"Δ {STATS[stat]}", title=ht, diverging=True), hd, ht, "cmp_heat")
+    heat = cache.figure(("cmp_heat", path, a, b, stat, branch, ht),
+                        lambda: figures.layer_step_heatmap(hd, label=f"Δ {STATS[stat]}", title=ht, diverging=True))
+    show(heat, hd, ht, "cmp_heat")

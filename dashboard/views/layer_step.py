@@ -49,9 +49,11 @@ def _body() -> None:
     if other == NO_COMPARE:
         df = cache.layer_step(path, run_id, stat, **kw)
         title = f"{label} · run {run_id} · branch {branch} · {how}"
-        fig = figures.layer_step_heatmap(df, label=label, title=title)
+        fig = cache.figure(("layer_step", path, run_id, stat, tuple(sorted(kw.items())), title),
+                           lambda: figures.layer_step_heatmap(df, label=label, title=title))
     else:
         df = cache.layer_step_diff(path, run_id, other, stat, **kw)
         title = f"Δ {label} = run {run_id} − run {other} · branch {branch} · {how}"
-        fig = figures.layer_step_heatmap(df, label=f"Δ {label}", title=title, diverging=True)
+        fig = cache.figure(("layer_step_diff", path, run_id, other, stat, tuple(sorted(kw.items())), title),
+                           lambda: figures.layer_step_heatmap(df, label=f"Δ {label}", title=title, diverging=True))
     show(fig, df, title, "layer_step")

@@ -56,14 +56,18 @@ def _body() -> None:
     title = f"{name} · step {step} · {branch} · run {run_id}"
     data = pd.DataFrame(m.values).rename_axis("query").reset_index().melt(id_vars="query", var_name="key",
                                                                           value_name="weight")
-    show(figures.map_pair(m, rule=rule, param=param, title=title), data, f"map {title}", "map_pair")
+    where = (str(tr.root), run_id, step, layer, branch)
+    show(cache.figure(("map_pair", *where, rule, param, title), lambda: figures.map_pair(m, rule=rule, param=param,
+                                                                                          title=title)),
+         data, f"map {title}", "map_pair")
     left, right = st.columns(2)
     with left:
         emap = tr.entropy_map(run_id, step, layer, branch)
         et = f"per-query entropy · {name} · step {step}"
         edata = pd.DataFrame([(f, y, x, float(emap[f, y, x])) for f, y, x in np.ndindex(*emap.shape)],
                              columns=["frame", "y", "x", "entropy"])
-        show(figures.entropy_grid(emap, title=et, max_cols=4), edata, et, "entropy_map")
+        show(cache.figure(("entropy_grid", *where, et), lambda: figures.entropy_grid(emap, title=et, max_cols=4)),
+             edata, et, "entropy_map")
     with right:
         n = m.values.shape[0]
         what = "query frame" if m.kind == "temporal" else f"query cell (row-major over {m.gy}×{m.gx})"
@@ -73,4 +77,4 @@ def _body() -> None:
         q = min(int(q), n - 1)
         qt = f"where {what.split(' (')[0]} {q} attends · {name} · step {step}"
         qdata = pd.DataFrame({"key": np.arange(m.values.shape[1]), "weight": m.values[q]})
-        show(figures.query_attention(m, q, title=qt), qdata, qt, "query")
+        show(cache.figure(("query", *where, q, qt), lambda: figures.query_attention(m, q, title=qt)), qdata, qt, "query")
