@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 # Bytes of one float32 score chunk. Measured on a 2-core CPU (benchmarks/bench_stats.py): 2-4 MiB
 # keeps the chunk in cache between the passes (matmul, max, exp, sums); larger chunks are slower.
@@ -137,7 +141,7 @@ def _fused(q, k, scale, add_mask, nkeys, onehot):
     pad = v.shape[-1] - D
     qp = torch.nn.functional.pad(q, (0, pad)) if pad else q
     kp = torch.nn.functional.pad(k, (0, pad)) if pad else k
-    out, lse = _FLASH_CPU(qp, kp, v, 0.0, False, attn_mask=add_mask, scale=scale)
+    out, lse = _lse_attention(qp, kp, v, add_mask, scale)
     ent = torch.sub(lse, torch.linalg.vecdot(q, out[..., :D]), alpha=scale).clamp_min_(0.0)
     if add_mask is not None:  # the kernel returns lse = 0 for rows without an allowed key
         none = nkeys.expand_as(ent) == 0
@@ -148,8 +152,51 @@ def _fused(q, k, scale, add_mask, nkeys, onehot):
                     n_keys_all=None if add_mask is not None else float(Nk))
 
 
+def _lse_attention(q, k, v, add_mask, scale):
+    """(A·V, log-sum-exp of each row) from one fused attention kernel: the CPU flash kernel, or on
+    CUDA the memory-efficient kernel (which pads lse to a multiple of 32 rows: cut here)."""
+    if q.device.type == "cuda":
+        out, lse = _EFFICIENT(q, k, v, None, True, 0.0, False, scale=scale)[:2]
+        return out, lse[..., : q.shape[-2]]
+    return _FLASH_CPU(q, k, v, 0.0, False, attn_mask=add_mask, scale=scale)
+
+
+_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
+# CUDA: whether the fused path agreed with the chunked one on this device (checked once per
+# process and device on a small random problem before it is used; see _cuda_fused_ok)
+_CUDA_CHECKED: dict[str, bool] = {}
+
+
+def _cuda_fused_ok(device) -> bool:
+    """The fused path on CUDA is used only after it matched the chunked kernel on this device
+    (entropy within 1e-3 nats on random q, k): a kernel that misbehaves on some GPU or torch build
+    costs speed, never correctness."""
+    key = str(device)
+    if key not in _CUDA_CHECKED:
+        ok = False
+        try:
+            g = torch.Generator(device=device).manual_seed(0)
+            q, k = (torch.randn(2, 3, 80, 40, device=device, generator=g) for _ in range(2))
+            nk = torch.full((2, 1, 80), 80.0, device=device)
+            fused = _fused(q, k, 40 ** -0.5, None, nk, None).entropy
+            ref = row_stats(q, k, scale=40 ** -0.5, method="chunked").entropy
+            ok = bool((fused - ref).abs().max() < 1e-3)
+            if not ok:
+                log.warning("the fused statistics kernel disagrees with the chunked one on %s; using the chunked one",
+                            key)
+        except Exception as e:  # noqa: BLE001 - no such kernel here: the chunked path serves
+            log.info("no fused statistics kernel on %s (%s); using the chunked one", key, e)
+        _CUDA_CHECKED[key] = ok
+    return _CUDA_CHECKED[key]
+
+
 def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, n_scores) -> bool:
-    if _FLASH_CPU is None or q.device.type != "cpu" or parts:
+    if parts:
+        return False
+    if q.device.type == "cuda":
+        # statistics only and no mask (the pooled maps and masks keep the chunked kernel on CUDA)
+        return _EFFICIENT is not None and add_mask is None and not want_pool and _cuda_fused_ok(q.device)
+    if _FLASH_CPU is None or q.device.type != "cpu":
         return False
     if add_mask is not None and bool(((add_mask != 0) & torch.isfinite(add_mask)).any()):
         return False  # finite non-zero mask values would add a Σ p·mask term; the chunked kernel has it
@@ -185,7 +232,8 @@ def row_stats(
     key_cells: (Nk,) long cell index per key (-1 = not pooled) to return key-pooled rows;
     key_grid: (frames, h, w, gy, gx, token_offset) fast path for the regular layout where
     key_cells[j] = frame * gy * gx + cell of (y, x) for the video keys after token_offset.
-    method: "fused" (one fused attention call, see _fused; CPU, masks of 0/−inf only, no parts),
+    method: "fused" (one fused attention call, see _fused; CPU with masks of 0/−inf only, or CUDA
+    without mask or maps once the device passed a self-check; no parts),
     "chunked" (explicit scores, chunk by chunk; every case) or "auto" (fused where it applies and
     is faster, measured in benchmarks/bench_stats.py).
     """
@@ -213,7 +261,8 @@ def row_stats(
     if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean,
                                                             B * H * Nr * Nk)):
         if not _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, 0):
-            raise ValueError("the fused statistics path does not apply here (needs CPU, no parts, 0/-inf masks)")
+            raise ValueError("the fused statistics path does not apply here (needs CPU, or CUDA without mask or maps; "
+                             "no parts; 0/-inf masks)")
         if want_pool and key_cells is None:
             raise ValueError("the fused path pools by key_cells")
         m_rows = None

@@ -190,3 +190,40 @@ def test_lse_is_the_row_log_normalizer(method):
     rs = row_stats(q, k, scale=0.6, method=method)
     ref = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) * 0.6, -1)
     torch.testing.assert_close(rs.lse.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_statistics_match_the_chunked_kernel():
+    """On CUDA, statistics without maps take one memory-efficient attention call (its log-sum-exp
+    is padded to 32 rows: the cut must line up) once the device passed its self-check."""
+    from capture import stats
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k = (torch.randn(2, 5, 77, 48, device="cuda", generator=g) for _ in range(2))
+    assert stats._cuda_fused_ok(q.device)
+    fused = row_stats(q, k, scale=48 ** -0.5, method="fused")
+    ref = row_stats(q, k, scale=48 ** -0.5, method="chunked")
+    torch.testing.assert_close(fused.entropy, ref.entropy, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.lse, ref.lse, rtol=1e-5, atol=1e-4)
+
+
+def test_fused_kernel_self_check_falls_back_when_it_disagrees(monkeypatch, caplog):
+    """The device self-check behind the CUDA fused path (run here on the CPU kernels): a kernel
+    whose log-sum-exp is off is not used, with a warning, and the verdict is kept per device."""
+    from capture import stats
+
+    good = stats._lse_attention
+    monkeypatch.setattr(stats, "_CUDA_CHECKED", {})
+    assert stats._cuda_fused_ok("cpu")
+    monkeypatch.setattr(stats, "_CUDA_CHECKED", {})
+    monkeypatch.setattr(stats, "_lse_attention", lambda *a: (lambda o, l: (o, l + 0.5))(*good(*a)))
+    with caplog.at_level("WARNING"):
+        assert not stats._cuda_fused_ok("cpu")
+    assert "disagrees" in caplog.text and stats._CUDA_CHECKED == {"cpu": False}
+
+    def broken(*a):
+        raise RuntimeError("no kernel for this head size")
+
+    monkeypatch.setattr(stats, "_CUDA_CHECKED", {})
+    monkeypatch.setattr(stats, "_lse_attention", broken)
+    assert not stats._cuda_fused_ok("cpu")
