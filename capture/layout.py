@@ -166,10 +166,9 @@ class Accumulator:
         z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=device)  # noqa: E731
         self.lay, self.heads = lay, heads
         self.sums = z(nb, np_, heads, 6)  # one tensor, so each call adds with one index_add
-        self.videos = z(nb)
-        self.map_s, self.map_s_n = z(nb, G, G), z(nb, G)
-        self.map_t, self.map_t_n = z(nb, F, F), z(nb, F)
-        self.emap, self.emap_n = z(nb, F, G), z(nb, F, G)
+        self.videos = [0.0] * nb  # videos summed per branch (a Python list: no tensor op per call)
+        self._z, self._map_shapes = z, (nb, G, F)
+        self.map_s = None  # the maps' sums, allocated by the first call that adds maps (_ensure_maps)
         self.calls = 0
 
     def _scalars(self, part, branch_of, ent, n_keys, out_sq, v_sq, mass=None):
@@ -204,8 +203,8 @@ class Accumulator:
         v = v.float()
         out_sq = torch.linalg.vecdot(out, out)  # (B,H,Nq), all rows: energy is exact in every mode
         v_sq_tok = torch.linalg.vecdot(v, v)  # (B,H,Nk)
-        present = torch.unique(branch_of)
-        self.videos.index_add_(0, present, torch.full(present.shape, float(n_videos), device=dev))
+        for b in sorted(set((torch.arange(B) // lay.per_branch + lay.branch_base).tolist())):
+            self.videos[b] += float(n_videos)
         ent = rs.entropy
         if lay.kind == "joint":
             T, v0 = lay.text, lay.vid0
@@ -246,7 +245,15 @@ class Accumulator:
             cnt = lay.cache[key] = torch.full((nbc, H), float(per * R), device=ent.device)
         # columns as in _ENT, _ENTN, _MASS (1 per row for part "all"), _ROWS, _ENERGY, _VENERGY
         self.sums[b0:b0 + nbc, 0].add_(torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1))
-        self.videos[b0:b0 + nbc] += float(n_videos)
+        for b in range(b0, b0 + nbc):
+            self.videos[b] += float(n_videos)
+
+    def _ensure_maps(self) -> None:
+        if self.map_s is None:
+            z, (nb, G, F) = self._z, self._map_shapes
+            self.map_s, self.map_s_n = z(nb, G, G), z(nb, G)
+            self.map_t, self.map_t_n = z(nb, F, F), z(nb, F)
+            self.emap, self.emap_n = z(nb, F, G), z(nb, F, G)
 
     def _map_plan(self, lay: Layout, B: int, n_rows: int, dev) -> dict | None:
         """Scatter indices of a full call (every row) of a non-joint layer, built once per layout:
@@ -293,6 +300,7 @@ class Accumulator:
 
     def _maps(self, rs: RowStats, rows, lay: Layout, B: int, dev) -> None:
         """Maps of a call whose rows all allow every key: cached scatter indices (see _map_plan)."""
+        self._ensure_maps()
         if rows is not None:  # sampled rows: indices of those rows, not cached
             return self._maps_general(rs, rows, torch.arange(B, device=dev) // lay.per_branch + lay.branch_base)
         plan = self._map_plan(lay, B, rs.entropy.shape[-1], dev)
@@ -307,6 +315,7 @@ class Accumulator:
             cnt.add_(plan["q_n"])
 
     def _maps_general(self, rs: RowStats, row_ids, branch_of):
+        self._ensure_maps()
         lay = self.lay  # geometry only: identical for every call of the layer in a step
         dev = branch_of.device
         B = branch_of.shape[0]
@@ -364,7 +373,7 @@ class Accumulator:
         """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded."""
         S = self.sums.cpu()
         rows = S[..., self._ROWS]
-        videos = self.videos.cpu()[:, None, None]
+        videos = torch.tensor(self.videos, dtype=torch.float32)[:, None, None]
         nan = float("nan")
         res = {
             dims.ENTROPY: S[..., self._ENT] / rows,
@@ -372,10 +381,11 @@ class Accumulator:
             dims.MASS: S[..., self._MASS] / rows,
             dims.ENERGY: torch.where(rows > 0, S[..., self._ENERGY] / videos, nan),
             dims.VALUE_ENERGY: torch.where(rows > 0, S[..., self._VENERGY] / videos, nan),
-            dims.MAP_SPATIAL: self.map_s / self.map_s_n[..., None],
-            dims.MAP_TEMPORAL: self.map_t / self.map_t_n[..., None],
-            dims.ENTROPY_MAP: self.emap / self.emap_n,
         }
+        if self.map_s is not None:  # statistics-only captures never allocate maps
+            res[dims.MAP_SPATIAL] = self.map_s / self.map_s_n[..., None]
+            res[dims.MAP_TEMPORAL] = self.map_t / self.map_t_n[..., None]
+            res[dims.ENTROPY_MAP] = self.emap / self.emap_n
         return {k: v.float().cpu() for k, v in res.items()}
 
 
