@@ -235,6 +235,19 @@ def ieadapt_label(rec: dict | None) -> str | None:
     return "cfg"
 
 
+def _same_row(new: dict, cached: dict | None) -> bool:
+    """Whether a freshly read run row equals its cached one (NaN and None count as equal)."""
+    if cached is None:
+        return False
+    for k, v in new.items():
+        c = cached.get(k)
+        if (v is None or v != v) and (c is None or c != c):  # None / NaN
+            continue
+        if str(v) != str(c):
+            return False
+    return True
+
+
 class Catalog:
     """DuckDB over one trace root. ``query(sql)`` returns a DataFrame; see the module docstring."""
 
@@ -256,7 +269,6 @@ class Catalog:
             sigs = {k: catalog_index.signature(f) for k, f in files.items()}
             row = index.cached_row(d.name, sigs)
             if row is None:
-                dirty = True
                 row = run_row(d)
                 row.update({f"_sig_{k}": v for k, v in sigs.items()})
                 for k in ("stats", "metrics"):
@@ -266,6 +278,8 @@ class Catalog:
                     elif sigs[k] and row["status"] == dims.COMPLETE:
                         why = parquet_problem(files[k])
                     row[f"_problem_{k}"] = why
+                # a running run's row is read every time; the index is rewritten only on a change
+                dirty = dirty or not _same_row(row, index.rows.get(d.name))
             rows.append(row)
         if dirty or len(rows) != len(index.rows):
             index.save_rows(rows)

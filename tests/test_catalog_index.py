@@ -1,0 +1,118 @@
+"""The catalog's incremental index (<root>/catalog/): whatever it caches, the catalog's tables are
+those a catalog read straight from the run directories gives — after runs are added, removed,
+rebuilt or damaged, and on a root where the index cannot be written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capture import catalog_index, dims
+from capture.catalog import STATS_FILE, Catalog
+from capture.synthetic import animatediff_like_layers, write_run
+
+LAYERS = animatediff_like_layers(n_down=1, cross=False, heads=2, frames=4)
+
+
+def _runs(root, n, start=0):
+    return [write_run(root, np.random.default_rng(start + i), layers=LAYERS, steps=3, frames=4, maps=False,
+                      run_id=f"r-{start + i:03d}", attrs={"seed": start + i}) for i in range(n)]
+
+
+def _tables(cat: Catalog):
+    stats = cat.query("SELECT * FROM stats ORDER BY run, step, layer, branch, part, head").reset_index(drop=True)
+    runs = cat.query("SELECT * FROM runs ORDER BY run").reset_index(drop=True)
+    return runs, stats
+
+
+def _direct(root, monkeypatch):
+    """The catalog with the index switched off (every run read from its own files)."""
+    with monkeypatch.context() as m:
+        m.setattr(catalog_index.RootIndex, "__init__", _no_index_init)
+        return _tables(Catalog(root))
+
+
+def _no_index_init(self, root, run_columns):
+    self.dir, self.columns, self.rows, self.writable = root / "nowhere", run_columns, {}, False
+    self.meta = {"segments": []}
+
+
+def _same(a, b):
+    pd.testing.assert_frame_equal(a[0], b[0])
+    pd.testing.assert_frame_equal(a[1], b[1])
+
+
+def test_index_gives_the_tables_of_the_run_directories(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog_index, "SEGMENT_MIN", 3)
+    root = tmp_path / "root"
+    _runs(root, 4)
+    first = _tables(Catalog(root))  # builds the index: one segment of 4 runs
+    meta = (root / "catalog" / "index.json").read_text()
+    assert '"r-000"' in meta and len(list((root / "catalog").glob("stats-*.parquet"))) == 1
+    _same(first, _direct(root, monkeypatch))
+    _same(_tables(Catalog(root)), first)  # warm open: the same
+
+    _runs(root, 2, start=4)  # new runs: read from their own files until there are SEGMENT_MIN
+    _same(_tables(Catalog(root)), _direct(root, monkeypatch))
+    assert len(list((root / "catalog").glob("stats-*.parquet"))) == 1
+
+    # a run's table rewritten (as a rebuild does): left out of its segment, read from its file
+    d = root / "runs" / "r-001"
+    df = pd.read_parquet(d / STATS_FILE)
+    df[dims.ENTROPY] = df[dims.ENTROPY] + 1.0
+    df.to_parquet(d / STATS_FILE)
+    os.utime(d / STATS_FILE, ns=(1, 1))  # a different signature even within one clock tick
+    got = _tables(Catalog(root))
+    _same(got, _direct(root, monkeypatch))
+    np.testing.assert_allclose(got[1].loc[got[1]["run"] == "r-001", dims.ENTROPY].to_numpy(),
+                               df.sort_values(["step", "layer", "branch", "part", "head"])[dims.ENTROPY].to_numpy(),
+                               rtol=1e-6)
+
+    shutil.rmtree(root / "runs" / "r-002")  # a run removed: gone from every table
+    got = _tables(Catalog(root))
+    assert "r-002" not in set(got[0]["run"]) and "r-002" not in set(got[1]["run"])
+    _same(got, _direct(root, monkeypatch))
+
+    (root / "runs" / "r-003" / STATS_FILE).write_bytes(b"PAR1 garbage")  # damaged: unreadable, others fine
+    cat = Catalog(root)
+    assert cat.runs().set_index("run").loc["r-003", "state"] == "unreadable"
+    _same(_tables(cat), _direct(root, monkeypatch))
+
+    cat.rebuild()  # from the stores: the index is built again from scratch
+    _same(_tables(cat), _direct(root, monkeypatch))
+
+
+def test_running_run_state_is_read_every_time(tmp_path):
+    root = tmp_path / "root"
+    _runs(root, 1)
+    rid = write_run(root, np.random.default_rng(9), layers=LAYERS, steps=2, frames=4, maps=False, status="running")
+    assert Catalog(root).runs().set_index("run").loc[rid, "status"] == dims.RUNNING
+    before = os.stat(root / "catalog" / catalog_index.RUNS_FILE).st_mtime_ns
+    Catalog(root)
+    assert os.stat(root / "catalog" / catalog_index.RUNS_FILE).st_mtime_ns == before  # nothing changed
+    from capture.store import RunWriter  # noqa: F401  (the writer marks runs complete through attrs)
+    import json
+
+    meta = root / "runs" / rid / "trace.zarr" / "zarr.json"
+    g = json.loads(meta.read_text())
+    g["attributes"]["status"] = dims.FAILED
+    meta.write_text(json.dumps(g))
+    assert Catalog(root).runs().set_index("run").loc[rid, "status"] == dims.FAILED
+
+
+@pytest.mark.parametrize("blocker", ["file", "unparsable"])
+def test_root_whose_index_cannot_be_used(tmp_path, monkeypatch, blocker):
+    root = tmp_path / "root"
+    _runs(root, 3)
+    if blocker == "file":  # the index folder cannot be created: the root is read directly
+        (root / "catalog").write_text("not a folder")
+    else:  # a damaged index is ignored and written again
+        (root / "catalog").mkdir()
+        (root / "catalog" / "index.json").write_text("{not json")
+    _same(_tables(Catalog(root)), _direct(root, monkeypatch))
+    if blocker == "file":
+        assert (root / "catalog").read_text() == "not a folder"
