@@ -91,13 +91,10 @@ def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, pa
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    from .catalog_index import write_parquet
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    con = duckdb.connect()
-    try:
-        con.register("df", df)
-        con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(tmp)}' (FORMAT parquet)")
-    finally:
-        con.close()
+    write_parquet(df, tmp)
     os.replace(tmp, path)
 
 

@@ -89,7 +89,7 @@ class RootIndex:
         for c in df.columns:
             if df[c].dtype == object:
                 df[c] = df[c].astype(str).where(df[c].notna(), None)
-        self._atomic(self.dir / RUNS_FILE, lambda tmp: _copy(df, tmp))
+        self._atomic(self.dir / RUNS_FILE, lambda tmp: write_parquet(df, tmp))
         self._save_meta()
 
     # -- statistics sources -----------------------------------------------------------------------
@@ -157,11 +157,13 @@ class RootIndex:
             log.info("catalog index not written (%s); reading the runs directly", e)
 
 
-def _copy(df: pd.DataFrame, tmp) -> None:
+def write_parquet(df: pd.DataFrame, path) -> None:
+    """Write a DataFrame as one Parquet file with DuckDB (not atomic: callers write a temporary
+    name and rename it)."""
     con = duckdb.connect()
     try:
         con.register("df", df)
-        con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(tmp)}' (FORMAT parquet)")
+        con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(path)}' (FORMAT parquet)")
     finally:
         con.close()
 
