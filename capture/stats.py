@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import logging
+import threading
 
 import torch
 
@@ -119,11 +120,6 @@ def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> 
 
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-# problems up to this many scores take the fused path even with maps (measured: it wins on small
-# layers, the chunked kernel wins on large ones, where the one-hot value columns cost more)
-FUSED_MAPS_MAX_SCORES = 2**22
-
-
 def _fused(q, k, scale, add_mask, nkeys, onehot):
     """Row entropy (and key-pooled rows) from one fused attention call, no score matrix at all.
 
@@ -190,22 +186,54 @@ def _cuda_fused_ok(device) -> bool:
     return _CUDA_CHECKED[key]
 
 
-def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, n_scores) -> bool:
+def _fused_applies(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
+    """Whether the fused path can compute this problem (CPU: 0/−inf masks, head-averaged maps;
+    CUDA: statistics only, no mask, after the device's self-check; never parts)."""
     if parts:
         return False
     if q.device.type == "cuda":
-        # statistics only and no mask (the pooled maps and masks keep the chunked kernel on CUDA)
         return _EFFICIENT is not None and add_mask is None and not want_pool and _cuda_fused_ok(q.device)
     if _FLASH_CPU is None or q.device.type != "cpu":
         return False
     if add_mask is not None and bool(((add_mask != 0) & torch.isfinite(add_mask)).any()):
         return False  # finite non-zero mask values would add a Σ p·mask term; the chunked kernel has it
-    return not want_pool or (map_heads_mean and n_scores <= FUSED_MAPS_MAX_SCORES)
+    return not want_pool or map_heads_mean
+
+
+def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
+    """Whether "auto" takes the fused path: wherever it applies, except with pooled maps. There the
+    one-hot key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become
+    68), which measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
+    (benchmarks/bench_stats.py, "exact+maps" against "fused+maps")."""
+    return not want_pool and _fused_applies(q, add_mask, parts, want_pool, map_heads_mean)
 
 
 def _onehot_cells(key_cells, n_cells, dtype):
     idx = torch.where(key_cells < 0, n_cells, key_cells)
     return torch.nn.functional.one_hot(idx, n_cells + 1)[:, :n_cells].to(dtype)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float32 score buffers of at least n elements, kept between calls (per thread and
+    device). A fresh multi-MB buffer per call comes back from the allocator as new pages, and
+    faulting them in cost more than the arithmetic on small layers (the demo's 64-token spatial
+    layers: 8 ms per call instead of 1.5 ms). CUDA's caching allocator reuses blocks itself, and
+    holding its larger chunks would take GPU memory from the model, so there it allocates."""
+    if torch.device(device).type != "cpu":
+        return (torch.empty(n, dtype=torch.float32, device=device),
+                torch.empty(n, dtype=torch.float32, device=device))
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    key = str(device)
+    got = bufs.get(key)
+    if got is None or got[0].numel() < n:
+        got = bufs[key] = (torch.empty(n, dtype=torch.float32, device=device),
+                           torch.empty(n, dtype=torch.float32, device=device))
+    return got
 
 
 def row_stats(
@@ -258,9 +286,8 @@ def row_stats(
     if add_mask is not None:
         m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
         nkeys[:] = allowed_keys(m_rows).sum(-1).float().expand(B, nk_h, Nr)
-    if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean,
-                                                            B * H * Nr * Nk)):
-        if not _fused_ok(q, add_mask, parts, want_pool, map_heads_mean, 0):
+    if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean)):
+        if not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
             raise ValueError("the fused statistics path does not apply here (needs CPU, or CUDA without mask or maps; "
                              "no parts; 0/-inf masks)")
         if want_pool and key_cells is None:
@@ -289,8 +316,7 @@ def row_stats(
 
     qs = q.float() * scale  # fold the scale into q once: one pass over (Nr, D) instead of (Nr, Nk)
     n_buf = B * H * min(chunk_rows, Nr) * Nk
-    s_buf = torch.empty(n_buf, dtype=torch.float32, device=q.device)
-    e_buf = torch.empty(n_buf, dtype=torch.float32, device=q.device)
+    s_buf, e_buf = _scratch(n_buf, q.device)
     has_inf = add_mask is not None
     for start in range(0, Nr, chunk_rows):
         stop = min(Nr, start + chunk_rows)

@@ -43,6 +43,7 @@ COORDS_ATTR = " ".join((dims.TIMESTEP,) + LAYER_COORDS)
 # steps are written in batches at most this many seconds apart (see RunWriter.write_step)
 FLUSH_SECONDS = 2.0
 STEP_CHUNK = 64  # steps per chunk of the scalar arrays
+MAP_CHUNK_BYTES = 4 * 2**20  # at most this much map data per chunk (one step, several layers)
 
 
 class StoreError(RuntimeError):
@@ -128,9 +129,9 @@ class RunWriter:
         g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER])
         g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD])
 
-        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, shards=None, steps=1):
+        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, steps=1):
             self.arrays[name] = g.create_array(
-                name, shape=(0,) + shape, chunks=(steps,) + chunks, shards=shards, dtype=dtype, fill_value=fill,
+                name, shape=(0,) + shape, chunks=(steps,) + chunks, dtype=dtype, fill_value=fill,
                 dimension_names=[dims.STEP, *dim_names], attributes={"coordinates": COORDS_ATTR},
             )
 
@@ -145,14 +146,18 @@ class RunWriter:
             arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
         arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0, steps=n)
         if self.attrs.get("capture", {}).get("maps", True):
-            # one shard per step (one file), one chunk per layer inside it: written once per step,
-            # read one (step, layer) map at a time
-            arr(dims.MAP_SPATIAL, (nl, nb, G, G), (1, nb, G, G), [dims.LAYER, dims.BRANCH, dims.QUERY, dims.KEY],
-                shards=(1, nl, nb, G, G))
-            arr(dims.MAP_TEMPORAL, (nl, nb, frames, frames), (1, nb, frames, frames),
-                [dims.LAYER, dims.BRANCH, dims.QUERY_FRAME, dims.KEY_FRAME], shards=(1, nl, nb, frames, frames))
-            arr(dims.ENTROPY_MAP, (nl, nb, frames, grid, grid), (1, nb, frames, grid, grid),
-                [dims.LAYER, dims.BRANCH, dims.FRAME, dims.GRID_Y, dims.GRID_X], shards=(1, nl, nb, frames, grid, grid))
+            # maps: one step of as many layers as fit in MAP_CHUNK_BYTES per chunk (usually all
+            # of them: one file per step). A zarr chunk costs about as much CPU to write as
+            # 100 KB of data, so per-layer chunks (or shards of them) cost several times the
+            # data; reading one (step, layer) map decompresses at most MAP_CHUNK_BYTES.
+            def maps(name, inner, dim_names):
+                per_layer = 4 * nb * int(np.prod(inner))
+                n_lay = max(1, min(nl, MAP_CHUNK_BYTES // per_layer))
+                arr(name, (nl, nb) + inner, (n_lay, nb) + inner, [dims.LAYER, dims.BRANCH, *dim_names])
+
+            maps(dims.MAP_SPATIAL, (G, G), [dims.QUERY, dims.KEY])
+            maps(dims.MAP_TEMPORAL, (frames, frames), [dims.QUERY_FRAME, dims.KEY_FRAME])
+            maps(dims.ENTROPY_MAP, (frames, grid, grid), [dims.FRAME, dims.GRID_Y, dims.GRID_X])
         self.shape_info = {"grid": grid, "frames": frames, "heads": heads, "branches": branches}
 
     def write_step(self, step: int, timestep: float, layers: list[dict], branches: list[str], results: list[dict],
