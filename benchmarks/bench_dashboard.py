@@ -94,10 +94,17 @@ def main() -> None:
         browser_render(args.root)
 
 
+def wait_drawn(page, timeout_ms: int) -> None:
+    """Until the view has drawn its figure, or the message it shows instead (the perturbation view
+    on a root without a sweep)."""
+    page.wait_for_selector('.js-plotly-plot .main-svg, [data-testid="stAlert"], [data-testid="stAlertContainer"]',
+                           timeout=timeout_ms)
+
+
 def browser_render(root: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import VIEWS, Server, launch, wait_rendered
+    from tests.browser import PLOTTED, VIEWS, Server, launch, wait_rendered
 
     with Server(root) as srv, sync_playwright() as p:
         b = launch(p)
@@ -106,8 +113,8 @@ def browser_render(root: str) -> None:
             t = time.perf_counter()
             page.goto(f"{srv.url}/{path}")
             wait_rendered(page, timeout_ms=60000)
-            if view not in ("runs", "notes"):
-                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            if view in PLOTTED:
+                wait_drawn(page, 60000)
             ms = (time.perf_counter() - t) * 1000
             ok = "  OK" if ms <= 3000 else "  over goal (3000 ms)"
             print(f"{'first render in Chromium: ' + view:<52} {ms:8.1f} ms{ok}")
@@ -146,11 +153,8 @@ def concurrent(root: str, sessions: int, rounds: int) -> None:
                             t = time.perf_counter()
                             page.goto(f"{srv.url}/{VIEWS[view]}{query.get(view, '')}")
                             wait_rendered(page, timeout_ms=180000)
-                            if view in PLOTTED:  # a view may show a message instead (no sweep here)
-                                try:
-                                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=20000)
-                                except Exception:  # noqa: BLE001
-                                    pass
+                            if view in PLOTTED:
+                                wait_drawn(page, 60000)
                             dt = time.perf_counter() - t
                             client[view].append(dt)
                             if i == 0 and r == 0 and view == order[0]:

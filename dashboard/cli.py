@@ -21,10 +21,15 @@ def app_path() -> Path:
 
 
 def streamlit_command(root: Path, host: str, port: int, open_browser: bool = False) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(app_path()),
+    # dashboard.serve preloads the app's modules, then runs Streamlit's CLI with these arguments
+    return [sys.executable, "-m", "dashboard.serve", "run", str(app_path()),
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "false" if open_browser else "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            # no full garbage collection after every script run: it holds the GIL for 0.1-0.5 s
+            # on a server with thousands of runs' tables cached, stalling every other session
+            # (a third of the server's script time with 5 sessions); Python's own GC still runs
+            "--runner.postScriptGC", "false",
             "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a workbench, not an app to publish
             "--", "--root", str(root)]
 

@@ -58,12 +58,14 @@ class TraceRoot:
             raise FileNotFoundError(f"trace root {self.root} does not exist")
         self.catalog = Catalog(self.root)
         self._groups: dict[str, object] = {}
+        self._runs: dict[tuple, pd.DataFrame] = {}  # runs() results for the catalog as last read
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         self.catalog.refresh()
         with self._lock:
             self._groups.clear()
+            self._runs.clear()
 
     def _q(self, sql: str, params=None) -> pd.DataFrame:
         return self.catalog.query(sql, params)
@@ -94,7 +96,19 @@ class TraceRoot:
             where.append("(perturbation ILIKE ? OR ieadapt ILIKE ?)")
             params += [f"%{perturbation}%"] * 2
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created, run"
-        return self._q(sql, params)
+        # every view asks for the runs table on every script run (pickers, labels): the same answer
+        # until the catalog is read again, so it is queried once per filter (a copy each time:
+        # callers may change their frame)
+        key = (sql, repr(params))
+        with self._lock:
+            got = self._runs.get(key)
+        if got is None:
+            got = self._q(sql, params)
+            with self._lock:
+                if len(self._runs) > 64:
+                    self._runs.clear()
+                self._runs[key] = got
+        return got.copy()
 
     def run_dir(self, run_id: str) -> Path:
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):

@@ -98,6 +98,31 @@ def test_runs_filter_matches_ieadapt_method(tmp_path):
     assert labels.iloc[0] == "guidance s=3 I constant" and labels.isna().iloc[1]
 
 
+def test_runs_table_is_read_once_per_catalog_read(tmp_path, monkeypatch):
+    """runs() answers from memory until the catalog is read again; callers get their own copy."""
+    from capture import synthetic as S
+
+    rng = np.random.default_rng(4)
+    layers = S.animatediff_like_layers(n_down=1, heads=1, frames=2, grid=2, latent=4)
+    first = S.write_run(tmp_path, rng, layers=layers, steps=2, frames=2, grid=2, run_id="20260101-000000-a1a1a1",
+                        attrs={"model": "m", "seed": 1})
+    tr = TraceRoot(tmp_path)
+    queries = []
+    real = tr.catalog.query
+    monkeypatch.setattr(tr.catalog, "query", lambda sql, params=None: queries.append(sql) or real(sql, params))
+    a = tr.runs(status=["complete"])
+    a.loc[:, "model"] = "changed by the caller"
+    b = tr.runs(status=["complete"])
+    assert list(b["run"]) == [first] and list(b["model"]) == ["m"] and len(queries) == 1
+    assert list(tr.runs(seed=[2])["run"]) == [] and len(queries) == 2  # another filter: its own query
+    second = S.write_run(tmp_path, rng, layers=layers, steps=2, frames=2, grid=2, run_id="20260101-000001-b2b2b2",
+                         attrs={"model": "m", "seed": 2})
+    assert list(tr.runs(status=["complete"])["run"]) == [first]  # the catalog as last read
+    tr.refresh()
+    assert list(tr.runs(status=["complete"])["run"]) == [first, second]
+    assert list(tr.runs(seed=[2])["run"]) == [second]
+
+
 @pytest.mark.parametrize("step", [None, 2])
 @pytest.mark.parametrize("step_agg", ["mean", "max"])
 def test_per_layer_over_runs(root, step, step_agg):

@@ -1,0 +1,69 @@
+"""The dashboard's server process: load what every page needs, then run Streamlit's own CLI.
+
+    python -m dashboard.serve run streamlit_app.py --server.port 8501 -- --root DIR
+
+(what ``attnlens dashboard`` starts). Streamlit imports an app's modules in the first session's
+script thread, so without this the first page to open waits for pandas, DuckDB, Plotly (and
+Plotly's lazily loaded validators), pyarrow, zarr and every view: seconds on a small machine, and
+longer when several people open the dashboard at once. Imported here, they are loaded before the
+server accepts a connection; so is the trace root (its catalog), which the first sessions would
+otherwise all wait on together. Must not import the app script itself (it calls Streamlit
+commands).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def preload() -> float:
+    """Import the dashboard's modules and draw one figure of each kind the views use (Plotly loads
+    a trace type's validators the first time one is built); returns the seconds it took."""
+    t0 = time.perf_counter()
+    import pyarrow  # noqa: F401 - what st.dataframe converts tables with
+    import zarr  # noqa: F401 - the maps view's reader (0.3 s to import)
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from dashboard.views import (  # noqa: F401
+        common, compare, layer_step, maps, notes_view, perturbation, proportions, runs, selection,
+    )
+
+    fig = go.Figure([go.Heatmap(z=[[0.0, 1.0]]), go.Bar(x=["a"], y=[1.0]), go.Scatter(x=[0.0], y=[1.0]),
+                     go.Histogram(x=[0.0, 1.0])])
+    fig.update_layout(title="warm-up")
+    pio.to_json(fig)
+    return time.perf_counter() - t0
+
+
+def open_root() -> float:
+    """Open the trace root the server will serve (its catalog, DuckDB views and runs table) into
+    the dashboard's cache, so the first sessions find it open; returns the seconds it took. A root
+    that cannot be opened is left for the app to report."""
+    t0 = time.perf_counter()
+    from dashboard import cache
+
+    try:
+        cache.root().runs(status=["complete"])
+    except Exception as e:  # noqa: BLE001 - the first page shows the error in its own words
+        log.warning("could not open the trace root ahead of the first session: %s", e)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    secs = preload()
+    log.info("dashboard modules loaded in %.2f s", secs)
+    secs = open_root()
+    log.info("trace root opened in %.2f s", secs)
+    from streamlit.web import cli
+
+    return cli.main()  # reads its arguments (run APP ...) from sys.argv
+
+
+if __name__ == "__main__":
+    sys.exit(main())
