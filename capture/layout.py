@@ -150,7 +150,8 @@ def _kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
     elif maps and lay.kind == "spatial":
         kw.update(key_cells=lay.cell_of(torch.arange(nk, device=device)), n_key_cells=lay.cells, key_grid=lay.key_grid(0))
     elif maps and lay.kind == "temporal":
-        kw.update(key_cells=torch.arange(nk, device=device), n_key_cells=nk)
+        # each key (frame) is its own cell: the grid path, which then pools nothing
+        kw.update(key_cells=torch.arange(nk, device=device), n_key_cells=nk, key_grid=(nk, 1, 1, 1, 1, 0))
     return kw
 
 

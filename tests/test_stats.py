@@ -111,11 +111,12 @@ def test_identity_and_uniform_limits(method):
 
 # the fused path pools head-averaged maps only (capture's only use)
 @pytest.mark.parametrize("method,heads_mean", [("chunked", True), ("chunked", False), ("fused", True)])
-@pytest.mark.parametrize("use_grid", [True, False])
-def test_key_pooling_matches_explicit(heads_mean, use_grid, method):
-    # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells per frame
+@pytest.mark.parametrize("use_grid,text", [(True, 0), (False, 0), (True, 3), (False, 3)])
+def test_key_pooling_matches_explicit(heads_mean, use_grid, text, method):
+    # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells per frame, after
+    # `text` leading tokens that belong to no cell (a joint layer's text)
     f, h, w, gy, gx = 2, 4, 6, 2, 3
-    nk = f * h * w
+    nk = text + f * h * w
     q, k, _ = rand_qk(5, 2, 3, 10, nk, 8)
     a, _ = explicit(q, k, 0.3)
     y = torch.arange(h).repeat_interleave(w).repeat(f)
@@ -123,16 +124,18 @@ def test_key_pooling_matches_explicit(heads_mean, use_grid, method):
     frame = torch.arange(f).repeat_interleave(h * w)
     cells = frame * gy * gx + (y // (h // gy)) * gx + x // (w // gx)
     onehot = torch.nn.functional.one_hot(cells, f * gy * gx).double()
-    ref = a @ onehot  # (B,H,Nq,G)
+    ref = a[..., text:] @ onehot  # (B,H,Nq,G)
+    cells = torch.cat([torch.full((text,), -1), cells])
     if heads_mean:
         ref = ref.mean(1, keepdim=True)
-    grid = (f, h, w, gy, gx, 0) if use_grid else None
+    grid = (f, h, w, gy, gx, text) if use_grid else None
     rs = row_stats(
         q, k, scale=0.3, chunk_rows=3, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid,
         map_heads_mean=heads_mean, method=method,
     )
     torch.testing.assert_close(rs.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(rs.key_pooled.sum(-1), torch.ones_like(rs.key_pooled.sum(-1)))
+    if not text:
+        torch.testing.assert_close(rs.key_pooled.sum(-1), torch.ones_like(rs.key_pooled.sum(-1)))
 
 
 @pytest.mark.parametrize("method", METHODS)
