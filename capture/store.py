@@ -178,7 +178,10 @@ class RunWriter:
         self._buffer.append((step, timestep, blocks))
         # the scalars stay in memory too (a few KB per step): the run's table is built from them
         self._kept.append((step, timestep, {n: blocks[n] for n in (*dims.SCALAR_STATS, dims.PERTURBED)}))
-        if time.monotonic() - self._last_write >= self.flush_seconds:
+        # the first step goes at once: creating the store's arrays (tens of ms) then overlaps
+        # the generation instead of waiting for the first batch, which a short run reaches only
+        # at its end
+        if not self.n_steps and not self._pending or time.monotonic() - self._last_write >= self.flush_seconds:
             self._submit()
 
     def _submit(self) -> None:
