@@ -14,12 +14,13 @@ def test_server_command_preloads_and_skips_the_per_run_gc(tmp_path):
     assert cmd[-2:] == ["--root", str(tmp_path)]
 
 
-def test_open_root_leaves_the_served_root_open(tmp_path, monkeypatch):
+def test_open_root_leaves_the_served_root_open(tmp_path, monkeypatch, caplog):
     ids = make_root(tmp_path)
     monkeypatch.setattr(sys, "argv", cli.streamlit_command(tmp_path, "127.0.0.1", 8599)[2:])
     cache.reload()
     try:
         assert serve.open_root() >= 0
+        assert "could not open" not in caplog.text  # the root and its first queries worked
         tr = cache.root()
         assert tr is cache.root()  # opened once, before any session
         assert str(tr.root) == str(tmp_path.resolve())
