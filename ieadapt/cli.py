@@ -40,13 +40,14 @@ def cmd_apply_enhance(args) -> int:
 
     from .enhance import EnhanceConfig, enhance
 
+    sel = _read_selection(args.selection)
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
     window = parse_steps(args.steps, n) if args.steps else None
     cfg = EnhanceConfig(mode=args.mode, scale=args.scale, perturb=args.perturb, steps=window,
                         schedule=args.schedule, factor=args.factor)
-    sel = _selection(args.selection, pipe, None if args.any_model else args.model)
+    sel = _selection(sel, pipe, None if args.any_model else args.model)
     runs = [("cfg", EnhanceConfig(mode="cfg"))] if args.baseline else []
     runs.append((args.mode, cfg))
     bar = tqdm(total=n * len(runs), unit="step", disable=args.quiet, file=sys.stderr)
@@ -80,10 +81,11 @@ def cmd_apply_edit(args) -> int:
 
     from .edit import edit, injected_layers, measure_edit
 
+    sel = _read_selection(args.selection)
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
-    sel = _selection(args.selection, pipe, None if args.any_model else args.model)
+    sel = _selection(sel, pipe, None if args.any_model else args.model)
     fam = family_of(pipe)
     kinds = {l.name: l.kind for l in inventory(pipe, fam)}
     layers = injected_layers(sel.layers, kinds, args.temporal, args.cross)
@@ -155,16 +157,22 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _selection(path, pipe, model: str | None):
-    """The selection file, checked against the pipeline's layers (and model name unless None)."""
+def _read_selection(path):
+    """The selection file, read before the pipeline is loaded: a missing or damaged file is a
+    one-line error at once, not after the model has loaded."""
+    from capture.selection import Selection
+
+    return Selection.load(path)
+
+
+def _selection(sel, pipe, model: str | None):
+    """The selection, checked against the pipeline's layers (and model name unless None)."""
     from capture.layers import inventory
     from capture.models.families import family_of
-    from capture.selection import Selection
 
     from .select import check_layers
 
     fam = family_of(pipe)
-    sel = Selection.load(path)
     check_layers(sel, [l.name for l in inventory(pipe, fam)], model)
     return sel
 

@@ -137,3 +137,22 @@ def test_a_run_whose_latents_turn_non_finite_is_failed(tmp_path, anim_pipe):
                       callback_on_step_end_tensor_inputs=["latents"], **ANIM_CALL)
     ds = open_run(tr.run_dirs[-1])
     assert ds.attrs["status"] == dims.FAILED and "non-finite" in ds.attrs["error"]
+
+
+@pytest.mark.parametrize("method", ["enhance", "edit"])
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_apply_reads_the_selection_before_loading_the_model(method, content, root, tmp_path, capsys, monkeypatch):
+    """A missing or damaged selection file is refused at once, before the pipeline loads."""
+    import capture.models.presets as presets
+
+    def no_load(*a, **k):
+        raise AssertionError("the pipeline was loaded before the selection file was read")
+
+    monkeypatch.setattr(presets, "load_pipeline", no_load)
+    sel = tmp_path / "sel.json"
+    if content is not None:
+        sel.write_text(content)
+    argv = ["apply", method, "--model", "tiny-animatediff", "--quiet", "--selection", str(sel)]
+    argv += ["--prompt", "p"] if method == "enhance" else ["--source-prompt", "p", "--target-prompt", "q",
+                                                          "--source-seed", "0"]
+    _check(argv, "selection", root, capsys)
