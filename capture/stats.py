@@ -207,14 +207,6 @@ def _fused_applies(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
     return not want_pool or map_heads_mean
 
 
-def _fused_ok(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
-    """Whether "auto" takes the fused path: wherever it applies, except with pooled maps. There the
-    one-hot key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become
-    68), which measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
-    (benchmarks/bench_stats.py, "exact+maps" against "fused+maps")."""
-    return not want_pool and _fused_applies(q, add_mask, parts, want_pool, map_heads_mean)
-
-
 def _onehot_cells(key_cells, n_cells, dtype):
     idx = torch.where(key_cells < 0, n_cells, key_cells)
     return torch.nn.functional.one_hot(idx, n_cells + 1)[:, :n_cells].to(dtype)
@@ -229,17 +221,15 @@ def _scratch(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     faulting them in cost more than the arithmetic on small layers (the demo's 64-token spatial
     layers: 8 ms per call instead of 1.5 ms). CUDA's caching allocator reuses blocks itself, and
     holding its larger chunks would take GPU memory from the model, so there it allocates."""
+    def pair():
+        return tuple(torch.empty(n, dtype=torch.float32, device=device) for _ in range(2))
+
     if torch.device(device).type != "cpu":
-        return (torch.empty(n, dtype=torch.float32, device=device),
-                torch.empty(n, dtype=torch.float32, device=device))
-    bufs = getattr(_SCRATCH, "bufs", None)
-    if bufs is None:
-        bufs = _SCRATCH.bufs = {}
-    key = str(device)
-    got = bufs.get(key)
+        return pair()
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    got = bufs.get(str(device))
     if got is None or got[0].numel() < n:
-        got = bufs[key] = (torch.empty(n, dtype=torch.float32, device=device),
-                           torch.empty(n, dtype=torch.float32, device=device))
+        got = bufs[str(device)] = pair()
     return got
 
 
@@ -293,10 +283,18 @@ def row_stats(
     if add_mask is not None:
         m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
         nkeys[:] = allowed_keys(m_rows).sum(-1).float().expand(B, nk_h, Nr)
-    if method == "fused" or (method == "auto" and _fused_ok(q, add_mask, parts, want_pool, map_heads_mean)):
-        if not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
+    # "auto" takes the fused path wherever it applies, except with pooled maps: there the one-hot
+    # key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become 68),
+    # measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
+    # (benchmarks/bench_stats.py, "exact+maps" against "fused+maps"). Whether it applies is
+    # checked once: with a mask that check reads the whole mask.
+    fused = method == "fused" or (method == "auto" and not want_pool)
+    if fused and not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
+        if method == "fused":
             raise ValueError("the fused statistics path does not apply here (needs CPU, or CUDA without mask or maps; "
                              "no parts; 0/-inf masks)")
+        fused = False
+    if fused:
         if want_pool and key_cells is None:
             raise ValueError("the fused path pools by key_cells")
         m_rows = None

@@ -181,7 +181,7 @@ class RunWriter:
         # the first step goes at once: creating the store's arrays (tens of ms) then overlaps
         # the generation instead of waiting for the first batch, which a short run reaches only
         # at its end
-        if not self.n_steps and not self._pending or time.monotonic() - self._last_write >= self.flush_seconds:
+        if (not self.n_steps and not self._pending) or time.monotonic() - self._last_write >= self.flush_seconds:
             self._submit()
 
     def _submit(self) -> None:
