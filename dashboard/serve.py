@@ -73,11 +73,30 @@ def _first_queries(tr, run_id: str) -> None:
     figures.layer_diff_bars(bars, label="warm-up", title="warm-up")
 
 
+def _quiet_streamlit():
+    """Streamlit warns that no runtime exists yet when the views define their caches and when the
+    root is opened before the server starts; that is expected here (the caches it falls back to
+    are the memory caches the runtime uses too), so those warnings are not shown."""
+    import streamlit  # noqa: F401 - creates its loggers (setting their levels) before they are changed here
+
+    loggers = [logging.getLogger(n) for n in ("streamlit.runtime.caching.cache_data_api",
+                                              "streamlit.runtime.scriptrunner_utils.script_run_context",
+                                              "streamlit.runtime.caching.cache_resource_api")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    return lambda: [lg.setLevel(lv) for lg, lv in zip(loggers, levels)]
+
+
 def main() -> int:
-    secs = preload()
-    log.info("dashboard modules loaded in %.2f s", secs)
-    secs = open_root()
-    log.info("trace root opened in %.2f s", secs)
+    restore = _quiet_streamlit()
+    try:
+        secs = preload()
+        log.info("dashboard modules loaded in %.2f s", secs)
+        secs = open_root()
+        log.info("trace root opened in %.2f s", secs)
+    finally:
+        restore()
     from streamlit.web import cli
 
     return cli.main()  # reads its arguments (run APP ...) from sys.argv

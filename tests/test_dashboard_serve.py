@@ -38,3 +38,19 @@ def test_open_root_reports_a_missing_root_instead_of_failing(tmp_path, monkeypat
         assert "could not open the trace root" in caplog.text
     finally:
         cache.reload()
+
+
+def test_preload_prints_no_streamlit_runtime_warnings(tmp_path):
+    """The server's warm-up runs before Streamlit's runtime exists; its expected 'no runtime'
+    warnings are not shown in the user's terminal."""
+    import subprocess
+
+    make_root(tmp_path)
+    code = ("import sys\n"
+            f"sys.argv = ['serve', 'run', 'app.py', '--', '--root', {str(tmp_path)!r}]\n"
+            "from dashboard import serve\n"
+            "restore = serve._quiet_streamlit()\n"
+            "serve.preload(); serve.open_root(); restore()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "No runtime found" not in out.stderr + out.stdout
+    assert "missing ScriptRunContext" not in out.stderr + out.stdout
