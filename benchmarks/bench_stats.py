@@ -7,7 +7,10 @@ Prints one row per (N, mode): median milliseconds and the ratio to SDPA measured
 Modes: exact (entropy of every row, the path capture chooses), exact+maps (also key pooling onto
 an 8x8 grid), sampled (256 evenly spaced query rows), and the two implementations forced:
 chunked (explicit scores, chunk by chunk) and fused (one fused attention call with V = K, see
-capture/stats.py).
+capture/stats.py). Capture's per-layer cost, the model's call included: sdpa+exact (the
+model's SDPA call, then the statistics: two calls) against merged (one call gives the output and
+the statistics, capture/merged.py), and the same with maps (merged+maps: the maps' pass from the
+merged call's log-sum-exp, stats.pooled_rows). Only the CPU has the merged kernel.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from capture.stats import default_chunk_bytes, row_stats  # noqa: E402
+from capture import merged  # noqa: E402
+from capture.stats import default_chunk_bytes, pooled_rows, row_stats  # noqa: E402
 from capture.tracer import sampled_rows  # noqa: E402
 
 
@@ -84,6 +88,18 @@ def main() -> None:
             "fused+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64,
                                              method="fused")) if cells is not None else None,
         }
+        if dev == "cpu" and dtype == torch.float32:
+            def merged_maps():
+                _, rs = merged.merged_attention(q, k, v, scale)
+                pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=cells, n_key_cells=64, key_grid=grid)
+
+            modes.update({
+                "sdpa+exact": lambda: (F.scaled_dot_product_attention(q, k, v), row_stats(q, k, scale=scale)),
+                "merged": lambda: merged.merged_attention(q, k, v, scale),
+                "sdpa+maps": (lambda: (F.scaled_dot_product_attention(q, k, v), row_stats(
+                    q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid))) if cells is not None else None,
+                "merged+maps": merged_maps if cells is not None else None,
+            })
         for name, fn in modes.items():
             if fn is None:
                 continue

@@ -15,7 +15,7 @@ import torch
 
 from . import dims
 from .models.families import Geometry
-from .stats import DEFAULT_CHUNK_BYTES, Part, RowStats, chunk_rows_for, normalized, row_stats
+from .stats import DEFAULT_CHUNK_BYTES, Part, RowStats, chunk_rows_for, normalized, pooled_rows, row_stats
 
 PART_INDEX = {p: i for i, p in enumerate(dims.PARTS)}
 
@@ -440,12 +440,14 @@ def joint_parts(lay: Layout, q, k, v, scale: float, lse_full, rows, *, chunk_byt
 
 def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool, rows=None,
                chunk_bytes: int = DEFAULT_CHUNK_BYTES, n_videos: int = 1, method: str = "auto",
-               lay: Layout | None = None) -> None:
+               lay: Layout | None = None, rs: RowStats | None = None) -> None:
     """Run the statistics kernel on one attention call and add it to ``acc``.
 
     q: (B,H,Nq,D); k, v: (B,H,Nk,·) with heads already expanded; out: the layer's original
     SDPA output (B,H,Nq,Dv), from which energies are taken. Joint layers without a per-query mask
     get their parts from :func:`joint_parts`; with one, from the kernel's generic (slower) parts.
+    rs: every row's entropy and lse, already computed with the output (capture.merged; no mask,
+    no sampled rows); then only the maps, if wanted, are computed here, from that lse.
     """
     B, H, Nq, _ = q.shape
     Nk = k.shape[-2]
@@ -454,8 +456,15 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
     fast_parts = lay.kind == "joint" and mask is None
     if fast_parts:
         kw.pop("parts", None)
-    rs = row_stats(q, k, scale=scale, mask=mask, v=v if lay.kind == "joint" else None,
-                   chunk_rows=chunk_rows_for(B * H, Nk, chunk_bytes, q.device), rows=rows, method=method, **kw)
+    chunk_rows = chunk_rows_for(B * H, Nk, chunk_bytes, q.device)
+    if rs is None:
+        rs = row_stats(q, k, scale=scale, mask=mask, v=v if lay.kind == "joint" else None,
+                       chunk_rows=chunk_rows, rows=rows, method=method, **kw)
+    elif "key_cells" in kw:
+        if mask is not None or rows is not None or kw.get("parts"):
+            raise ValueError("precomputed statistics are for calls without mask, sampled rows or parts")
+        rs.key_pooled = pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=kw["key_cells"],
+                                    n_key_cells=kw["n_key_cells"], key_grid=kw.get("key_grid"), chunk_rows=chunk_rows)
     if fast_parts:
         ids = rows if rows is not None else None
         parts = joint_parts(lay, q, k, v, scale, rs.lse, ids, chunk_bytes=chunk_bytes)

@@ -366,6 +366,33 @@ def row_stats(
                     n_keys_all=None if add_mask is not None else float(Nk))
 
 
+def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Tensor, key_cells: torch.Tensor,
+                n_key_cells: int, key_grid: tuple | None = None, map_heads_mean: bool = True,
+                chunk_rows: int | None = None) -> torch.Tensor:
+    """Key-pooled rows of ``A = softmax(q kᵀ·scale)`` when each row's log-sum-exp is already known
+    (from the fused kernel that gave the layer's output): ``A = exp(s − lse)`` directly, without
+    the row max, row sum and entropy passes of the chunked kernel. No mask.
+
+    q: (B,H,Nr,D); k: (B,H,Nk,D); lse: (B,H,Nr). Returns (B, 1 if map_heads_mean else H, Nr, Gk)."""
+    B, H, Nr, _ = q.shape
+    Nk = k.shape[-2]
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(B * H, Nk, device=q.device)
+    kt = k.float().transpose(-1, -2).contiguous()  # (B,H,D,Nk)
+    qs = q.float() * scale
+    pooled = q.new_empty((B, 1 if map_heads_mean else H, Nr, n_key_cells), dtype=torch.float32)
+    s_buf, _ = _scratch(B * H * min(chunk_rows, Nr) * Nk, q.device)
+    for start in range(0, Nr, chunk_rows):
+        stop = min(Nr, start + chunk_rows)
+        c = stop - start
+        p = torch.matmul(qs[:, :, start:stop], kt, out=s_buf[: B * H * c * Nk].view(B, H, c, Nk))
+        p.sub_(lse[:, :, start:stop, None]).exp_()  # (B,H,c,Nk) rows of A
+        if map_heads_mean:
+            p = p.mean(dim=1, keepdim=True)
+        pooled[:, :, start:stop] = _pool_keys(p, key_cells, n_key_cells, key_grid)
+    return pooled
+
+
 def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:
     """Row entropy / ln(allowed keys), in [0, 1]; one allowed key gives 0, none gives NaN.
 

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dims, hooks
+from . import dims, hooks, merged
 from .layers import DEFAULT_SELECTION, LayerInfo, LayerSelectionError, inventory, select
 from .layout import Accumulator, Layout, accumulate, make_layout
 from .models.families import Geometry, family_of, infer_kind
@@ -596,6 +596,12 @@ class Tracer:
             return call.original()
         if not specs and not capture:
             return call.original()
+        if not specs and self._merges(call):
+            # the output and the statistics from one kernel call where that is bit-identical
+            orig, rs = merged.SHARED.run(call, self.config.maps)
+            with torch.no_grad():
+                self._capture(name, call, self._layout(name, call), orig, rs)
+            return orig
         orig = call.original()
         with torch.no_grad():
             lay = self._layout(name, call)
@@ -688,7 +694,13 @@ class Tracer:
         self._side_log[self.step].add(name)
         return out
 
-    def _capture(self, name, call, lay: Layout, orig) -> None:
+    def _merges(self, call: hooks.SDPACall) -> bool:
+        """Whether this captured call may take the merged output + statistics kernel: every row
+        exact (no sampled mode), one accumulator for the whole batch, and a call that kernel takes."""
+        return (not self.config.sample_rows and not self.split_videos
+                and merged.eligible(call, self.config.maps))
+
+    def _capture(self, name, call, lay: Layout, orig, rs=None) -> None:
         q = call.q
         k, v = call.kv_for_heads()
         H, Nq = q.shape[1], q.shape[2]
@@ -713,7 +725,8 @@ class Tracer:
             if acc is None:
                 acc = self._acc[(slot, name)] = Accumulator(lay_s, H, q.device)
             accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps, rows=rows,
-                       chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s)
+                       chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s,
+                       rs=rs if idx is None else None)
 
     def _video_items(self, lay: Layout, n: int, device) -> list[torch.Tensor]:
         """Batch item indices of each video (cached per call shape: computed once, not per call)."""

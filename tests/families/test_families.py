@@ -104,6 +104,25 @@ def test_capture_is_exact_bit_identical_and_leaves_no_hooks(fam, tmp_path):
         assert any(bool((~m).any()) if m.dtype == torch.bool else bool((m <= -1e3).any()) for m in masks)
 
 
+def test_merged_kernel_capture_is_exact_and_bit_identical(fam, tmp_path, monkeypatch):
+    """Every eligible call through capture.merged (MIN_KEYS = 0): still exact against the float64
+    reference, and the video still bit-identical, whatever the per-signature checks decided."""
+    from capture import merged
+
+    name, pipe, call = fam
+    monkeypatch.setattr(merged, "MIN_KEYS", 0)
+    monkeypatch.setattr(merged, "MAX_HEAD_DIM", 10**9)
+    monkeypatch.setattr(merged, "MAX_HEAD_DIM_MAPS", 10**9)
+    monkeypatch.setattr(merged, "SHARED", merged.MergedCalls())
+    ref = gen(pipe, call)
+    tr = trace(pipe, root=tmp_path, layers="all")
+    seen = record_step0(tr)
+    with tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out)
+    check_run(tr.dataset(), seen, family_of(pipe))
+
+
 def test_layers_command_measures_every_layer(fam, capsys):
     """`attnlens layers` lists every layer with its token counts (dummy inputs or a short generation)."""
     from capture.cli import main
