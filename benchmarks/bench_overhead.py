@@ -15,6 +15,7 @@ round on the same seeds, median of ``--reps`` rounds after one warm-up round:
   per call (as attention-map-diffusers and DAAM do);
 - ``stats``: ``attnlens`` exact statistics on the same layers, no maps;
 - ``maps``: the default capture (exact statistics + downsampled maps, every step);
+- ``maps-k4``: statistics every step, maps every 4th step (``maps_every=4``);
 - ``maps-every4``: maps and statistics every 4th step; ``sampled``: statistics of 256 rows.
 
 Prints a table of median and best-round seconds and their ratios to ``plain``. ``--profile DIR`` also writes a
@@ -44,7 +45,7 @@ CASES = {
     "demo": dict(model="demo", frames=8, height=32, width=32, steps=25),
     "animatediff": dict(model="tiny-animatediff", frames=16, height=256, width=256, steps=4),
 }
-MODES = ("plain", "hand", "stats", "maps", "maps-every4", "sampled")
+MODES = ("plain", "hand", "stats", "maps", "maps-k4", "maps-every4", "sampled")
 PROMPT = "a red circle moving left"
 
 
@@ -116,7 +117,7 @@ def run_mode(pipe, mode: str, case: dict, seed: int, root: Path, mods: dict) -> 
                 m.set_processor(saved[n])
     else:
         opts = dict(maps=mode.startswith("maps"), every=4 if mode.endswith("every4") else 1,
-                    sample_rows=256 if mode == "sampled" else None)
+                    maps_every=4 if mode == "maps-k4" else 1, sample_rows=256 if mode == "sampled" else None)
         with trace(pipe, root=root, **opts):
             pipe(PROMPT, generator=gen, **kw)
     return time.perf_counter() - t0

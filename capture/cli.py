@@ -58,7 +58,8 @@ def cmd_capture(args) -> int:
     specs = [PerturbSpec.parse(s) for s in args.perturb or []]
     capture_steps = parse_steps(args.capture_steps) if args.capture_steps else None
     cfg = CaptureConfig(layers=tuple(split_terms(args.layers)), every=args.every, steps=capture_steps,
-                        maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows)
+                        maps=not args.no_maps, grid=args.grid, sample_rows=args.sample_rows,
+                        maps_every=args.maps_every)
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
         if prompts != [None]:
@@ -432,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capture-steps", help="only capture steps A-B (inclusive)")
     p.add_argument("--no-maps", action="store_true", help="scalar statistics only")
     p.add_argument("--grid", type=int, default=8, help="maps pool onto at most GRID x GRID cells")
+    p.add_argument("--maps-every", type=int, default=1, metavar="K",
+                   help="maps only at every K-th step; statistics stay at every captured step")
     p.add_argument("--sample-rows", type=int, help="sampled mode: N evenly spaced query rows per map")
     p.add_argument("--perturb", action="append", help="I@LAYERS, U@LAYERS:steps=A-B:branch=cond, T=0.5@LAYERS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -216,7 +216,7 @@ class RunWriter:
             mt = np.full((nl, nb, frames, frames), np.nan, dtype="float32")
             em = np.full((nl, nb, frames, grid, grid), np.nan, dtype="float32")
             for li, (r, lay) in enumerate(zip(results, layers)):
-                if r is None:
+                if r is None or dims.MAP_TEMPORAL not in r:  # a step without maps (maps_every): NaN
                     continue
                 gy, gx = lay["gy"], lay["gx"]
                 g2 = gy * gx

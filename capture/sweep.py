@@ -39,7 +39,7 @@ class SweepSpecError(ValueError):
 
 # the settings a spec's `call` and `capture` tables may hold, with their types
 CALL_FIELDS = {"steps": (int,), "guidance": (int, float), "frames": (int,), "height": (int,), "width": (int,)}
-CAPTURE_FIELDS = {"layers": (str, list), "every": (int,), "maps": (bool,), "grid": (int,)}
+CAPTURE_FIELDS = {"layers": (str, list), "every": (int,), "maps": (bool,), "grid": (int,), "maps_every": (int,)}
 
 
 def _type_words(types: tuple, key: str) -> str:

@@ -158,7 +158,8 @@ def execute(spec: SweepSpec, root=None, *, workers: int = 1, threads: int | None
     todo, skipped = schedule(tasks, root, spec.name)
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     capture = {"layers": tuple(spec.capture.get("layers", ("self",))), "every": int(spec.capture.get("every", 1)),
-               "maps": bool(spec.capture.get("maps", True)), "grid": int(spec.capture.get("grid", 8))}
+               "maps": bool(spec.capture.get("maps", True)), "grid": int(spec.capture.get("grid", 8)),
+               "maps_every": int(spec.capture.get("maps_every", 1))}
     jobs = [dict(root=root, model=spec.model, sweep=spec.name, prompt=g[0][0].prompt, seed=g[0][0].seed, call=call,
                  capture=capture, threads=threads,
                  variants=[dict(run_id=rid, perturb=list(t.perturb), task=asdict(t)) for t, rid in g])

@@ -54,6 +54,7 @@ class CaptureConfig:
     every: int = 1  # capture every k-th step
     steps: tuple[int, int] | None = None  # inclusive window of captured steps
     maps: bool = True
+    maps_every: int = 1  # maps only at steps that are a multiple of this (statistics at every captured step)
     grid: int = 8  # maps pool onto at most grid x grid cells
     sample_rows: int | None = None  # sampled mode: this many evenly spaced query rows per map
     chunk_bytes: int | None = DEFAULT_CHUNK_BYTES  # None: by device (stats.default_chunk_bytes)
@@ -61,6 +62,8 @@ class CaptureConfig:
     def __post_init__(self):
         if self.every < 1:
             raise ValueError("--every must be >= 1")
+        if self.maps_every < 1:
+            raise ValueError("--maps-every must be >= 1")
         if self.grid < 1:
             raise ValueError("map grid must be >= 1")
         if self.sample_rows is not None and self.sample_rows < 1:
@@ -70,6 +73,10 @@ class CaptureConfig:
         if self.steps is not None and not (self.steps[0] <= step <= self.steps[1]):
             return False
         return step % self.every == 0
+
+    def maps_at(self, step: int) -> bool:
+        """Whether a captured step also records maps."""
+        return self.maps and step % self.maps_every == 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -598,7 +605,7 @@ class Tracer:
             return call.original()
         if not specs and self._merges(call):
             # the output and the statistics from one kernel call where that is bit-identical
-            orig, rs = merged.SHARED.run(call, self.config.maps)
+            orig, rs = merged.SHARED.run(call, self.config.maps_at(self.step))
             with torch.no_grad():
                 self._capture(name, call, self._layout(name, call), orig, rs)
             return orig
@@ -698,7 +705,7 @@ class Tracer:
         """Whether this captured call may take the merged output + statistics kernel: every row
         exact (no sampled mode), one accumulator for the whole batch, and a call that kernel takes."""
         return (not self.config.sample_rows and not self.split_videos
-                and merged.eligible(call, self.config.maps))
+                and merged.eligible(call, self.config.maps_at(self.step)))
 
     def _capture(self, name, call, lay: Layout, orig, rs=None) -> None:
         q = call.q
@@ -724,7 +731,7 @@ class Tracer:
             acc = self._acc.get((slot, name))
             if acc is None:
                 acc = self._acc[(slot, name)] = Accumulator(lay_s, H, q.device)
-            accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps, rows=rows,
+            accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps_at(self.step), rows=rows,
                        chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s,
                        rs=rs if idx is None else None)
 
@@ -832,17 +839,18 @@ def _wrapped_call(pipe, handler):
 
 def trace(pipe, *, root=None, layers=None, perturb=(), every: int = 1, steps=None, maps: bool = True, grid: int = 8,
           sample_rows: int | None = None, model: str | None = None, attrs: dict | None = None,
-          on_step=None, split_videos: bool = False) -> Tracer:
+          on_step=None, split_videos: bool = False, maps_every: int = 1) -> Tracer:
     """Capture attention statistics of every ``pipe(...)`` call made inside the returned context.
 
     layers: selection terms (see capture.layers), default every self-attention layer.
     perturb: perturbation specs (strings or PerturbSpec), see capture.perturb.
     split_videos: each video of a batched call becomes a run of its own (see Tracer).
+    maps_every: maps only at steps that are multiples of this; statistics stay at every captured step.
     """
     from .layers import split_terms
 
     cfg = CaptureConfig(layers=tuple(split_terms(layers)), every=every, steps=steps, maps=maps, grid=grid,
-                        sample_rows=sample_rows)
+                        sample_rows=sample_rows, maps_every=maps_every)
     return Tracer(pipe, root=root, config=cfg, perturb=perturb, model=model, attrs=attrs, on_step=on_step,
                   split_videos=split_videos)
 

@@ -86,6 +86,11 @@ def steps(path: str, run_id: str):
 
 
 @st.cache_data(show_spinner=False, ttl=RUN_TTL, max_entries=64)
+def map_steps(path: str, run_id: str):
+    return _open(path).map_steps(run_id)
+
+
+@st.cache_data(show_spinner=False, ttl=RUN_TTL, max_entries=64)
 def branches(path: str, run_id: str):
     return _open(path).branches(run_id)
 

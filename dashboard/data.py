@@ -160,6 +160,12 @@ class TraceRoot:
     def steps(self, run_id: str) -> pd.DataFrame:
         return self._q(f"SELECT DISTINCT {dims.STEP}, {dims.TIMESTEP} FROM {self._src(run_id)} ORDER BY {dims.STEP}")
 
+    def map_steps(self, run_id: str) -> list[int]:
+        """The captured steps that hold maps: every one, unless the run was captured with
+        ``maps_every`` K > 1 (then the multiples of K)."""
+        k = self._group(run_id)["maps_every"]
+        return [int(s) for s in self.steps(run_id)[dims.STEP] if int(s) % k == 0]
+
     def branches(self, run_id: str) -> list[str]:
         df = self._q(f"SELECT DISTINCT {dims.BRANCH} FROM {self._src(run_id)}")
         return sorted(df[dims.BRANCH], key=lambda b: (b != "cond", b))
@@ -246,7 +252,8 @@ class TraceRoot:
                             "kinds": [str(k) for k in g[dims.LAYER_KIND][:]],
                             "gy": np.asarray(g["map_gy"][:]), "gx": np.asarray(g["map_gx"][:]),
                             "maps": {k: g[k] for k in (dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP)
-                                     if k in g}}
+                                     if k in g},
+                            "maps_every": int((g.attrs.get("capture") or {}).get("maps_every") or 1)}
                 except Exception as e:  # noqa: BLE001 - a broken store is a message, not a traceback
                     raise RunUnavailable(f"run {run_id}: unreadable store ({type(e).__name__}: {e})") from None
                 self._groups[run_id] = meta
@@ -263,6 +270,8 @@ class TraceRoot:
             raise RunUnavailable(f"run {run_id} has no layer {layer}")
         if not meta["maps"]:
             raise RunUnavailable(f"run {run_id} was captured without maps")
+        if int(step) % meta["maps_every"]:
+            raise RunUnavailable(f"run {run_id} has maps only every {meta['maps_every']} steps; step {step} has none")
         return meta, int(where[0]), int(layer), meta["branches"].index(branch)
 
     def attention_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> MapData:

@@ -31,8 +31,9 @@ def capture(value) -> str:
                  + (f" of {steps[0]}–{steps[1]}" if steps else ""))
     if value.get("sample_rows"):
         parts.append(f"{value['sample_rows']} sampled rows")
-    parts.append(f"maps on ≤ {value.get('grid', 8)}×{value.get('grid', 8)} cells" if value.get("maps", True)
-                 else "no maps")
+    maps_every = value.get("maps_every") or 1
+    parts.append(f"maps on ≤ {value.get('grid', 8)}×{value.get('grid', 8)} cells"
+                 + ("" if maps_every == 1 else f" every {maps_every} steps") if value.get("maps", True) else "no maps")
     return ", ".join(parts)
 
 

@@ -28,6 +28,7 @@ CASES = {
     "height 0": (CAP + ["--height", "0"], "height must be a positive integer"),
     "width -8": (CAP + ["--width", "-8"], "width must be a positive integer"),
     "height 33": (CAP + ["--height", "33"], "height 33 must be a positive multiple of 8"),
+    "maps every 0": (CAP + ["--maps-every", "0"], "--maps-every must be >= 1"),
     # scales and temperatures
     "guidance nan": (CAP + ["--guidance", "nan"], "guidance scale nan must be finite"),
     "guidance -1": (CAP + ["--guidance", "-1"], "must be finite and >= 0"),

@@ -189,6 +189,41 @@ def test_every_k_and_sampled_mode(anim_pipe, root):
     assert dims.MAP_SPATIAL not in ds
 
 
+def test_maps_every_k_keeps_statistics_at_every_step(anim_pipe, root):
+    """maps_every=2: maps at steps 0 and 2 only, equal to an every-step capture's there; the
+    statistics at every step, equal to the every-step capture's; the dashboard offers the map steps."""
+    from dashboard.data import RunUnavailable, TraceRoot
+
+    call = dict(ANIM_CALL, num_inference_steps=4)
+    with trace(anim_pipe, root=root) as full:
+        ref = gen(anim_pipe, call)
+    with trace(anim_pipe, root=root, maps_every=2) as thin:
+        out = gen(anim_pipe, call)
+    assert np.array_equal(ref, out)
+    a, b = full.dataset(), thin.dataset()
+    assert b.attrs["capture"]["maps_every"] == 2
+    assert b[dims.STEP].values.tolist() == [0, 1, 2, 3]
+    for name in (dims.ENTROPY, dims.ENTROPY_NORM, dims.ENERGY):
+        np.testing.assert_allclose(b[name].values, a[name].values, rtol=1e-6, atol=1e-7, equal_nan=True)
+        assert np.isfinite(b[name].sel(part="all").values).any(axis=tuple(range(1, b[name].ndim - 1))).all()
+    for name in (dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
+        m = b[name].values
+        assert np.isnan(m[[1, 3]]).all(), name
+        np.testing.assert_allclose(m[[0, 2]], a[name].values[[0, 2]], rtol=1e-6, atol=1e-7, equal_nan=True)
+        assert np.isfinite(m[[0, 2]]).any(), name
+    tr = TraceRoot(root)
+    assert tr.map_steps(thin.run_id) == [0, 2] and tr.map_steps(full.run_id) == [0, 1, 2, 3]
+    layer = int(np.flatnonzero(b[dims.LAYER_KIND].values == "spatial")[0])
+    assert np.isfinite(tr.attention_map(thin.run_id, 2, layer).values).all()
+    with pytest.raises(RunUnavailable, match="only every 2 steps"):
+        tr.attention_map(thin.run_id, 1, layer)
+
+
+def test_maps_every_must_be_positive(anim_pipe, root):
+    with pytest.raises(ValueError, match="maps-every"):
+        trace(anim_pipe, root=root, maps_every=0)
+
+
 def test_cross_attention_capture(anim_pipe, root):
     with trace(anim_pipe, root=root, layers="kind=cross") as tr:
         gen(anim_pipe, ANIM_CALL)

@@ -30,7 +30,7 @@ def _body() -> None:
     if layers.empty:
         st.info("This run has no spatial or temporal layers with stored maps.")
         return
-    steps = [int(s) for s in cache.steps(path, run_id)["step"]]
+    steps = cache.map_steps(path, run_id)  # every captured step, or every K-th (capture's maps_every)
     names = list(layers["layer_name"])
     c1, c2, c3 = st.columns([4, 2, 1])
     name = c1.selectbox("layer", names, key=state.init("mp_layer", names[0], options=names),
