@@ -603,9 +603,10 @@ class Tracer:
             return call.original()
         if not specs and not capture:
             return call.original()
-        if not specs and self._merges(call):
-            # the output and the statistics from one kernel call where that is bit-identical
-            orig, rs = merged.SHARED.run(call, self.config.maps_at(self.step))
+        if not specs and not self.config.sample_rows and not self.split_videos:
+            # every row exact, one accumulator for the batch: the output and the statistics from
+            # one kernel call where that call is faster and bit-identical (else rs is None)
+            orig, rs = merged.SHARED.run(call, self.config.maps_at(step))
             with torch.no_grad():
                 self._capture(name, call, self._layout(name, call), orig, rs)
             return orig
@@ -700,12 +701,6 @@ class Tracer:
                                        text_first=self._text_first())
         self._side_log[self.step].add(name)
         return out
-
-    def _merges(self, call: hooks.SDPACall) -> bool:
-        """Whether this captured call may take the merged output + statistics kernel: every row
-        exact (no sampled mode), one accumulator for the whole batch, and a call that kernel takes."""
-        return (not self.config.sample_rows and not self.split_videos
-                and merged.eligible(call, self.config.maps_at(self.step)))
 
     def _capture(self, name, call, lay: Layout, orig, rs=None) -> None:
         q = call.q

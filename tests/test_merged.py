@@ -73,14 +73,18 @@ def test_first_call_is_checked_then_merged_bit_identical():
     ref = F.scaled_dot_product_attention(q, k, v)
     out, rs = calls.run(_call(q, k, v))  # checked: the model's own output comes back
     assert torch.equal(out, ref) and calls.checked == 1
-    if calls.verdicts[merged._signature(_call(q, k, v))] is None:
-        pytest.skip("the padded kernel is not bit-identical for this shape on this CPU")
+    identical = calls.verdicts[merged._signature(_call(q, k, v))] is not None
+    assert identical == (rs is not None)
     q2, k2, v2 = (t * 0.5 for t in rand(2, 2, 4, 256, 4))  # same signature, other values
     q2, k2, v2 = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q2, k2, v2))
     out2, rs2 = calls.run(_call(q2, k2, v2))
     ref2 = F.scaled_dot_product_attention(q2, k2, v2)
-    assert calls.merged == 1 and calls.checked == 1
+    assert calls.checked == 1  # one check per signature
     assert torch.equal(out2, ref2) and out2.stride() == ref2.stride()
+    if not identical:  # a CPU whose padded kernel differs for this shape: the model's call, always
+        assert calls.merged == 0 and rs2 is None
+        return
+    assert calls.merged == 1
     _, ent, _, _ = explicit(q2, k2, v2, 4 ** -0.5)
     torch.testing.assert_close(rs2.entropy.double(), ent, rtol=1e-5, atol=1e-5)
 
