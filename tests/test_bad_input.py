@@ -56,6 +56,8 @@ SWEEPS = {
     "unknown call key": ("name = 's'\nprompts = ['p']\n[call]\nstepz = 2\n", "unknown key 'stepz' in sweep field 'call'"),
     "call steps 0": ("name = 's'\nprompts = ['p']\n[call]\nsteps = 0\n", "call.steps must be an integer >= 1"),
     "capture maps 1": ("name = 's'\nprompts = ['p']\n[capture]\nmaps = 1\n", "capture.maps must be true or false"),
+    "capture maps_every 0": ("name = 's'\nprompts = ['p']\n[capture]\nmaps_every = 0\n",
+                             "capture.maps_every must be an integer >= 1"),
     "unknown field": ("name = 's'\nprompts = ['p']\nmodle = 'demo'\n", "unknown sweep field 'modle'"),
     "bad branch": ("name = 's'\nprompts = ['p']\nbranch = 'both'\n", "'branch' must be cond or uncond"),
 }
