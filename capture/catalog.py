@@ -72,17 +72,20 @@ def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, pa
     ent, en = values[dims.ENTROPY].reshape(-1), values[dims.ENERGY].reshape(-1)
     keep = ~(np.isnan(ent) & np.isnan(en))
     i_s, i_l, i_b, i_p, i_h = (a[keep] for a in (i_s, i_l, i_b, i_p, i_h))
-    as_str = lambda a: pd.array(np.asarray(a, dtype=object).astype(str), dtype="str")  # noqa: E731
+
+    def labels(values, codes):  # values[codes] as strings: a take, not one Python string per row
+        return pd.array(np.asarray(values, dtype=object).astype(str), dtype="str").take(codes)
+
     df = pd.DataFrame({
-        "run": as_str(np.full(i_s.shape, run_id, dtype=object)),
+        "run": labels([run_id], np.zeros_like(i_s)),
         dims.STEP: np.asarray(steps, dtype="int32")[i_s],
         dims.TIMESTEP: np.asarray(timesteps, dtype="float64")[i_s],
         dims.LAYER: i_l.astype("int32"),
-        dims.LAYER_NAME: as_str(np.asarray(names, dtype=object)[i_l]),
-        "kind": as_str(np.asarray(kinds, dtype=object)[i_l]),
-        "block": as_str(np.asarray(blocks, dtype=object)[i_l]),
-        dims.BRANCH: as_str(np.asarray(branches, dtype=object)[i_b]),
-        dims.PART: as_str(np.asarray(parts, dtype=object)[i_p]),
+        dims.LAYER_NAME: labels(names, i_l),
+        "kind": labels(kinds, i_l),
+        "block": labels(blocks, i_l),
+        dims.BRANCH: labels(branches, i_b),
+        dims.PART: labels(parts, i_p),
         dims.HEAD: i_h.astype("int32"),
         **{n: np.asarray(values[n], dtype="float32").reshape(-1)[keep] for n in dims.SCALAR_STATS},
         dims.PERTURBED: np.nan_to_num(np.asarray(perturbed, dtype="float32")[i_s, i_l, i_b]).astype("int8"),

@@ -18,10 +18,12 @@ read without an index. Must not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 
 import duckdb
@@ -65,8 +67,8 @@ class RootIndex:
             meta = json.loads((self.dir / INDEX_FILE).read_text())
             if meta.get("version") == VERSION and meta.get("columns") == run_columns:
                 self.meta = meta
-                rows = duckdb.connect().execute(
-                    f"SELECT * FROM read_parquet('{_sql_str(self.dir / RUNS_FILE)}')").df()
+                with _cursor() as con:
+                    rows = con.execute(f"SELECT * FROM read_parquet('{_sql_str(self.dir / RUNS_FILE)}')").df()
                 self.rows = {r["run"]: r for r in rows.to_dict("records")}
         except (OSError, ValueError, duckdb.Error, KeyError):
             self.meta = {"version": VERSION, "columns": run_columns, "segments": []}
@@ -125,11 +127,8 @@ class RootIndex:
                f"FROM read_parquet([{lst}], union_by_name=true, filename=true)")
 
         def write(tmp):
-            con = duckdb.connect()
-            try:
+            with _cursor() as con:
                 con.execute(f"COPY ({sql}) TO '{_sql_str(tmp)}' (FORMAT parquet)")
-            finally:
-                con.close()
 
         try:
             self._atomic(self.dir / name, write)
@@ -160,12 +159,29 @@ class RootIndex:
 def write_parquet(df: pd.DataFrame, path) -> None:
     """Write a DataFrame as one Parquet file with DuckDB (not atomic: callers write a temporary
     name and rename it)."""
-    con = duckdb.connect()
-    try:
+    with _cursor() as con:
         con.register("df", df)
         con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(path)}' (FORMAT parquet)")
+
+
+_SHARED: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (pid, in-memory database) of this process
+_SHARED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _cursor():
+    """A cursor on this process's in-memory DuckDB database, closed after use. Opening a database
+    costs about 17 ms, more than writing a run's table, so one is kept per process (a forked
+    process makes its own) and each use takes a cursor of it."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None or _SHARED[0] != os.getpid():
+            _SHARED = (os.getpid(), duckdb.connect())
+        cur = _SHARED[1].cursor()
+    try:
+        yield cur
     finally:
-        con.close()
+        cur.close()
 
 
 def remove(root: Path) -> None:

@@ -260,9 +260,9 @@ class RunWriter:
         """Rewrite the per-layer coordinates with what is known at the end of the run: a layer
         first seen after the first stored step (Wan 2.2's low-noise expert, kinds inferred later)
         gets its kind and token counts."""
-        self.flush()
-        if not self.arrays or layers == self._layers:
+        if self._layout is None or layers == (self._layers or self._layout[0]):
             return  # nothing to rewrite (the usual case: every layer was seen at the first step)
+        self.flush()  # the arrays exist once the first batch is written
         self._layers = layers
         g = self.group
         with warnings.catch_warnings():
@@ -277,9 +277,14 @@ class RunWriter:
         point leaves either a complete run with its table or a run that is not complete."""
         from .catalog import write_run_table
 
-        self.flush()
+        self._submit()  # the last steps go to disk in the writer thread while the table is made here
+        table = write_run_table(self.dir, self.stats_frame())
+        try:
+            self.flush()
+        except BaseException:
+            table.unlink(missing_ok=True)  # a run whose steps are not all stored has no table
+            raise
         self._pool.shutdown()
-        write_run_table(self.dir, self.stats_frame())
         self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
         import zarr
 

@@ -127,3 +127,36 @@ def test_run_killed_while_writing_a_step_stays_readable(tmp_path):
     assert ds.attrs["status"] == dims.RUNNING and ds.sizes[dims.STEP] == 3
     np.testing.assert_array_equal(ds[dims.ENTROPY].values[2, 0, :, :, :2], written[2][0][dims.ENTROPY])
     assert dims.TIMESTEP in ds.coords and dims.LAYER_NAME in ds.coords
+
+
+def test_write_error_at_completion_leaves_no_table_and_no_complete_run(tmp_path, monkeypatch):
+    # the last steps are written while the run's table is made; if they fail, neither stays
+    w, _ = write_run(tmp_path, 8, steps=3, complete=False)
+    w.flush()
+    rng = np.random.default_rng(0)
+    w.write_step(3, 700, LAYERS, ["uncond", "cond"], [fake_result(rng, l["heads"]) for l in LAYERS],
+                 np.zeros((2, 2), bool), grid=2, frames=4)
+
+    def broken(batch):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(w, "_write_steps", broken)
+    with pytest.raises(OSError, match="disk full"):
+        w.complete()
+    assert not (w.dir / STATS_FILE).exists()
+    w.fail("OSError: disk full")
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.FAILED and ds.sizes[dims.STEP] == 3
+
+
+def test_layers_first_seen_late_are_rewritten_at_the_end(tmp_path):
+    # kinds or token counts known only after the first stored step reach the store's coordinates
+    w, _ = write_run(tmp_path, 9, steps=2, complete=False)
+    late = [dict(LAYERS[0]), dict(LAYERS[1], kind="cross", n_key=7)]
+    w.set_layers(late)
+    w.complete()
+    ds = open_run(w.dir)
+    assert list(ds[dims.LAYER_KIND].values) == ["spatial", "cross"]
+    assert list(ds[dims.N_KEY].values) == [64, 7]
+    table = Catalog(tmp_path).query("SELECT DISTINCT layer_name, kind FROM stats ORDER BY layer_name")
+    assert dict(zip(table["layer_name"], table["kind"])) == {"down.attn1": "spatial", "motion.attn1": "cross"}
