@@ -10,7 +10,8 @@ chunked (explicit scores, chunk by chunk) and fused (one fused attention call wi
 capture/stats.py). Capture's per-layer cost, the model's call included: sdpa+exact (the
 model's SDPA call, then the statistics: two calls) against merged (one call gives the output and
 the statistics, capture/merged.py), and the same with maps (merged+maps: the maps' pass from the
-merged call's log-sum-exp, stats.pooled_rows). Only the CPU has the merged kernel.
+merged call's log-sum-exp, stats.pooled_rows). Only the CPU has the merged kernel. lse+maps:
+the statistics from the fused call, then the maps from its log-sum-exp (what CUDA uses with maps).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main() -> None:
             "chunked+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid,
                                                method="chunked")) if cells is not None else None,
             "fused": lambda: row_stats(q, k, scale=scale, method="fused"),
+            "lse+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid,
+                                           method="lse")) if cells is not None else None,
             "fused+maps": (lambda: row_stats(q, k, scale=scale, key_cells=cells, n_key_cells=64,
                                              method="fused")) if cells is not None else None,
         }

@@ -207,6 +207,17 @@ def _fused_applies(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
     return not want_pool or map_heads_mean
 
 
+def _lse_maps_auto(q, add_mask, parts, map_heads_mean) -> bool:
+    """Whether "auto" computes pooled maps from a fused kernel's lse (method "lse": the fused call
+    for entropy and lse, then one pass of exp(s − lse) for the maps) instead of the chunked
+    kernel's max, sum, entropy and maps passes over explicit scores: on CUDA, wherever it applies
+    (no mask, no parts, head-averaged maps, the device's self-check passed). On CPU the chunked
+    kernel stays: there a fused call costs about as much as the passes it saves
+    (benchmarks/bench_stats.py, "exact+maps" against "lse+maps")."""
+    return (q.device.type == "cuda" and add_mask is None and not parts and map_heads_mean
+            and _fused_applies(q, None, (), False, True))
+
+
 def _onehot_cells(key_cells, n_cells, dtype):
     idx = torch.where(key_cells < 0, n_cells, key_cells)
     return torch.nn.functional.one_hot(idx, n_cells + 1)[:, :n_cells].to(dtype)
@@ -258,7 +269,9 @@ def row_stats(
     key_grid: (frames, h, w, gy, gx, token_offset) fast path for the regular layout where
     key_cells[j] = frame * gy * gx + cell of (y, x) for the video keys after token_offset.
     method: "fused" (one fused attention call, see _fused; CPU with masks of 0/−inf only, or CUDA
-    without mask or maps once the device passed a self-check; no parts),
+    without mask or maps once the device passed a self-check; no parts), "lse" (pooled maps: the
+    fused call for entropy and lse, then the maps from exp(s − lse), see pooled_rows; no mask, no
+    parts, head-averaged maps),
     "chunked" (explicit scores, chunk by chunk; every case) or "auto" (fused where it applies and
     is faster, measured in benchmarks/bench_stats.py).
     """
@@ -288,6 +301,16 @@ def row_stats(
     # measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
     # (benchmarks/bench_stats.py, "exact+maps" against "fused+maps"). Whether it applies is
     # checked once: with a mask that check reads the whole mask.
+    if method == "auto" and want_pool and _lse_maps_auto(q, add_mask, parts, map_heads_mean):
+        method = "lse"
+    if method == "lse":
+        if not (want_pool and key_cells is not None and add_mask is None and not parts and map_heads_mean
+                and _fused_applies(q, None, (), False, True)):
+            raise ValueError("the lse path needs pooled maps by key_cells, head-averaged, no mask and no parts")
+        rs = _fused(q.float(), k.float(), scale, None, nkeys, None)
+        rs.key_pooled = pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=key_cells, n_key_cells=n_key_cells,
+                                    key_grid=key_grid, chunk_rows=chunk_rows)
+        return rs
     fused = method == "fused" or (method == "auto" and not want_pool)
     if fused and not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
         if method == "fused":

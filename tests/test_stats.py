@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capture import stats
 from capture.stats import Part, normalized, row_stats
 
 
@@ -110,7 +111,7 @@ def test_identity_and_uniform_limits(method):
 
 
 # the fused path pools head-averaged maps only (capture's only use)
-@pytest.mark.parametrize("method,heads_mean", [("chunked", True), ("chunked", False), ("fused", True)])
+@pytest.mark.parametrize("method,heads_mean", [("chunked", True), ("chunked", False), ("fused", True), ("lse", True)])
 @pytest.mark.parametrize("use_grid,text", [(True, 0), (False, 0), (True, 3), (False, 3)])
 def test_key_pooling_matches_explicit(heads_mean, use_grid, text, method):
     # keys laid out as 2 frames of a 4x6 token grid, pooled onto 2x3 cells per frame, after
@@ -138,7 +139,7 @@ def test_key_pooling_matches_explicit(heads_mean, use_grid, text, method):
         torch.testing.assert_close(rs.key_pooled.sum(-1), torch.ones_like(rs.key_pooled.sum(-1)))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + ["lse"])
 def test_excluded_keys_are_not_pooled(method):
     q, k, _ = rand_qk(9, 1, 2, 5, 8, 4)
     a, _ = explicit(q, k, 1.0)
@@ -193,6 +194,41 @@ def test_lse_is_the_row_log_normalizer(method):
     rs = row_stats(q, k, scale=0.6, method=method)
     ref = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) * 0.6, -1)
     torch.testing.assert_close(rs.lse.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lse_maps_path_gives_every_statistic_and_refuses_what_it_cannot_do():
+    # maps from the fused call's lse: entropy, lse and pooled rows as the chunked kernel gives them
+    q, k, _ = rand_qk(33, 2, 3, 12, 16, 4)
+    a, h = explicit(q, k, 0.5)
+    cells = torch.arange(16) // 4
+    rs = row_stats(q, k, scale=0.5, key_cells=cells, n_key_cells=4, chunk_rows=5, method="lse")
+    torch.testing.assert_close(rs.entropy.double(), h, rtol=1e-4, atol=1e-5)
+    ref = torch.stack([a[..., 4 * c:4 * c + 4].sum(-1) for c in range(4)], -1).mean(1, keepdim=True)
+    torch.testing.assert_close(rs.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)
+    assert rs.n_keys_all == 16.0
+    rows = torch.tensor([1, 7, 11])
+    sub = row_stats(q, k, scale=0.5, key_cells=cells, n_key_cells=4, rows=rows, method="lse")
+    torch.testing.assert_close(sub.key_pooled.double(), ref[:, :, rows], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="lse path"):
+        row_stats(q, k, scale=0.5, method="lse")  # no maps to pool
+    with pytest.raises(ValueError, match="lse path"):
+        row_stats(q, k, scale=0.5, key_cells=cells, n_key_cells=4, mask=torch.ones(12, 16, dtype=torch.bool),
+                  method="lse")
+    with pytest.raises(ValueError, match="lse path"):
+        row_stats(q, k, scale=0.5, key_cells=cells, n_key_cells=4, map_heads_mean=False, method="lse")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_maps_come_from_the_fused_lse_and_match_the_chunked_kernel():
+    """On CUDA, maps take the fused call's lse and one exp(s − lse) pass ("auto" picks "lse")."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k = (torch.randn(2, 4, 300, 40, device="cuda", generator=g) for _ in range(2))
+    cells = (torch.arange(300, device="cuda") // 30)
+    assert stats._lse_maps_auto(q, None, (), True)
+    auto = row_stats(q, k, scale=40 ** -0.5, key_cells=cells, n_key_cells=10)
+    ref = row_stats(q, k, scale=40 ** -0.5, key_cells=cells, n_key_cells=10, method="chunked")
+    torch.testing.assert_close(auto.entropy, ref.entropy, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(auto.key_pooled, ref.key_pooled, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
