@@ -207,14 +207,11 @@ def _fused_applies(q, add_mask, parts, want_pool, map_heads_mean) -> bool:
     return not want_pool or map_heads_mean
 
 
-def _lse_maps_auto(q, add_mask, parts, map_heads_mean) -> bool:
-    """Whether "auto" computes pooled maps from a fused kernel's lse (method "lse": the fused call
-    for entropy and lse, then one pass of exp(s − lse) for the maps) instead of the chunked
-    kernel's max, sum, entropy and maps passes over explicit scores: on CUDA, wherever it applies
-    (no mask, no parts, head-averaged maps, the device's self-check passed). On CPU the chunked
-    kernel stays: there a fused call costs about as much as the passes it saves
-    (benchmarks/bench_stats.py, "exact+maps" against "lse+maps")."""
-    return (q.device.type == "cuda" and add_mask is None and not parts and map_heads_mean
+def _lse_applies(q, add_mask, parts, key_cells, map_heads_mean) -> bool:
+    """Whether method "lse" can compute this problem (the fused call for entropy and lse, then one
+    pass of exp(s − lse) for the maps): head-averaged maps pooled by key_cells, no mask, no parts,
+    and a fused kernel here (on CUDA, after the device's self-check)."""
+    return (key_cells is not None and add_mask is None and not parts and map_heads_mean
             and _fused_applies(q, None, (), False, True))
 
 
@@ -296,21 +293,25 @@ def row_stats(
     if add_mask is not None:
         m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
         nkeys[:] = allowed_keys(m_rows).sum(-1).float().expand(B, nk_h, Nr)
+    # With maps on CUDA, where the fused kernel costs little beside the explicit passes, "auto"
+    # takes the statistics from it and the maps from its lse. On CPU the chunked kernel stays:
+    # there a fused call costs about as much as the passes it saves ("exact+maps" against
+    # "lse+maps" in benchmarks/bench_stats.py).
+    lse = method == "lse" or (method == "auto" and want_pool and q.device.type == "cuda")
+    if lse and not _lse_applies(q, add_mask, parts, key_cells, map_heads_mean):
+        if method == "lse":
+            raise ValueError("the lse path needs pooled maps by key_cells, head-averaged, no mask and no parts")
+        lse = False
+    if lse:
+        rs = _fused(q.float(), k.float(), scale, None, nkeys, None)
+        rs.key_pooled = pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=key_cells, n_key_cells=n_key_cells,
+                                    key_grid=key_grid, chunk_rows=chunk_rows)
+        return rs
     # "auto" takes the fused path wherever it applies, except with pooled maps: there the one-hot
     # key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become 68),
     # measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
     # (benchmarks/bench_stats.py, "exact+maps" against "fused+maps"). Whether it applies is
     # checked once: with a mask that check reads the whole mask.
-    if method == "auto" and want_pool and _lse_maps_auto(q, add_mask, parts, map_heads_mean):
-        method = "lse"
-    if method == "lse":
-        if not (want_pool and key_cells is not None and add_mask is None and not parts and map_heads_mean
-                and _fused_applies(q, None, (), False, True)):
-            raise ValueError("the lse path needs pooled maps by key_cells, head-averaged, no mask and no parts")
-        rs = _fused(q.float(), k.float(), scale, None, nkeys, None)
-        rs.key_pooled = pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=key_cells, n_key_cells=n_key_cells,
-                                    key_grid=key_grid, chunk_rows=chunk_rows)
-        return rs
     fused = method == "fused" or (method == "auto" and not want_pool)
     if fused and not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
         if method == "fused":
