@@ -58,7 +58,6 @@ def main() -> None:
     args = ap.parse_args()
     from capture import catalog_index
     from capture.catalog import Catalog
-    from dashboard.data import TraceRoot
     from ieadapt.select import select
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -76,7 +75,7 @@ def main() -> None:
             ("runs table", median_s(lambda: cat.runs(), args.reps)),
             ("sql aggregate", median_s(lambda: cat.sandboxed_query(SQL), args.reps)),
             ("select (default rule), fresh open", median_s(lambda: select(
-                TraceRoot(root), stat="entropy_norm", rule="top:0.5", model="synthetic-a"), args.reps)),
+                Catalog(root), stat="entropy_norm", rule="top:0.5", model="synthetic-a"), args.reps)),
         ]
         for cmd in (["runs"], ["sql", SQL], ["select", "--model", "synthetic-a"]):
             full = [sys.executable, "-m", "capture.cli", *cmd, "--root", str(root)]

@@ -6,11 +6,14 @@ Public API: ``trace`` (the capture context), ``load_pipeline`` (model presets), 
 
 __version__ = "0.1.0"
 
-from .store import open_run  # noqa: E402  (torch-free)
-
 
 def __getattr__(name):
-    # torch-heavy parts load on first use, so `import capture.store` stays light for the dashboard
+    # parts load on first use: `import capture.store` stays torch-free for the dashboard, and the
+    # command line's listing commands import neither numpy nor pandas
+    if name == "open_run":
+        from .store import open_run
+
+        return open_run
     if name in ("trace", "Tracer", "CaptureConfig"):
         from . import tracer as _t  # the module is `tracer`, the function `trace`: no name clash
 

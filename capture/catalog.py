@@ -17,18 +17,21 @@ Must not import torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import duckdb
-import numpy as np
-import pandas as pd
 
 from . import dims
-from .store import STORE_NAME, StoreError, list_run_dirs, open_run, read_attrs, trace_root
+from .root import STORE_NAME, StoreError, list_run_dirs, read_attrs, trace_root
+from .table import Rows, to_json as _rows_json
+
+if TYPE_CHECKING:  # numpy, pandas and xarray load on first use: `attnlens runs` and `sql` need none
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,20 @@ STATS_COLUMNS = [
     "run", dims.STEP, dims.TIMESTEP, dims.LAYER, dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART, dims.HEAD,
     *dims.SCALAR_STATS, dims.PERTURBED,
 ]
+# SQL types of the tables (a column missing here is VARCHAR); stats and metrics as their files have them
+RUN_TYPES = {**{c: "BIGINT" for c in ("seed", "steps", "frames", "height", "width", "layers_captured",
+                                      "steps_captured")}, "guidance": "DOUBLE", "seconds": "DOUBLE"}
+STATS_TYPES = {c: "VARCHAR" for c in STATS_COLUMNS} | {
+    dims.STEP: "INTEGER", dims.TIMESTEP: "DOUBLE", dims.LAYER: "INTEGER", dims.HEAD: "INTEGER",
+    **{n: "FLOAT" for n in dims.SCALAR_STATS}, dims.PERTURBED: "TINYINT"}
+METRIC_TYPES = {"run": "VARCHAR", "metric": "VARCHAR", "value": "DOUBLE", "frame": "BIGINT", "baseline": "VARCHAR"}
 
 
 def stats_frame(ds, run_id: str) -> pd.DataFrame:
     """Long-form scalar statistics of one run's Dataset (rows with no value dropped)."""
+    import numpy as np
+    import pandas as pd
+
     if dims.ENTROPY not in ds:
         return pd.DataFrame(columns=STATS_COLUMNS)
     coord = lambda n: np.asarray(ds[n].values)  # noqa: E731
@@ -64,6 +77,9 @@ def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, pa
     that (C) order, rows where both entropy and energy are NaN dropped. values[name]: (S, L, B, P, H)
     arrays of dims.SCALAR_STATS; perturbed: (S, L, B). Used for stores read back (rebuild) and for
     the arrays a writer still holds (a run's table at completion), so both give the same table."""
+    import numpy as np
+    import pandas as pd
+
     shape = values[dims.ENTROPY].shape
     S, L, B, P, H = shape
     if not S:
@@ -111,6 +127,8 @@ def write_run_table(run_dir: Path, frame: pd.DataFrame | None = None) -> Path:
     if frame is not None:
         df = frame
     else:
+        from .store import open_run
+
         ds = open_run(run_dir)
         df = stats_frame(ds, ds.attrs.get("run_id", run_dir.name))
     out = run_dir / STATS_FILE
@@ -144,6 +162,9 @@ class RebuildError(Exception):
 
 def _finite_count(df: pd.DataFrame) -> int:
     """Finite values over every scalar statistic of a table (what a rebuild must not lose)."""
+    import numpy as np
+    import pandas as pd
+
     if not len(df):
         return 0
     return int(sum(np.isfinite(pd.to_numeric(df[c], errors="coerce")).sum() for c in dims.SCALAR_STATS if c in df))
@@ -153,6 +174,8 @@ def rebuild_run_table(run_dir: Path) -> bool:
     """Rewrite <run>/stats.parquet from the store unless that would lose statistics: a store that
     cannot be read or yields fewer finite entropies than the readable table raises RebuildError
     and leaves the table alone. Returns True when the table was written."""
+    from .store import open_run
+
     run_dir = Path(run_dir)
     try:
         ds = open_run(run_dir)
@@ -262,7 +285,7 @@ class Catalog:
         from . import catalog_index
 
         dirs = list_run_dirs(self.root)
-        index = catalog_index.RootIndex(self.root, RUN_COLUMNS)
+        index = catalog_index.RootIndex(self.root, RUN_COLUMNS, RUN_TYPES, con=self.con)
         rows, dirty = [], False
         for d in dirs:
             files = {"attrs": d / STORE_NAME / "zarr.json", "stats": d / STATS_FILE, "metrics": d / METRICS_FILE}
@@ -283,20 +306,6 @@ class Catalog:
             rows.append(row)
         if dirty or len(rows) != len(index.rows):
             index.save_rows(rows)
-        private = [c for c in (rows[0] if rows else {}) if c.startswith("_")]
-        runs = pd.DataFrame(rows, columns=RUN_COLUMNS + private)
-        for c in RUN_COLUMNS:
-            if runs[c].dtype == object or str(runs[c].dtype).startswith("str"):
-                runs[c] = runs[c].astype(object).where(runs[c].notna(), None)
-        for c in ("seed", "steps", "frames", "height", "width", "layers_captured", "steps_captured"):
-            runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("Int64")
-        runs["guidance"] = pd.to_numeric(runs["guidance"], errors="coerce")
-        runs["seconds"] = pd.to_numeric(runs["seconds"], errors="coerce")
-        for stmt in ("DROP VIEW IF EXISTS stats", "DROP TABLE IF EXISTS stats", "DROP TABLE IF EXISTS runs"):
-            try:
-                self.con.execute(stmt)
-            except duckdb.CatalogException:  # the name exists as the other object type
-                pass
         tables, mfiles, damaged = {}, [], {}
         for row in rows:
             if row["status"] != dims.COMPLETE:
@@ -315,27 +324,35 @@ class Catalog:
         if damaged:  # listed as unreadable, with the reason; every other run stays queryable
             tables = {r: t for r, t in tables.items() if r not in damaged}
             mfiles = [f for f in mfiles if Path(f).parent.name not in damaged]
-            hit = runs["run"].isin(list(damaged))
-            runs.loc[hit, "state"] = "unreadable"
-            runs.loc[hit, "error"] = runs.loc[hit, "run"].map(damaged)
+            rows = [dict(r, state="unreadable", error=damaged[r["run"]]) if r["run"] in damaged else r for r in rows]
             for run, why in damaged.items():
                 log.warning("run %s is unreadable: %s", run, why)
-        runs = runs[RUN_COLUMNS]
-        self.unreadable = {r: e for r, e in zip(runs["run"], runs["error"]) if r in damaged} | {
-            r: e for r, s_, e in zip(runs["run"], runs["status"], runs["error"]) if s_ == "unreadable"}
-        self.con.register("_runs_df", runs)
-        self.con.execute("CREATE OR REPLACE TABLE runs AS SELECT * FROM _runs_df")
-        self.con.unregister("_runs_df")
+        self.unreadable = {r["run"]: r["error"] for r in rows
+                           if r["run"] in damaged or r["status"] == "unreadable"}
+        self._runs = catalog_index.typed_columns(rows, RUN_COLUMNS, RUN_TYPES)
+        for stmt in ("DROP VIEW IF EXISTS stats", "DROP TABLE IF EXISTS stats"):
+            try:
+                self.con.execute(stmt)
+            except duckdb.CatalogException:  # the name exists as the other object type
+                pass
+        _make_runs(self.con, self._runs)
         segments, loose = index.stats_sources(tables)
         self._files = {"stats": loose + [p for p, _ in segments], "metrics": mfiles}
         self._sources = {"stats": (segments, loose), "metrics": ([], mfiles)}
-        self._view("stats", *self._sources["stats"], stats_frame_empty())
-        self._view("metrics", *self._sources["metrics"], metrics_frame_empty())
+        self._view("stats", *self._sources["stats"], STATS_TYPES)
+        self._view("metrics", *self._sources["metrics"], METRIC_TYPES)
 
     def sandboxed_query(self, sql: str) -> pd.DataFrame:
+        """A user's SQL (``attnlens sql``), read-only, as a DataFrame: see ``sandboxed``."""
+        return self._sandboxed(sql, lambda result: result.df())
+
+    def sandboxed(self, sql: str) -> Rows:
         """A user's SQL (``attnlens sql``), read-only: SELECT (or EXPLAIN) statements only, on a
         connection of its own that holds the catalog's tables and can open nothing else (no file
         outside the runs' tables, no ATTACH, COPY, INSTALL or LOAD, settings locked)."""
+        return self._sandboxed(sql, Rows.of)
+
+    def _sandboxed(self, sql: str, fetch):
         con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
             statements = con.extract_statements(sql)
@@ -347,24 +364,31 @@ class Catalog:
                     raise duckdb.PermissionException(
                         f"only SELECT queries over the catalog's tables (runs, stats, metrics) are allowed, "
                         f"not {st.type.name}")
-            con.register("_runs_df", self.query("SELECT * FROM runs"))
-            con.execute("CREATE TABLE runs AS SELECT * FROM _runs_df")
-            con.unregister("_runs_df")
-            for name, empty in (("stats", stats_frame_empty()), ("metrics", metrics_frame_empty())):
-                _make_view(con, name, *self._sources[name], empty)
+            _make_runs(con, self._runs)
+            for name, types in (("stats", STATS_TYPES), ("metrics", METRIC_TYPES)):
+                _make_view(con, name, *self._sources[name], types)
             files = self._files["stats"] + self._files["metrics"]
             con.execute("SET allowed_paths = [" + ", ".join(f"'{_sql_str(f)}'" for f in files) + "]")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
-            return con.execute(sql).df()
+            return fetch(con.execute(sql))
         finally:
             con.close()
 
-    def _view(self, name: str, segments, files: list[str], empty: pd.DataFrame) -> None:
-        _make_view(self.con, name, segments, files, empty)
+    def _view(self, name: str, segments, files: list[str], types: dict[str, str]) -> None:
+        _make_view(self.con, name, segments, files, types)
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
+        """The result of ``sql`` over the catalog's tables as a pandas DataFrame."""
         return self.con.cursor().execute(sql, params or []).df()
+
+    def rows(self, sql: str, params=None) -> Rows:
+        """The result of ``sql`` as plain rows (no pandas: what the command line uses)."""
+        cur = self.con.cursor()
+        try:
+            return Rows.of(cur.execute(sql, params or []))
+        finally:
+            cur.close()
 
     def runs(self) -> pd.DataFrame:
         return self.query("SELECT * FROM runs ORDER BY created, run")
@@ -396,7 +420,7 @@ class Catalog:
         return n
 
 
-def _make_view(con, name: str, segments, files: list[str], empty: pd.DataFrame) -> None:
+def _make_view(con, name: str, segments, files: list[str], types: dict[str, str]) -> None:
     """(Re)create ``name`` as a view over the Parquet files, or an empty table with the columns.
 
     segments: (path, runs to leave out or None) of consolidated tables (capture.catalog_index),
@@ -422,9 +446,19 @@ def _make_view(con, name: str, segments, files: list[str], empty: pd.DataFrame) 
     if parts:
         con.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
     else:
-        con.register(f"_{name}_empty", empty)
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}_empty")
-        con.unregister(f"_{name}_empty")
+        con.execute(f"CREATE TABLE {name} (" + ", ".join(f'"{c}" {t}' for c, t in types.items()) + ")")
+
+
+def _make_runs(con, columns: dict) -> None:
+    """(Re)create the ``runs`` table from ``columns`` (catalog_index.typed_columns of the rows)."""
+    from .catalog_index import typed_select
+
+    for stmt in ("DROP VIEW IF EXISTS runs", "DROP TABLE IF EXISTS runs"):
+        try:
+            con.execute(stmt)
+        except duckdb.CatalogException:
+            pass
+    con.execute("CREATE TABLE runs AS " + typed_select(RUN_COLUMNS, RUN_TYPES), [columns[c] for c in RUN_COLUMNS])
 
 
 def repr_sql(value) -> str:
@@ -432,16 +466,9 @@ def repr_sql(value) -> str:
     return "'" + _sql_str(value) + "'"
 
 
-def stats_frame_empty() -> pd.DataFrame:
-    df = pd.DataFrame({c: pd.Series(dtype="float64") for c in STATS_COLUMNS})
-    for c in ("run", dims.LAYER_NAME, "kind", "block", dims.BRANCH, dims.PART):
-        df[c] = df[c].astype(str)
-    for c in (dims.STEP, dims.LAYER, dims.HEAD):
-        df[c] = df[c].astype("int64")
-    return df
-
-
 def metrics_frame_empty() -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame({"run": pd.Series(dtype=str), "metric": pd.Series(dtype=str),
                          "value": pd.Series(dtype="float64"), "frame": pd.Series(dtype="Int64"),
                          "baseline": pd.Series(dtype=str)})
@@ -450,6 +477,8 @@ def metrics_frame_empty() -> pd.DataFrame:
 def write_run_metrics(run_dir: Path, rows: pd.DataFrame) -> Path:
     """Add metric rows (columns metric, value, frame[, baseline]) to <run>/metrics.parquet, replacing
     earlier values of the same (metric, baseline); written atomically."""
+    import pandas as pd
+
     run_dir = Path(run_dir)
     rows = rows.copy()
     rows["run"] = run_dir.name
@@ -485,4 +514,5 @@ def read_run_metrics(run_dir) -> pd.DataFrame:
 
 
 def to_json(df: pd.DataFrame) -> str:
-    return json.dumps(json.loads(df.to_json(orient="records", date_format="iso")), indent=1)
+    """A DataFrame as the command line prints it with --json (capture.table.to_json)."""
+    return _rows_json(Rows.from_frame(df))

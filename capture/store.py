@@ -1,10 +1,7 @@
 """One Zarr v3 store per run: writing it step by step, and opening it as an xarray.Dataset.
 
-Layout of a trace root::
-
-    <root>/runs/<run_id>/trace.zarr     the store (xarray-readable, named dims from dims.py)
-    <root>/runs/<run_id>/video.gif      the generated video for viewing
-    <root>/runs/<run_id>/stats.parquet  long-form scalar statistics, written when complete
+The root's layout (where runs live, their attributes) is ``capture.root``; this module adds the
+arrays (xarray-readable, named dims from dims.py).
 
 A run's status goes running -> complete | failed in the group attributes. Each run directory is
 written by exactly one process, so concurrent captures into one root never share a file.
@@ -17,7 +14,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 import warnings
@@ -27,13 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from . import dims
+from .root import (  # noqa: F401  (re-exported: the layout's names live in capture.root)
+    DEFAULT_ROOT, ROOT_ENV, RUNS_DIR, STORE_NAME, StoreError, inside_root, list_run_dirs, new_run_id, read_attrs,
+    run_dir, trace_root)
 
 log = logging.getLogger(__name__)
-
-ROOT_ENV = "ATTNLENS_ROOT"
-DEFAULT_ROOT = Path("data") / "traces"
-RUNS_DIR = "runs"
-STORE_NAME = "trace.zarr"
 
 SCALAR_DIMS = (dims.STEP, dims.LAYER, dims.BRANCH, dims.PART, dims.HEAD)
 LAYER_COORDS = (
@@ -44,24 +38,6 @@ COORDS_ATTR = " ".join((dims.TIMESTEP,) + LAYER_COORDS)
 FLUSH_SECONDS = 2.0
 STEP_CHUNK = 64  # steps per chunk of the scalar arrays
 MAP_CHUNK_BYTES = 4 * 2**20  # at most this much map data per chunk (one step, several layers)
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be read or written as a run."""
-
-
-def trace_root(root: str | os.PathLike | None = None) -> Path:
-    """The trace root: the argument, else $ATTNLENS_ROOT, else data/traces."""
-    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
-
-
-def new_run_id() -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{now}-{secrets.token_hex(3)}"
-
-
-def run_dir(root, run_id: str) -> Path:
-    return trace_root(root) / RUNS_DIR / run_id
 
 
 def _now() -> str:
@@ -324,18 +300,6 @@ class RunWriter:
             log.exception("could not mark run %s as failed", self.run_id)
 
 
-def read_attrs(path: str | os.PathLike) -> dict:
-    """Group attributes of a run store, read straight from zarr.json (fast; no zarr import cost)."""
-    p = Path(path)
-    if p.name != STORE_NAME:
-        p = p / STORE_NAME
-    try:
-        meta = json.loads((p / "zarr.json").read_text())
-    except (OSError, ValueError) as e:
-        raise StoreError(f"unreadable run store {p}: {e}") from None
-    return meta.get("attributes", {})
-
-
 def open_run(path: str | os.PathLike, *, require_complete: bool = False):
     """The run's store as an xarray.Dataset (lazy). Raises StoreError with a one-line reason."""
     import xarray as xr
@@ -386,25 +350,3 @@ def _open_trimmed(p: Path):
     return xr.Dataset(data_vars, coords=coords, attrs=dict(g.attrs))
 
 
-def list_run_dirs(root) -> list[Path]:
-    """The run directories of a root. A symlink is not followed: a run is a real directory
-    inside the root, so nothing a reader does (rebuild writes tables) reaches outside it."""
-    d = trace_root(root) / RUNS_DIR
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        if p.is_symlink():
-            log.warning("skipping %s: a symlink (runs must be directories inside the trace root)", p.name)
-        elif p.is_dir():
-            out.append(p)
-    return sorted(out)
-
-
-def inside_root(path, run_dir) -> bool:
-    """Whether ``path`` is a regular file of ``run_dir`` that is no symlink out of it."""
-    path, run_dir = Path(path), Path(run_dir)
-    try:
-        return not path.is_symlink() and path.is_file() and path.resolve().is_relative_to(run_dir.resolve())
-    except OSError:
-        return False

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from capture.store import ROOT_ENV, trace_root
+from capture.root import ROOT_ENV, trace_root
 
 
 def app_path() -> Path:

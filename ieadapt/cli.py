@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from capture.store import ROOT_ENV, trace_root
+from capture.root import ROOT_ENV, trace_root
 
 
 def cmd_select(args) -> int:
-    from dashboard.data import TraceRoot
+    from capture.catalog import Catalog
 
     from .select import select
 
-    sel = select(TraceRoot(trace_root(args.root)), stat=args.stat, rule=args.rule, kind=args.kind,
+    root = trace_root(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"trace root {root.resolve()} does not exist")
+    sel = select(Catalog(root), stat=args.stat, rule=args.rule, kind=args.kind,
                  runs=args.runs, branch=args.branch, model=args.model)
     if args.output == "-":
         print(sel.to_json())

@@ -36,8 +36,9 @@ def _direct(root, monkeypatch):
         return _tables(Catalog(root))
 
 
-def _no_index_init(self, root, run_columns):
+def _no_index_init(self, root, run_columns, types=None, con=None):
     self.dir, self.columns, self.rows, self.writable = root / "nowhere", run_columns, {}, False
+    self.types = types or {}
     self.meta = {"segments": []}
 
 
