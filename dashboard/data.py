@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from capture import dims
-from capture import effects
+from capture import effects, ranking
 from capture.catalog import STATS_FILE, Catalog
 from capture.store import RUNS_DIR, STORE_NAME, StoreError, read_attrs
 
@@ -43,10 +43,6 @@ class MapData:
     values: np.ndarray  # (q, k)
     gy: int
     gx: int
-
-
-def _sql_list(items) -> str:
-    return "[" + ", ".join("'" + str(i).replace("'", "''") + "'" for i in items) + "]"
 
 
 class TraceRoot:
@@ -149,7 +145,7 @@ class TraceRoot:
             run_ids = [run_ids]
         if not run_ids:
             raise RunUnavailable("no runs chosen")
-        return f"read_parquet({_sql_list(str(self._complete(r)) for r in run_ids)})"
+        return ranking.files_source(str(self._complete(r)) for r in run_ids)
 
     # -- per-run structure ----------------------------------------------------------------------
     def layers(self, run_id: str) -> pd.DataFrame:
@@ -199,20 +195,11 @@ class TraceRoot:
         """One value per layer: heads aggregated per step, then steps (or the one ``step``), then
         the mean over runs. Columns layer, layer_name, kind, value, runs."""
         _check_stat(stat)
-        hagg = _agg_sql(head_agg, rules.HEAD_AGG)
-        sagg = {"mean": "avg", "median": "median", "max": "max", "min": "min"}[_check(step_agg, rules.STEP_AGG)]
-        where = f"{dims.BRANCH} = ? AND {dims.PART} = ? AND {stat} IS NOT NULL AND NOT isnan({stat})"
-        params = [branch, part]
-        if step is not None:
-            where += f" AND {dims.STEP} = ?"
-            params.append(int(step))
-        return self._q(
-            f"""WITH h AS (SELECT run, {dims.LAYER}, {dims.LAYER_NAME}, kind, {dims.STEP}, {hagg}({stat}) AS v
-                           FROM {self._src(run_ids)} WHERE {where} GROUP BY ALL),
-                     s AS (SELECT run, {dims.LAYER}, {dims.LAYER_NAME}, kind, {sagg}(v) AS v FROM h GROUP BY ALL)
-                SELECT min({dims.LAYER}) AS {dims.LAYER}, {dims.LAYER_NAME}, kind, avg(v) AS value,
-                       count(*) AS runs
-                FROM s GROUP BY {dims.LAYER_NAME}, kind ORDER BY 1""", params)
+        _check(head_agg, rules.HEAD_AGG)
+        _check(step_agg, rules.STEP_AGG)
+        sql, params = ranking.per_layer_sql(self._src(run_ids), stat, step=step, branch=branch, part=part,
+                                            head_agg=head_agg, step_agg=step_agg)
+        return self._q(sql, params)
 
     def proportions(self, run_ids, *, step: int | None = None, branch: str = "cond", formula: str = "share_of_kind",
                     red_line: str = "median", head_agg: str = "mean", step_agg: str = "mean",
@@ -340,7 +327,7 @@ def _check_stat(stat: str) -> None:
 
 
 def _agg_sql(name: str, options: dict) -> str:
-    return {"mean": "avg", "max": "max", "min": "min"}[_check(name, options)]
+    return ranking.HEAD_AGG_SQL[_check(name, options)]
 
 
 def pivot(df: pd.DataFrame) -> pd.DataFrame:
