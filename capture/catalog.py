@@ -330,11 +330,6 @@ class Catalog:
         self.unreadable = {r["run"]: r["error"] for r in rows
                            if r["run"] in damaged or r["status"] == "unreadable"}
         self._runs = catalog_index.typed_columns(rows, RUN_COLUMNS, RUN_TYPES)
-        for stmt in ("DROP VIEW IF EXISTS stats", "DROP TABLE IF EXISTS stats"):
-            try:
-                self.con.execute(stmt)
-            except duckdb.CatalogException:  # the name exists as the other object type
-                pass
         _make_runs(self.con, self._runs)
         segments, loose = index.stats_sources(tables)
         self._files = {"stats": loose + [p for p, _ in segments], "metrics": mfiles}
@@ -425,11 +420,7 @@ def _make_view(con, name: str, segments, files: list[str], types: dict[str, str]
 
     segments: (path, runs to leave out or None) of consolidated tables (capture.catalog_index),
     whose ``run`` column is already the run's directory name; files: single runs' tables."""
-    for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
-        try:
-            con.execute(stmt)
-        except duckdb.CatalogException:
-            pass
+    _drop(con, name)
     parts = []
     whole = [p for p, out in segments if not out]
     if whole:
@@ -449,15 +440,20 @@ def _make_view(con, name: str, segments, files: list[str], types: dict[str, str]
         con.execute(f"CREATE TABLE {name} (" + ", ".join(f'"{c}" {t}' for c, t in types.items()) + ")")
 
 
+def _drop(con, name: str) -> None:
+    """Drop the view or table ``name`` if there is one."""
+    for stmt in (f"DROP VIEW IF EXISTS {name}", f"DROP TABLE IF EXISTS {name}"):
+        try:
+            con.execute(stmt)
+        except duckdb.CatalogException:  # the name exists as the other object type
+            pass
+
+
 def _make_runs(con, columns: dict) -> None:
     """(Re)create the ``runs`` table from ``columns`` (catalog_index.typed_columns of the rows)."""
     from .catalog_index import typed_select
 
-    for stmt in ("DROP VIEW IF EXISTS runs", "DROP TABLE IF EXISTS runs"):
-        try:
-            con.execute(stmt)
-        except duckdb.CatalogException:
-            pass
+    _drop(con, "runs")
     con.execute("CREATE TABLE runs AS " + typed_select(RUN_COLUMNS, RUN_TYPES), [columns[c] for c in RUN_COLUMNS])
 
 
