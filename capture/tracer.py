@@ -603,14 +603,19 @@ class Tracer:
             return call.original()
         if not specs and not capture:
             return call.original()
-        if not specs and not self.config.sample_rows and not self.split_videos:
+        rs = None
+        if capture and not self.config.sample_rows and not self.split_videos:
             # every row exact, one accumulator for the batch: the output and the statistics from
-            # one kernel call where that call is faster and bit-identical (else rs is None)
+            # one kernel call where that call is faster and bit-identical (else rs is None). A
+            # perturbed layer takes the same path, so its recorded statistics (those of the
+            # original map) are the very numbers an unperturbed run records.
             orig, rs = merged.SHARED.run(call, self.config.maps_at(step))
-            with torch.no_grad():
-                self._capture(name, call, self._layout(name, call), orig, rs)
-            return orig
-        orig = call.original()
+            if not specs:
+                with torch.no_grad():
+                    self._capture(name, call, self._layout(name, call), orig, rs)
+                return orig
+        else:
+            orig = call.original()
         with torch.no_grad():
             lay = self._layout(name, call)
             out = orig
@@ -621,7 +626,7 @@ class Tracer:
             if specs:
                 out = self._perturb(name, call, lay, specs, orig)
             if capture:
-                self._capture(name, call, lay, orig)
+                self._capture(name, call, lay, orig, rs)
         return out
 
     def _items(self, lay: Layout, n: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -2,6 +2,8 @@
 (stats.pooled_rows): against an explicit softmax on random inputs, bit-identity with the model's
 own SDPA call (and the fallback where it is not), and whole captures with it against without it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,45 @@ def test_size_limits_follow_the_measured_break_even():
     assert merged.eligible(_call(q, k, v), maps=True)
     q, k, v = rand(5, 1, 2, merged.MIN_KEYS, merged.MAX_HEAD_DIM + 1)
     assert not merged.eligible(_call(q, k, v))
+
+
+@pytest.mark.parametrize("kind", ["I", "U"])
+def test_a_perturbed_layer_records_the_statistics_an_unperturbed_run_records(kind, anim_pipe, tmp_path, monkeypatch):
+    """Where the merged kernel serves a layer, a perturbation of that layer must not switch its
+    statistics to the two-call path: its recorded (original-map) statistics are bit-identical to
+    the unperturbed run's. The merged statistics carry a marker (+0.5) here, so a layer whose
+    statistics came from the other path shows up whatever the CPU's rounding does."""
+    from capture.tracer import trace
+
+    from .conftest import ANIM_CALL
+
+    real = merged.merged_attention
+
+    def marked(q, k, v, scale):
+        out, rs = real(q, k, v, scale)
+        return out, dataclasses.replace(rs, entropy=rs.entropy + 0.5)
+
+    monkeypatch.setattr(merged, "merged_attention", marked)
+    monkeypatch.setattr(merged, "MIN_KEYS", 0)
+    monkeypatch.setattr(merged, "MAX_HEAD_DIM", 10**9)
+    monkeypatch.setattr(merged, "MAX_HEAD_DIM_MAPS", 10**9)
+    monkeypatch.setattr(merged, "SHARED", merged.MergedCalls())
+
+    def gen():
+        return anim_pipe("a red circle", generator=torch.Generator().manual_seed(0), **ANIM_CALL).frames
+
+    with trace(anim_pipe, root=tmp_path, maps=False) as base:
+        ref = gen()
+    assert merged.SHARED.merged > 0, "the merged kernel served no call (no signature matched bit for bit)"
+    b = base.dataset()
+    names = b[dims.LAYER_NAME].values.tolist()
+    served = {n for n in names if "attn1" in n}
+    target = sorted(served)[0]
+    with trace(anim_pipe, root=tmp_path, maps=False, perturb=[f"{kind}@{target}:steps=1-1"]) as tr:
+        out = gen()
+    assert not np.array_equal(ref, out)
+    ds = tr.dataset()
+    li = names.index(target)
+    assert ds[dims.PERTURBED].values[1, li].all()
+    np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=1, layer=li).values,
+                                  b[dims.ENTROPY].isel(step=1, layer=li).values)
