@@ -1,21 +1,8 @@
 """The interception mechanism: SDPA calls inside selected attention modules, and denoiser inputs.
 
-One mechanism for every model: while a selected attention module runs its forward, every
-``torch.nn.functional.scaled_dot_product_attention`` call it makes goes to a handler, which returns
-the output to use. Two routes reach the handler:
-
-- a ``TorchFunctionMode`` sees every torch call of the forward (whatever name the code calls SDPA
-  by) but costs a Python round trip per op: 20 or so per attention forward, about 0.3 ms per
-  call on a 2-core CPU, which on small models is most of what capture costs;
-- the attribute route: for the forward's duration ``torch.nn.functional.scaled_dot_product_attention``
-  is a Python function that passes the call to the handler (diffusers' processors and its
-  attention dispatcher look the function up there on every call); every other op runs untouched.
-
-A module's first forward runs with both and records which one its SDPA calls came by; if every
-one came by the attribute, later forwards use the attribute route alone, else the mode stays. So
-a processor that holds its own reference to SDPA (``from torch.nn.functional import ...``) is
-still intercepted. While the attribute route is on, code that compares a function against
-``F.scaled_dot_product_attention`` inside such a forward sees the router, not torch's function. Hooks are registered by name in diffusers'
+One mechanism for every model: while a selected attention module runs its forward, a
+``TorchFunctionMode`` sees every ``torch.nn.functional.scaled_dot_product_attention`` call and hands
+it to a handler, which returns the output to use. Hooks are registered by name in diffusers'
 ``HookRegistry`` (a second registration under the same name is an error) and removed by name.
 This and models/families/ are the only modules that touch diffusers internals.
 """
@@ -23,7 +10,6 @@ This and models/families/ are the only modules that touch diffusers internals.
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,70 +89,18 @@ class SDPACall:
         return self.func(**kw)
 
 
-_SDPA = F.scaled_dot_product_attention  # torch's own function (the attribute route replaces it for a while)
-_state = threading.local()  # .route: the innermost intercepting forward of this thread, or None
-_patch_lock = threading.Lock()
-_patch_users = 0  # forwards (all threads) that have the attribute route on
-
-
-class _Interception:
-    """One module forward's SDPA calls: numbered in order, handed to the handler, with the route
-    each came by. The handler's own SDPA calls (the original call, perturbed outputs) go to torch."""
-
+class _SDPAMode(torch.overrides.TorchFunctionMode):
     def __init__(self, handler: Callable[[SDPACall], torch.Tensor]):
+        super().__init__()
         self.handler = handler
         self.calls = 0
-        self.by_mode = 0  # calls the attribute route did not see
-        self.busy = False  # inside the handler
-
-    def handle(self, args, kwargs) -> torch.Tensor:
-        self.calls += 1
-        self.busy = True
-        try:
-            return self.handler(SDPACall(_SDPA, args, kwargs or {}, self.calls - 1))
-        finally:
-            self.busy = False
-
-
-def _routed_sdpa(*args, **kwargs):
-    """Stands in for torch.nn.functional.scaled_dot_product_attention while a forward is intercepted."""
-    icp = getattr(_state, "route", None)
-    if icp is None or icp.busy:
-        return _SDPA(*args, **kwargs)
-    return icp.handle(args, kwargs)
-
-
-@contextlib.contextmanager
-def _attribute_route(icp: _Interception):
-    global _patch_users
-    outer = getattr(_state, "route", None)
-    with _patch_lock:
-        if _patch_users == 0:
-            F.scaled_dot_product_attention = _routed_sdpa
-        _patch_users += 1
-    _state.route = icp
-    try:
-        yield
-    finally:
-        _state.route = outer
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0 and F.scaled_dot_product_attention is _routed_sdpa:
-                F.scaled_dot_product_attention = _SDPA
-
-
-class _SDPAMode(torch.overrides.TorchFunctionMode):
-    """Sees every torch call of the forward; hands over the SDPA calls the attribute route missed."""
-
-    def __init__(self, icp: _Interception):
-        super().__init__()
-        self.icp = icp
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is _SDPA and not self.icp.busy:
-            self.icp.by_mode += 1
-            return self.icp.handle(args, kwargs)
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+            return self.handler(SDPACall(func, args, kwargs, self.calls - 1))
+        return func(*args, **kwargs)
 
 
 class AttentionLayerHook(ModelHook):
@@ -176,19 +110,12 @@ class AttentionLayerHook(ModelHook):
         super().__init__()
         self.name = name
         self.handler = handler
-        self.attribute_only: bool | None = None  # None until a forward has made SDPA calls
 
     def new_forward(self, module, *args, **kwargs):
-        icp = _Interception(lambda call: self.handler(self.name, call))
-        with _attribute_route(icp):
-            if self.attribute_only:
-                out = self.fn_ref.original_forward(*args, **kwargs)
-            else:
-                with _SDPAMode(icp):
-                    out = self.fn_ref.original_forward(*args, **kwargs)
-                if self.attribute_only is None and icp.calls:
-                    self.attribute_only = icp.by_mode == 0
-        if icp.calls == 0:
+        mode = _SDPAMode(lambda call: self.handler(self.name, call))
+        with mode:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        if mode.calls == 0:
             proc = type(getattr(module, "processor", None)).__name__
             raise NoSDPAError(
                 f"layer {self.name} never called torch.nn.functional.scaled_dot_product_attention "
