@@ -1,0 +1,145 @@
+"""The SDPA interception (capture.hooks): every SDPA call of an intercepted forward reaches the
+handler with its arguments, in order, whether the code looks SDPA up on torch.nn.functional or holds
+its own reference; the output is the handler's; the handler's own SDPA calls and calls outside the
+forward are not intercepted; concurrent forwards in threads each see their own calls."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.functional import scaled_dot_product_attention as bound_sdpa
+
+from capture import hooks
+
+REAL = torch._C._nn.scaled_dot_product_attention
+
+
+class ByAttribute(torch.nn.Module):
+    """Looks SDPA up on torch.nn.functional at every call, as diffusers' processors do; two calls."""
+
+    def forward(self, q, k, v):
+        a = F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(a, k, v, scale=0.5)
+
+
+class ByReference(torch.nn.Module):
+    """Holds the function it imported (``from torch.nn.functional import ...``): only the mode sees it."""
+
+    def forward(self, q, k, v):
+        return bound_sdpa(q, k, v) + 0
+
+
+class Mixed(torch.nn.Module):
+    def forward(self, q, k, v):
+        return bound_sdpa(F.scaled_dot_product_attention(q, k, v), k, v)
+
+
+def qkv(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 2, 5, 4, generator=g) for _ in range(3)]
+
+
+def hooked(module, seen, *, transform=None):
+    def handler(name, call):
+        seen.append((name, call.index, call.scale, call.q.clone()))
+        out = call.original()
+        # the handler's own SDPA calls go to torch, not back to the handler
+        F.scaled_dot_product_attention(call.q, call.k, call.v)
+        return transform(out) if transform else out
+
+    hook = hooks.AttentionLayerHook("layer", handler)
+    hooks.register(module, hook, hooks.LAYER_HOOK)
+    return hook
+
+
+@pytest.mark.parametrize("cls", [ByAttribute, ByReference, Mixed])
+def test_every_sdpa_call_reaches_the_handler_on_every_forward(cls):
+    m = cls()
+    q, k, v = qkv()
+    ref = m(q, k, v)
+    seen: list = []
+    hooked(m, seen, transform=lambda o: o * 2)
+    n_calls = 1 if cls is ByReference else 2
+    for rep in range(3):
+        seen.clear()
+        out = m(q, k, v)
+        assert [s[1] for s in seen] == list(range(n_calls)), f"forward {rep}"
+        assert F.scaled_dot_product_attention is REAL
+        assert not torch.equal(out, ref)  # the handler's output was used
+    if cls is ByAttribute:
+        assert torch.equal(seen[0][3], q) and seen[1][2] == 0.5
+    hooks.remove(m, hooks.LAYER_HOOK)
+    assert torch.equal(m(q, k, v), ref)
+
+
+def test_output_is_bit_identical_when_the_handler_returns_the_original_call():
+    for cls in (ByAttribute, ByReference, Mixed):
+        m = cls()
+        q, k, v = qkv(3)
+        ref = m(q, k, v)
+        hooked(m, [])
+        for _ in range(2):
+            assert torch.equal(m(q, k, v), ref)
+
+
+def test_an_error_in_the_handler_leaves_nothing_behind():
+    m = ByAttribute()
+    hook = hooks.AttentionLayerHook("layer", lambda name, call: (_ for _ in ()).throw(RuntimeError("boom")))
+    hooks.register(m, hook, hooks.LAYER_HOOK)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="boom"):
+            m(*qkv())
+        assert F.scaled_dot_product_attention is REAL
+    hooks.remove(m, hooks.LAYER_HOOK)
+    m(*qkv())  # no mode left behind
+
+
+def test_a_forward_without_sdpa_is_an_error_on_either_route():
+    class NoSDPA(torch.nn.Module):
+        def forward(self, q, k, v):
+            return q @ k.transpose(-1, -2)
+
+    m = NoSDPA()
+    hooked(m, [])
+    with pytest.raises(hooks.NoSDPAError, match="layer"):
+        m(*qkv())
+
+
+def test_concurrent_forwards_in_threads_each_see_their_own_calls():
+    mods = [ByAttribute() for _ in range(4)]
+    seen = [[] for _ in mods]
+    for m, s in zip(mods, seen):
+        hooked(m, s)
+    q, k, v = qkv(1)
+    ref = ByAttribute()(q, k, v)
+    errors: list = []
+
+    def work(i):
+        try:
+            for _ in range(25):
+                assert torch.equal(mods[i](q, k, v), ref)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(mods))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(len(s) == 50 for s in seen)
+    assert F.scaled_dot_product_attention is REAL
+
+
+def test_sdpa_outside_an_intercepted_forward_is_untouched():
+    m = ByAttribute()
+    seen: list = []
+    hooked(m, seen)
+    q, k, v = qkv(2)
+    m(q, k, v)
+    n = len(seen)
+    F.scaled_dot_product_attention(q, k, v)
+    assert len(seen) == n
