@@ -610,10 +610,6 @@ class Tracer:
             # perturbed layer takes the same path, so its recorded statistics (those of the
             # original map) are the very numbers an unperturbed run records.
             orig, rs = merged.SHARED.run(call, self.config.maps_at(step))
-            if not specs:
-                with torch.no_grad():
-                    self._capture(name, call, self._layout(name, call), orig, rs)
-                return orig
         else:
             orig = call.original()
         with torch.no_grad():
