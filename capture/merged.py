@@ -34,11 +34,13 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 # 2-core CPU ("sdpa+exact" against "merged", "sdpa+maps" against "merged+maps"). The padded call
 # does twice the q·k products and widens A·V by the head size, so it pays only while the shared
 # exp over every score outweighs that: statistics alone gain 10-20 % up to head size 40 and
-# nothing at 64; with maps (whose own pass then starts from the lse) it gains 17 % at head size 4
-# and loses from 16 on. Below 64 keys per-call dispatch dominates and neither wins.
+# nothing at 64. With maps, the merged call's lse gives them in one more pass (stats.pooled_rows),
+# which beats the model's call plus the chunked kernel's maps up to head size 32 (N = 256,
+# batch 8: 7.0 against 8.1 ms at head size 16, 11.6 against 12.2 ms at 24, even at 40). Below 64
+# keys per-call dispatch dominates and neither wins.
 MIN_KEYS = 64
 MAX_HEAD_DIM = 40
-MAX_HEAD_DIM_MAPS = 8
+MAX_HEAD_DIM_MAPS = 32
 
 
 def eligible(call: SDPACall, maps: bool = False) -> bool:

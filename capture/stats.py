@@ -127,6 +127,11 @@ def _pool_keys(p: torch.Tensor, key_cells: torch.Tensor, n_cells: int, grid) -> 
 
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+# CPU, maps: "auto" takes the "lse" path up to this head size from this many keys (see row_stats)
+LSE_MAPS_MAX_DIM = 32
+LSE_MAPS_MIN_KEYS = 512
+
+
 def _fused(q, k, scale, add_mask, nkeys, onehot):
     """Row entropy (and key-pooled rows) from one fused attention call, no score matrix at all.
 
@@ -293,11 +298,14 @@ def row_stats(
     if add_mask is not None:
         m_rows = add_mask[:, :, rows] if (rows is not None and add_mask.shape[2] > 1) else add_mask
         nkeys[:] = allowed_keys(m_rows).sum(-1).float().expand(B, nk_h, Nr)
-    # With maps on CUDA, where the fused kernel costs little beside the explicit passes, "auto"
-    # takes the statistics from it and the maps from its lse. On CPU the chunked kernel stays:
-    # there a fused call costs about as much as the passes it saves ("exact+maps" against
-    # "lse+maps" in benchmarks/bench_stats.py).
-    lse = method == "lse" or (method == "auto" and want_pool and q.device.type == "cuda")
+    # With maps, "auto" takes the statistics from the fused kernel and the maps from its lse
+    # (pooled_rows) on CUDA, and on CPU for large layers of small heads (LSE_MAPS_*), where that
+    # is faster than the chunked kernel ("lse+maps" against "exact+maps" in
+    # benchmarks/bench_stats.py: 77 against 85 ms at 1024 keys, head size 16; even at 256 keys
+    # and at head size 40). On fewer keys the flash call's own overhead makes it slower (0.66
+    # against 0.36 ms on the demo's 8-key temporal calls), at head size 64 too.
+    lse = method == "lse" or (method == "auto" and want_pool and (
+        q.device.type == "cuda" or (q.shape[-1] <= LSE_MAPS_MAX_DIM and Nk >= LSE_MAPS_MIN_KEYS)))
     if lse and not _lse_applies(q, add_mask, parts, key_cells, map_heads_mean):
         if method == "lse":
             raise ValueError("the lse path needs pooled maps by key_cells, head-averaged, no mask and no parts")
@@ -390,6 +398,9 @@ def row_stats(
                     n_keys_all=None if add_mask is not None else float(Nk))
 
 
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = 2^(x·log2 e)
+
+
 def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Tensor, key_cells: torch.Tensor,
                 n_key_cells: int, key_grid: tuple | None = None, map_heads_mean: bool = True,
                 chunk_rows: int | None = None) -> torch.Tensor:
@@ -397,20 +408,24 @@ def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Te
     (from the fused kernel that gave the layer's output): ``A = exp(s − lse)`` directly, without
     the row max, row sum and entropy passes of the chunked kernel. No mask.
 
+    One matmul gives ``(s − lse)·log2 e`` (q gets a column −lse, k a row of ones) and ``exp2``
+    gives A: on CPU torch's vectorized exp2 takes a quarter of exp's time, and the subtraction is
+    not a pass of its own. This pass is most of what maps cost on large layers (its exp over every
+    score); its error is that of float32 logits (measured ≤ 3e-7 absolute against float64).
+
     q: (B,H,Nr,D); k: (B,H,Nk,D); lse: (B,H,Nr). Returns (B, 1 if map_heads_mean else H, Nr, Gk)."""
     B, H, Nr, _ = q.shape
     Nk = k.shape[-2]
     if chunk_rows is None:
         chunk_rows = chunk_rows_for(B * H, Nk, device=q.device)
-    kt = k.float().transpose(-1, -2).contiguous()  # (B,H,D,Nk)
-    qs = q.float() * scale
+    ka = torch.cat([k.float(), k.new_ones((B, H, Nk, 1), dtype=torch.float32)], dim=-1).transpose(-1, -2).contiguous()
+    qa = torch.cat([q.float() * (scale * LOG2E), (lse * -LOG2E).unsqueeze(-1)], dim=-1)  # (B,H,Nr,D+1)
     pooled = q.new_empty((B, 1 if map_heads_mean else H, Nr, n_key_cells), dtype=torch.float32)
     s_buf, _ = _scratch(B * H * min(chunk_rows, Nr) * Nk, q.device)
     for start in range(0, Nr, chunk_rows):
         stop = min(Nr, start + chunk_rows)
         c = stop - start
-        p = torch.matmul(qs[:, :, start:stop], kt, out=s_buf[: B * H * c * Nk].view(B, H, c, Nk))
-        p.sub_(lse[:, :, start:stop, None]).exp_()  # (B,H,c,Nk) rows of A
+        p = torch.matmul(qa[:, :, start:stop], ka, out=s_buf[: B * H * c * Nk].view(B, H, c, Nk)).exp2_()  # rows of A
         if map_heads_mean:
             p = p.mean(dim=1, keepdim=True)
         pooled[:, :, start:stop] = _pool_keys(p, key_cells, n_key_cells, key_grid)

@@ -218,6 +218,24 @@ def test_lse_maps_path_gives_every_statistic_and_refuses_what_it_cannot_do():
         row_stats(q, k, scale=0.5, key_cells=cells, n_key_cells=4, map_heads_mean=False, method="lse")
 
 
+@pytest.mark.parametrize("nk, dim, path", [(stats.LSE_MAPS_MIN_KEYS, 8, "lse"), (64, 8, "chunked"),
+                                            (stats.LSE_MAPS_MIN_KEYS, 64, "chunked")])
+def test_cpu_maps_path_by_size_and_both_match_explicit_pooling(nk, dim, path):
+    """On CPU "auto" takes the maps from the fused call's lse on many keys and small heads, else
+    from the chunked kernel: either way the pooled rows are those of an explicit softmax."""
+    g = torch.Generator().manual_seed(nk + dim)
+    q = torch.randn(2, 3, 40, dim, generator=g) * 1.5
+    k = torch.randn(2, 3, nk, dim, generator=g)
+    cells = torch.arange(nk) * 7 // nk
+    auto = row_stats(q, k, scale=dim ** -0.5, key_cells=cells, n_key_cells=7)
+    forced = row_stats(q, k, scale=dim ** -0.5, key_cells=cells, n_key_cells=7, method=path)
+    assert torch.equal(auto.key_pooled, forced.key_pooled) and torch.equal(auto.entropy, forced.entropy)
+    a, h = explicit(q, k, dim ** -0.5)
+    ref = torch.zeros(2, 3, 40, 7, dtype=torch.float64).index_add_(-1, cells, a).mean(1, keepdim=True)
+    torch.testing.assert_close(auto.key_pooled.double(), ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(auto.entropy.double(), h, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_maps_come_from_the_fused_lse_and_match_the_chunked_kernel():
     """On CUDA, maps take the fused call's lse and one exp(s − lse) pass ("auto" picks "lse")."""
