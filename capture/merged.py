@@ -67,7 +67,7 @@ def merged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """(A·V as a (B,H,Nq,Dv) view, RowStats with entropy and lse of every row) from one call.
 
     q: (B,H,Nq,D); k: (B,H,Nk,D); v: (B,H,Nk,Dv). No mask. H = lse − scale · q · (A K)."""
-    D, Dv, Nk = q.shape[-1], v.shape[-1], k.shape[-2]
+    Dv, Nk = v.shape[-1], k.shape[-2]
     pad = torch.nn.functional.pad
     o, lse = _FLASH_CPU(pad(q, (0, Dv)), pad(k, (0, Dv)), torch.cat([v, k], dim=-1), 0.0, False, scale=scale)
     ent = torch.sub(lse, torch.linalg.vecdot(q, o[..., Dv:]), alpha=scale).clamp_min_(0.0)

@@ -83,14 +83,15 @@ def _video(rng, frames: int, size: int) -> np.ndarray:
 def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int = 25, frames: int = 16,
               grid: int = 8, branches=dims.BRANCHES_CFG, maps: bool = True, video_size: int = 32,
               attrs: dict | None = None, status: str = dims.COMPLETE, run_id: str | None = None,
-              perturbed_layers: tuple[int, ...] = ()) -> str:
+              perturbed_layers: tuple[int, ...] = (), maps_every: int = 1) -> str:
     """Write one synthetic run; returns its id. ``status`` 'running' leaves it unfinished, 'failed'
-    marks it failed. ``perturbed_layers``: layer indices flagged perturbed at every step."""
+    marks it failed. ``perturbed_layers``: layer indices flagged perturbed at every step.
+    ``maps_every``: maps only at steps that are multiples of it (capture's ``maps_every``)."""
     nl, nb = len(layers), len(branches)
     heads = max(l["heads"] for l in layers)
     a = {"model": "synthetic", "family": "animatediff", "prompt": "a synthetic prompt", "negative_prompt": "",
          "seed": 0, "num_inference_steps": steps, "num_frames": frames, "height": video_size, "width": video_size,
-         "guidance_scale": 7.5, "capture": {"mode": "exact", "maps": maps, "grid": grid},
+         "guidance_scale": 7.5, "capture": {"mode": "exact", "maps": maps, "grid": grid, "maps_every": maps_every},
          "layers_selected": [l["name"] for l in layers], "perturbation": [], "synthetic": True}
     a.update(attrs or {})
     w = RunWriter(root, a, run_id=run_id)
@@ -120,7 +121,7 @@ def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int 
             r[dims.ENERGY][:, 0] = ve * (1.05 - en) * (0.8 + 0.4 * phase)  # diffuse attention averages V away
             r[dims.MASS] = np.full_like(r[dims.ENTROPY], np.nan)
             r[dims.MASS][:, 0] = 1.0
-            if maps:
+            if maps and s % maps_every == 0:
                 gy, gx = lay["gy"], lay["gx"]
                 g2 = gy * gx
                 sharp = 6.0 * (1.0 - float(en.mean()))
@@ -141,9 +142,10 @@ def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int 
                     r[dims.MAP_TEMPORAL] = _softmax(logits).astype("float32")
                 field = rng.normal(0, 0.1, (nb, frames, g2)) + np.linspace(-0.1, 0.1, g2)
                 r[dims.ENTROPY_MAP] = (np.clip(en.mean(-1)[:, None, None] + field, 0.01, 0.99) * log_keys).astype("float32")
-            else:
+            elif not maps:
                 for k in (dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
                     r[k] = None
+            # (a step without maps in a maps_every run has no map keys, as Accumulator.result gives)
             results.append(r)
         w.write_step(s, float(timesteps[s]), layers, list(branches), results, perturbed, grid, frames)
     if status == dims.RUNNING:

@@ -168,6 +168,41 @@ def test_maps_view(app, root):
     np.testing.assert_allclose(_arr(q["data"][0]["y"]), m.values[2], rtol=1e-6)
 
 
+def test_maps_view_of_a_run_with_maps_every_kth_step(tmp_path, monkeypatch):
+    """A run captured with maps every 2nd step (statistics at every step): the step slider offers
+    only the steps with maps, a URL step without maps falls back to the first one, and the map
+    shown is the one stored for the chosen step."""
+    from capture import synthetic as S
+    from dashboard import cache
+    from dashboard.data import RunUnavailable
+
+    layers = S.animatediff_like_layers(n_down=1, heads=2, frames=4, grid=4, latent=8)
+    rid = S.write_run(tmp_path, np.random.default_rng(3), layers=layers, steps=5, frames=4, grid=4, maps_every=2,
+                      run_id="20260102-000000-kkkkkk")
+    monkeypatch.setenv("ATTNLENS_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    cache.reload()
+    tr = TraceRoot(tmp_path)
+    assert tr.map_steps(rid) == [0, 2, 4]
+    at = AppTest.from_string("from dashboard.views import maps\nmaps.render()", default_timeout=90)
+    at.query_params["mp_run"] = rid
+    at.query_params["mp_step"] = "3"  # a step without maps
+    at.run()
+    _ok(at)
+    slider = at.select_slider(key="mp_step")
+    assert [int(o) for o in slider.options] == [0, 2, 4] and slider.value == 0
+    slider.set_value(4).run()
+    _ok(at)
+    fig = _figs(at)[0]
+    assert "step 4" in _title(fig)
+    spatial = tr.layers(rid)
+    spatial = spatial[spatial["kind"] == "spatial"].iloc[0]
+    m = tr.attention_map(rid, 4, int(spatial[dims.LAYER]), "cond")
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), m.values, rtol=1e-6)
+    with pytest.raises(RunUnavailable, match="every 2 steps"):
+        tr.attention_map(rid, 3, int(spatial[dims.LAYER]), "cond")
+
+
 def test_compare_view(app, root):
     _, ids = root
     at = app("compare", cmp_a=ids["a"], cmp_b=ids["b"])
