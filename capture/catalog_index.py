@@ -9,7 +9,9 @@ loses nothing (the next open rebuilds it; ``attnlens catalog --rebuild`` does so
 - ``stats-*.parquet``: the statistics tables of many complete runs in one file, so a query opens a
   few files instead of one per run; ``index.json`` lists each segment's runs with the signature
   of the run's own ``stats.parquet`` at the time. A run whose table changed since (a rebuild), or
-  that is no longer complete, is filtered out of its segment and read from its own file.
+  that is no longer complete, is filtered out of its segment and read from its own file. A
+  segment left with no such run, or a segment file it does not list, is unlisted and deleted a
+  day later (``retired`` in ``index.json``: since when), as are temporary files of killed processes.
 
 Every file is written to a temporary name and renamed, by whichever process opens the root; two
 processes racing leave one index or the other, both correct. A root that cannot be written is
@@ -24,6 +26,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 import math
@@ -43,6 +46,11 @@ RUNS_FILE = "runs.parquet"
 VERSION = 1
 # loose run tables are consolidated into a segment once there are this many
 SEGMENT_MIN = 32
+# a segment no longer listed (every run in it changed or gone, or written by a process whose
+# index.json lost a race), and a temporary file left by a killed process, is deleted this long
+# after it was first seen so: a process that opened the root earlier may still read it meanwhile
+# (the dashboard reopens its root every two minutes)
+RETIRE_SECONDS = 24 * 3600
 
 
 def signature(path: Path) -> str:
@@ -130,12 +138,50 @@ class RootIndex:
             segments.append((str(path), stale or None))
             covered |= good
         loose = [r for r in tables if r not in covered]
+        used = {Path(p).name for p, _ in segments}
+        self._retire([seg["file"] for seg in self.meta.get("segments", []) if seg["file"] not in used])
         if len(loose) >= SEGMENT_MIN and self.writable:
             seg = self._write_segment({r: tables[r] for r in loose})
             if seg is not None:
                 segments.append((str(self.dir / seg), None))
                 loose = []
         return segments, [tables[r][0] for r in loose]
+
+    def _retire(self, dead: list[str]) -> None:
+        """Unlist the dead segments; delete unlisted segments and temporary files once they have
+        been so for RETIRE_SECONDS (see there). index.json remembers since when."""
+        if not self.writable or not self.dir.is_dir():
+            return
+        now = time.time()
+        retired = self.meta.setdefault("retired", {})
+        changed = bool(dead)
+        if dead:
+            self.meta["segments"] = [seg for seg in self.meta["segments"] if seg["file"] not in set(dead)]
+        listed = {seg["file"] for seg in self.meta["segments"]}
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("stats-") and name.endswith(".parquet") and name not in listed and name not in retired:
+                retired[name] = now
+                changed = True
+            elif name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    if now - os.stat(self.dir / name).st_mtime > RETIRE_SECONDS:
+                        os.unlink(self.dir / name)
+        for name, since in list(retired.items()):
+            if name in listed or name not in names:
+                del retired[name]
+                changed = True
+            elif now - since > RETIRE_SECONDS:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.dir / name)
+                    log.info("catalog index: removed segment %s (unlisted since %s)", name, time.ctime(since))
+                del retired[name]
+                changed = True
+        if changed:
+            self._save_meta()
 
     def _write_segment(self, tables: dict[str, tuple[str, str]]) -> str | None:
         name = f"stats-{secrets.token_hex(4)}.parquet"

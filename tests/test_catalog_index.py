@@ -87,6 +87,39 @@ def test_index_gives_the_tables_of_the_run_directories(tmp_path, monkeypatch):
     _same(_tables(cat), _direct(root, monkeypatch))
 
 
+def test_dead_and_orphan_segments_are_unlisted_then_deleted(tmp_path, monkeypatch):
+    """A segment none of whose runs is still as it was (all rebuilt or removed), and a segment file
+    index.json does not list (a process that lost a race), are unlisted at once and deleted once
+    they have been so for RETIRE_SECONDS; so are temporary files of killed processes. The tables
+    stay those of the run directories throughout."""
+    monkeypatch.setattr(catalog_index, "SEGMENT_MIN", 3)
+    root = tmp_path / "root"
+    _runs(root, 3)
+    _tables(Catalog(root))
+    cat_dir = root / "catalog"
+    (first,) = [p.name for p in cat_dir.glob("stats-*.parquet")]
+    orphan = cat_dir / "stats-0badf00d.parquet"
+    shutil.copy(cat_dir / first, orphan)
+    tmp = cat_dir / ".runs.parquet.999.abc.tmp"
+    tmp.write_bytes(b"half written")
+    for run in ("r-000", "r-001", "r-002"):  # every run of the segment rebuilt
+        os.utime(root / "runs" / run / STATS_FILE, ns=(7, 7))
+    _same(_tables(Catalog(root)), _direct(root, monkeypatch))
+    meta = catalog_index.json.loads((cat_dir / "index.json").read_text())
+    assert first not in {seg["file"] for seg in meta["segments"]}
+    assert set(meta["retired"]) == {first, orphan.name}
+    assert (cat_dir / first).exists() and orphan.exists() and tmp.exists()  # not yet: within the grace period
+
+    old = os.stat(tmp).st_mtime - 2 * catalog_index.RETIRE_SECONDS
+    os.utime(tmp, (old, old))
+    monkeypatch.setattr(catalog_index.time, "time", lambda: meta["retired"][first] + catalog_index.RETIRE_SECONDS + 1)
+    _same(_tables(Catalog(root)), _direct(root, monkeypatch))
+    assert not (cat_dir / first).exists() and not orphan.exists() and not tmp.exists()
+    meta = catalog_index.json.loads((cat_dir / "index.json").read_text())
+    assert meta["retired"] == {} and len(meta["segments"]) == 1  # the rebuilt runs' new segment
+    assert (cat_dir / meta["segments"][0]["file"]).exists()
+
+
 def test_running_run_state_is_read_every_time(tmp_path):
     root = tmp_path / "root"
     _runs(root, 1)
