@@ -160,3 +160,43 @@ def test_layers_first_seen_late_are_rewritten_at_the_end(tmp_path):
     assert list(ds[dims.N_KEY].values) == [64, 7]
     table = Catalog(tmp_path).query("SELECT DISTINCT layer_name, kind FROM stats ORDER BY layer_name")
     assert dict(zip(table["layer_name"], table["kind"])) == {"down.attn1": "spatial", "motion.attn1": "cross"}
+
+
+def test_runs_written_with_per_layer_map_shards_still_read(tmp_path):
+    """Stores written before 2026-12-02 kept each map array in one shard per step, chunked per
+    layer (zarr's sharding codec) instead of one chunk per step: such a run reads the same maps
+    through xarray and the dashboard as one written today."""
+    import warnings
+
+    import zarr
+
+    from dashboard.data import TraceRoot
+
+    w, written = write_run(tmp_path, 3)
+    store = w.dir / "trace.zarr"
+    g = zarr.open_group(str(store), mode="r+")
+    nl = len(LAYERS)
+    for name in (dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
+        a = g[name]
+        data, attrs, dim_names = a[...], dict(a.attrs), a.metadata.dimension_names
+        del g[name]
+        old = g.create_array(name, shape=data.shape, chunks=(1, 1) + data.shape[2:], shards=(1, nl) + data.shape[2:],
+                             dtype=data.dtype, fill_value=np.nan, dimension_names=dim_names, attributes=attrs)
+        old[...] = data
+        assert old.shards == (1, nl) + data.shape[2:]
+    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec (the store writes it too)
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store))
+
+    ds = open_run(w.dir)
+    tr = TraceRoot(tmp_path)
+    for s in range(3):
+        for li, l in enumerate(LAYERS):
+            np.testing.assert_array_equal(ds[dims.MAP_SPATIAL].values[s, li], written[s][li][dims.MAP_SPATIAL])
+            for bi, branch in enumerate(("uncond", "cond")):
+                m = tr.attention_map(w.run_id, s, li, branch).values
+                key = dims.MAP_TEMPORAL if l["kind"] == "temporal" else dims.MAP_SPATIAL
+                ref = written[s][li][key][bi]
+                np.testing.assert_array_equal(m, ref[: m.shape[0], : m.shape[1]])
+                np.testing.assert_array_equal(tr.entropy_map(w.run_id, s, li, branch),
+                                              written[s][li][dims.ENTROPY_MAP][bi].reshape(4, 2, 2)[:, :2, :2])
