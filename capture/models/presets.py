@@ -149,6 +149,8 @@ def _guard(src, fn):
         return fn()
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # huggingface_hub points at a stack trace the user is not shown
+        first = first.replace(" Please check out the root cause in the stacktrace above.", "")
         hint = "" if Path(str(src)).exists() else " (not a local directory; offline, hub ids load only from the local cache)"
         raise ModelError(f"cannot load {src}{hint}: {first}") from None
 
