@@ -156,7 +156,8 @@ class RootIndex:
         retired = self.meta.setdefault("retired", {})
         changed = bool(dead)
         if dead:
-            self.meta["segments"] = [seg for seg in self.meta["segments"] if seg["file"] not in set(dead)]
+            gone = set(dead)
+            self.meta["segments"] = [seg for seg in self.meta["segments"] if seg["file"] not in gone]
         listed = {seg["file"] for seg in self.meta["segments"]}
         try:
             names = os.listdir(self.dir)
