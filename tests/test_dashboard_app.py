@@ -191,6 +191,7 @@ def test_maps_view_of_a_run_with_maps_every_kth_step(tmp_path, monkeypatch):
     _ok(at)
     slider = at.select_slider(key="mp_step")
     assert [int(o) for o in slider.options] == [0, 2, 4] and slider.value == 0
+    assert any("stored maps every 2 steps" in c.value and "steps 0, 2, 4" in c.value for c in at.caption)
     slider.set_value(4).run()
     _ok(at)
     fig = _figs(at)[0]

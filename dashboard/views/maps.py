@@ -50,6 +50,10 @@ def _body() -> None:
                             step=0.01 if rule != "mean_std" else 0.25, key=pkey,
                             min_value=0.0, max_value=1.0 if rule == "quantile" else None)
     state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule", pkey)
+    if len(steps) > 1 and steps[1] - steps[0] > 1:  # captured with maps_every K > 1
+        shown = ", ".join(map(str, steps[:12])) + (", …" if len(steps) > 12 else "")
+        st.caption(f"This run stored maps every {steps[1] - steps[0]} steps (statistics at every step): "
+                   f"steps {shown}.")
     st.caption(f"Threshold rule **{rule}**: {rules.THRESHOLDS[rule]}.")
     layer = int(layers.set_index("layer_name").loc[name, "layer"])
     m = tr.attention_map(run_id, step, layer, branch)
