@@ -38,6 +38,14 @@ COORDS_ATTR = " ".join((dims.TIMESTEP,) + LAYER_COORDS)
 FLUSH_SECONDS = 2.0
 STEP_CHUNK = 64  # steps per chunk of the scalar arrays
 MAP_CHUNK_BYTES = 4 * 2**20  # at most this much map data per chunk (one step, several layers)
+# steps of small maps share a chunk up to this size (a chunk of a batch's last steps is rewritten,
+# whole, by the next batch: zarr merges the new steps into it)
+MAP_STEPS_BYTES = 2**20
+# chunk files named c.<step>.<i>... directly in the array's folder (zarr v3's "default" encoding
+# with "." instead of "/"): writing a chunk is then one file, not one file in a folder per index
+# (the nested folders' mkdir cost as much as the data of the small map chunks). Stores written
+# with "/" still read: the encoding is in each array's metadata.
+CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 def _now() -> str:
@@ -94,21 +102,22 @@ class RunWriter:
         G = grid * grid
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr warns that string dtypes are not in the v3 core spec
-            g.create_array(dims.LAYER_NAME, data=_str_array(l["name"] for l in layers), dimension_names=[dims.LAYER])
-            g.create_array(dims.LAYER_KIND, data=_str_array(l["kind"] for l in layers), dimension_names=[dims.LAYER])
-            g.create_array(dims.LAYER_BLOCK, data=_str_array(l["block"] for l in layers), dimension_names=[dims.LAYER])
-            g.create_array(dims.BRANCH, data=_str_array(branches), dimension_names=[dims.BRANCH])
-            g.create_array(dims.PART, data=_str_array(dims.PARTS), dimension_names=[dims.PART])
+            g.create_array(dims.LAYER_NAME, data=_str_array(l["name"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
+            g.create_array(dims.LAYER_KIND, data=_str_array(l["kind"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
+            g.create_array(dims.LAYER_BLOCK, data=_str_array(l["block"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
+            g.create_array(dims.BRANCH, data=_str_array(branches), dimension_names=[dims.BRANCH], chunk_key_encoding=CHUNK_KEYS)
+            g.create_array(dims.PART, data=_str_array(dims.PARTS), dimension_names=[dims.PART], chunk_key_encoding=CHUNK_KEYS)
         for key, name in ((dims.N_QUERY, "n_query"), (dims.N_KEY, "n_key"), (dims.N_HEADS, "heads"),
                           ("map_gy", "gy"), ("map_gx", "gx")):
-            g.create_array(key, data=np.array([l[name] for l in layers], dtype="int32"), dimension_names=[dims.LAYER])
-        g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER])
-        g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD])
+            g.create_array(key, data=np.array([l[name] for l in layers], dtype="int32"), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
+        g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
+        g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD], chunk_key_encoding=CHUNK_KEYS)
 
         def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, steps=1):
             self.arrays[name] = g.create_array(
                 name, shape=(0,) + shape, chunks=(steps,) + chunks, dtype=dtype, fill_value=fill,
                 dimension_names=[dims.STEP, *dim_names], attributes={"coordinates": COORDS_ATTR},
+                chunk_key_encoding=CHUNK_KEYS,
             )
 
         # scalars: STEP_CHUNK steps per chunk (a few KB each), so a batch of steps is one file per
@@ -122,14 +131,16 @@ class RunWriter:
             arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
         arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0, steps=n)
         if self.attrs.get("capture", {}).get("maps", True):
-            # maps: one step of as many layers as fit in MAP_CHUNK_BYTES per chunk (usually all
-            # of them: one file per step). A zarr chunk costs about as much CPU to write as
-            # 100 KB of data, so per-layer chunks (or shards of them) cost several times the
-            # data; reading one (step, layer) map decompresses at most MAP_CHUNK_BYTES.
+            # maps: as many layers of a step as fit in MAP_CHUNK_BYTES per chunk (usually all of
+            # them), and where a step's maps are small (temporal and entropy maps), as many steps
+            # as fit in MAP_STEPS_BYTES. A zarr chunk costs about as much CPU to write as 100 KB
+            # of data, so per-layer or per-step chunks of small maps cost several times the data;
+            # reading one (step, layer) map decompresses at most MAP_CHUNK_BYTES.
             def maps(name, inner, dim_names):
                 per_layer = 4 * nb * int(np.prod(inner))
                 n_lay = max(1, min(nl, MAP_CHUNK_BYTES // per_layer))
-                arr(name, (nl, nb) + inner, (n_lay, nb) + inner, [dims.LAYER, dims.BRANCH, *dim_names])
+                steps = max(1, min(STEP_CHUNK, MAP_STEPS_BYTES // (n_lay * per_layer)))
+                arr(name, (nl, nb) + inner, (n_lay, nb) + inner, [dims.LAYER, dims.BRANCH, *dim_names], steps=steps)
 
             maps(dims.MAP_SPATIAL, (G, G), [dims.QUERY, dims.KEY])
             maps(dims.MAP_TEMPORAL, (frames, frames), [dims.QUERY_FRAME, dims.KEY_FRAME])
@@ -224,7 +235,8 @@ class RunWriter:
         from .video import save_video
 
         self.group.create_array(
-            dims.VIDEO, data=frames, chunks=frames.shape, dimension_names=[dims.VIDEO_FRAME, dims.PIXEL_Y, dims.PIXEL_X, dims.CHANNEL],
+            dims.VIDEO, data=frames, chunks=frames.shape, chunk_key_encoding=CHUNK_KEYS,
+            dimension_names=[dims.VIDEO_FRAME, dims.PIXEL_Y, dims.PIXEL_X, dims.CHANNEL],
         )
         save_video(frames, self.dir, fps=fps)
 

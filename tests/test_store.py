@@ -56,6 +56,12 @@ def test_round_trip_through_xarray(tmp_path):
     assert np.isnan(ds[dims.ENTROPY].values[:, 1, :, :, 1]).all()
     assert ds[dims.VIDEO].dtype == np.uint8 and ds[dims.VIDEO].shape == (4, 8, 8, 3)
     assert ds[dims.ENTROPY_MAP].dims == (dims.STEP, dims.LAYER, dims.BRANCH, dims.FRAME, dims.GRID_Y, dims.GRID_X)
+    # chunk files sit directly in each array's folder (c.<step>.<i>...), no folder per chunk index;
+    # these small maps keep all steps in one chunk, written by two batches (step 0 at once, the
+    # others at completion: the second batch merged its steps into the chunk the first one wrote)
+    store = w.dir / "trace.zarr"
+    assert sorted(p.name for p in (store / dims.MAP_SPATIAL).iterdir()) == ["c.0.0.0.0.0", "zarr.json"]
+    assert not [p for p in store.rglob("*") if p.is_dir() and p.parent != store]
 
 
 def test_catalog_sql_matches_hand_computed_table(tmp_path):
