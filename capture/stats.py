@@ -87,16 +87,17 @@ def _entropy_from_logits(s: torch.Tensor, has_inf: bool, p_out: torch.Tensor | N
     H = ln Z − Σ e·(s − rowmax) / Z. Fully masked rows give NaN entropy.
     """
     m = s.amax(dim=-1, keepdim=True)  # (B,H,c,1)
-    finite = torch.isfinite(m)
     if has_inf:
+        finite = torch.isfinite(m)
         m = torch.where(finite, m, torch.zeros_like(m))
     s.sub_(m)
     e = torch.exp(s, out=p_out) if p_out is not None else torch.exp(s)
     if has_inf:
         s.clamp_min_(-1e30)  # masked keys: e = 0 there, and 0 · (−1e30) = 0 instead of NaN
     z = e.sum(dim=-1)
-    ent = torch.log(z) - torch.linalg.vecdot(e, s) / z
-    lse = torch.log(z) + m.squeeze(-1)
+    log_z = torch.log(z)
+    ent = log_z - torch.linalg.vecdot(e, s) / z
+    lse = log_z + m.squeeze(-1)
     if has_inf:
         bad = ~finite.squeeze(-1)
         ent = ent.masked_fill(bad, float("nan"))
@@ -130,6 +131,12 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 # CPU, maps: "auto" takes the "lse" path up to this head size from this many keys (see row_stats)
 LSE_MAPS_MAX_DIM = 32
 LSE_MAPS_MIN_KEYS = 512
+# CPU, statistics only: "auto" takes the chunked kernel, not the fused one, for calls of at most
+# this many keys over at least this many (batch × head) problems (measured on a 2-core CPU with
+# the model's (B, N, H, D) strides: 8 keys, 512 problems, head size 16: 161 against 241 µs;
+# 1024 problems: 270-300 against 500-540 µs; from 16 keys, or under 256 problems, no gain)
+FUSED_TINY_MAX_KEYS = 8
+FUSED_TINY_MIN_HEADS = 256
 
 
 def _fused(q, k, scale, add_mask, nkeys, onehot):
@@ -319,8 +326,12 @@ def row_stats(
     # key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become 68),
     # measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
     # (benchmarks/bench_stats.py, "exact+maps" against "fused+maps"). Whether it applies is
-    # checked once: with a mask that check reads the whole mask.
-    fused = method == "fused" or (method == "auto" and not want_pool)
+    # checked once: with a mask that check reads the whole mask. Nor on CPU for many tiny
+    # problems (FUSED_TINY_*: the demo's temporal layers, 512 heads × 8 frames), where the flash
+    # kernel's cost per head outweighs the chunked kernel's few wide ops.
+    tiny = (q.device.type == "cpu" and Nk <= FUSED_TINY_MAX_KEYS and B * H >= FUSED_TINY_MIN_HEADS
+            and D <= LSE_MAPS_MAX_DIM)
+    fused = method == "fused" or (method == "auto" and not want_pool and not tiny)
     if fused and not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
         if method == "fused":
             raise ValueError("the fused statistics path does not apply here (needs CPU, or CUDA without mask or maps; "
@@ -337,9 +348,11 @@ def row_stats(
         return _fused(q.float(), k.float(), scale, m_rows, nkeys, onehot)
 
     kt = k.float().transpose(-1, -2).contiguous()  # (B,H,D,Nk)
-    ent = q.new_empty((B, H, Nr), dtype=torch.float32)
-    lse_all = q.new_empty((B, H, Nr), dtype=torch.float32)
-    pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool else None
+    # one chunk (most calls of small layers): its results are the outputs, not copied into them
+    single = chunk_rows >= Nr
+    ent = None if single else q.new_empty((B, H, Nr), dtype=torch.float32)
+    lse_all = None if single else q.new_empty((B, H, Nr), dtype=torch.float32)
+    pooled = q.new_zeros((B, pool_h, Nr, n_key_cells), dtype=torch.float32) if want_pool and not single else None
     part_out = {
         pt.name: {
             "entropy": q.new_empty((B, H, Nr), dtype=torch.float32),
@@ -366,16 +379,23 @@ def row_stats(
             s.add_(m_chunk)
         raw = s.clone() if parts else None
         e, z, ent_c, lse = _entropy_from_logits(s, has_inf, e_buf[: B * H * c * Nk].view(B, H, c, Nk))
-        ent[:, :, start:stop] = ent_c
-        lse_all[:, :, start:stop] = lse
+        if single:
+            ent, lse_all = ent_c, lse
+        else:
+            ent[:, :, start:stop] = ent_c
+            lse_all[:, :, start:stop] = lse
         if want_pool:
             if map_heads_mean:
                 # normalize in place, average the heads, then pool 1/H of the data (measured
-                # 3x faster than pooling every head)
+                # 3x faster than pooling every head); the mean is a new tensor, not the scratch e
                 pm = e.div_(z.unsqueeze(-1)).mean(dim=1, keepdim=True)
-                pooled[:, :, start:stop] = _pool_keys(pm, key_cells, n_key_cells, key_grid)
+                pooled_c = _pool_keys(pm, key_cells, n_key_cells, key_grid)
             else:
-                pooled[:, :, start:stop] = _pool_keys(e, key_cells, n_key_cells, key_grid) / z.unsqueeze(-1)
+                pooled_c = _pool_keys(e, key_cells, n_key_cells, key_grid) / z.unsqueeze(-1)
+            if single:
+                pooled = pooled_c
+            else:
+                pooled[:, :, start:stop] = pooled_c
         for pt in parts:
             qg = pt.query_group.to(q.device)[rid][:, None]
             inside = (pt.key_group.to(q.device)[None, :] == qg) & (qg >= 0)  # (c, Nk)

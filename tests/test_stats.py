@@ -236,6 +236,22 @@ def test_cpu_maps_path_by_size_and_both_match_explicit_pooling(nk, dim, path):
     torch.testing.assert_close(auto.entropy.double(), h, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,heads,nk,path", [(128, 4, 8, "chunked"), (32, 4, 8, "fused"), (64, 4, 16, "fused")])
+def test_cpu_statistics_path_by_size_and_both_match_explicit_softmax(batch, heads, nk, path):
+    """Statistics only, on CPU: "auto" takes the chunked kernel for many tiny problems (8 keys over
+    at least 256 batch × head problems), else the fused call; the same numbers either way, those
+    of an explicit softmax. The inputs have the model's (B, N, H, D) strides."""
+    g = torch.Generator().manual_seed(batch + nk)
+    q, k = (torch.randn(batch, nk, heads, 16, generator=g).transpose(1, 2) * 1.5 for _ in range(2))
+    auto = row_stats(q, k, scale=0.25)
+    forced = row_stats(q, k, scale=0.25, method=path)
+    assert torch.equal(auto.entropy, forced.entropy) and torch.equal(auto.lse, forced.lse)
+    a, h = explicit(q, k, 0.25)
+    torch.testing.assert_close(auto.entropy.double(), h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(auto.lse.double(), torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) * 0.25, -1),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_maps_come_from_the_fused_lse_and_match_the_chunked_kernel():
     """On CUDA, maps take the fused call's lse and one exp(s − lse) pass ("auto" picks "lse")."""
