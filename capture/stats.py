@@ -131,12 +131,6 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 # CPU, maps: "auto" takes the "lse" path up to this head size from this many keys (see row_stats)
 LSE_MAPS_MAX_DIM = 32
 LSE_MAPS_MIN_KEYS = 512
-# CPU, statistics only: "auto" takes the chunked kernel, not the fused one, for calls of at most
-# this many keys over at least this many (batch × head) problems (measured on a 2-core CPU with
-# the model's (B, N, H, D) strides: 8 keys, 512 problems, head size 16: 161 against 241 µs;
-# 1024 problems: 270-300 against 500-540 µs; from 16 keys, or under 256 problems, no gain)
-FUSED_TINY_MAX_KEYS = 8
-FUSED_TINY_MIN_HEADS = 256
 
 
 def _fused(q, k, scale, add_mask, nkeys, onehot):
@@ -326,12 +320,8 @@ def row_stats(
     # key cells widen every head to head_dim + cells columns (the demo's 4-wide heads become 68),
     # measured slower than the chunked kernel at every size tried, from 64 to 4096 tokens
     # (benchmarks/bench_stats.py, "exact+maps" against "fused+maps"). Whether it applies is
-    # checked once: with a mask that check reads the whole mask. Nor on CPU for many tiny
-    # problems (FUSED_TINY_*: the demo's temporal layers, 512 heads × 8 frames), where the flash
-    # kernel's cost per head outweighs the chunked kernel's few wide ops.
-    tiny = (q.device.type == "cpu" and Nk <= FUSED_TINY_MAX_KEYS and B * H >= FUSED_TINY_MIN_HEADS
-            and D <= LSE_MAPS_MAX_DIM)
-    fused = method == "fused" or (method == "auto" and not want_pool and not tiny)
+    # checked once: with a mask that check reads the whole mask.
+    fused = method == "fused" or (method == "auto" and not want_pool)
     if fused and not _fused_applies(q, add_mask, parts, want_pool, map_heads_mean):
         if method == "fused":
             raise ValueError("the fused statistics path does not apply here (needs CPU, or CUDA without mask or maps; "
