@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import dims
@@ -244,9 +245,15 @@ class Accumulator:
         cnt = lay.cache.get(key)
         if cnt is None:
             cnt = lay.cache[key] = torch.full((nbc, H), float(per * R), device=ent.device)
-        # columns as in _ENT, _ENTN, _MASS (1 per row for part "all"), _ROWS, _ENERGY, _VENERGY
-        self.sums[b0:b0 + nbc, 0].add_(torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1))
-        for b in range(b0, b0 + nbc):
+        self.add_uniform_sums(torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1), b0, n_videos)
+
+    def add_uniform_sums(self, vals: torch.Tensor, branch_base: int, n_videos: int) -> None:
+        """vals (nbc, H, 6): one call's sums of part "all" for its nbc whole branches from
+        branch_base on, columns as in _ENT, _ENTN, _MASS (1 per row for part "all"), _ROWS,
+        _ENERGY, _VENERGY (capture.deferred computes them for many calls at once)."""
+        nbc = vals.shape[0]
+        self.sums[branch_base:branch_base + nbc, 0].add_(vals)
+        for b in range(branch_base, branch_base + nbc):
             self.videos[b] += float(n_videos)
 
     def _ensure_maps(self) -> None:
@@ -304,15 +311,21 @@ class Accumulator:
         self._ensure_maps()
         if rows is not None:  # sampled rows: indices of those rows, not cached
             return self._maps_general(rs, rows, torch.arange(B, device=dev) // lay.per_branch + lay.branch_base)
-        plan = self._map_plan(lay, B, rs.entropy.shape[-1], dev)
+        self.add_map_rows(lay, rs.entropy.mean(1), rs.key_pooled)
+
+    def add_map_rows(self, lay: Layout, ent_h: torch.Tensor, key_pooled: torch.Tensor | None) -> None:
+        """Maps of a full call (every row, every key allowed) of B items: ent_h (B, Nq) its
+        head-averaged row entropy, key_pooled (B, 1, Nq, Gk) its head-averaged key-pooled rows."""
+        self._ensure_maps()
+        plan = self._map_plan(lay, ent_h.shape[0], ent_h.shape[-1], ent_h.device)
         if plan is None:
             return
-        self.emap.view(-1).index_add_(0, plan["emap"], rs.entropy.mean(1).reshape(-1))
+        self.emap.view(-1).index_add_(0, plan["emap"], ent_h.reshape(-1))
         self.emap_n.add_(plan["emap_n"])
-        if plan["dst"] is not None and rs.key_pooled is not None:
+        if plan["dst"] is not None and key_pooled is not None:
             dst, cnt = (self.map_s, self.map_s_n) if plan["dst"] == "s" else (self.map_t, self.map_t_n)
             K = dst.shape[-1]
-            dst.view(-1, K).index_add_(0, plan["qflat"], rs.key_pooled[:, 0].reshape(-1, K))
+            dst.view(-1, K).index_add_(0, plan["qflat"], key_pooled[:, 0].reshape(-1, K))
             cnt.add_(plan["q_n"])
 
     def _maps_general(self, rs: RowStats, row_ids, branch_of):
@@ -371,23 +384,29 @@ class Accumulator:
         self.emap_n.view(-1).index_add_(0, flat, ok.reshape(-1))
 
     def result(self) -> dict[str, torch.Tensor]:
-        """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded."""
-        S = self.sums.cpu()
+        """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded.
+
+        Computed in numpy on the sums copied to the host once: a handful of tiny divisions per
+        layer and step, where each torch op's dispatch would cost more than the arithmetic."""
+        S = self.sums.cpu().numpy()
         rows = S[..., self._ROWS]
-        videos = torch.tensor(self.videos, dtype=torch.float32)[:, None, None]
-        nan = float("nan")
-        res = {
-            dims.ENTROPY: S[..., self._ENT] / rows,
-            dims.ENTROPY_NORM: S[..., self._ENTN] / rows,
-            dims.MASS: S[..., self._MASS] / rows,
-            dims.ENERGY: torch.where(rows > 0, S[..., self._ENERGY] / videos, nan),
-            dims.VALUE_ENERGY: torch.where(rows > 0, S[..., self._VENERGY] / videos, nan),
-        }
-        if self.map_s is not None:  # statistics-only captures never allocate maps
-            res[dims.MAP_SPATIAL] = self.map_s / self.map_s_n[..., None]
-            res[dims.MAP_TEMPORAL] = self.map_t / self.map_t_n[..., None]
-            res[dims.ENTROPY_MAP] = self.emap / self.emap_n
-        return {k: v.float().cpu() for k, v in res.items()}
+        videos = np.asarray(self.videos, dtype=np.float32)[:, None, None]
+        nan = np.float32("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> NaN, as recorded nowhere
+            res = {
+                dims.ENTROPY: S[..., self._ENT] / rows,
+                dims.ENTROPY_NORM: S[..., self._ENTN] / rows,
+                dims.MASS: S[..., self._MASS] / rows,
+                dims.ENERGY: np.where(rows > 0, S[..., self._ENERGY] / videos, nan),
+                dims.VALUE_ENERGY: np.where(rows > 0, S[..., self._VENERGY] / videos, nan),
+            }
+            if self.map_s is not None:  # statistics-only captures never allocate maps
+                host = [t.cpu().numpy() for t in (self.map_s, self.map_s_n, self.map_t, self.map_t_n, self.emap,
+                                                  self.emap_n)]
+                res[dims.MAP_SPATIAL] = host[0] / host[1][..., None]
+                res[dims.MAP_TEMPORAL] = host[2] / host[3][..., None]
+                res[dims.ENTROPY_MAP] = host[4] / host[5]
+        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in res.items()}
 
 
 def _block_stats(q, k, v, scale, chunk_bytes, to_rows):

@@ -84,7 +84,8 @@ def _entropy_from_logits(s: torch.Tensor, has_inf: bool, p_out: torch.Tensor | N
 
     e = exp(s − rowmax) is unnormalized (p = e / Z); written into ``p_out`` when given, so the
     caller can reuse one buffer across chunks (fresh allocations per chunk cost more than the math).
-    H = ln Z − Σ e·(s − rowmax) / Z. Fully masked rows give NaN entropy.
+    H = ln Z − Σ e·(s − rowmax) / Z. Fully masked rows give NaN entropy. s is left holding
+    e·(s − rowmax): the product is taken in place, not in a fresh (B,H,c,Nk) tensor.
     """
     m = s.amax(dim=-1, keepdim=True)  # (B,H,c,1)
     if has_inf:
@@ -96,7 +97,7 @@ def _entropy_from_logits(s: torch.Tensor, has_inf: bool, p_out: torch.Tensor | N
         s.clamp_min_(-1e30)  # masked keys: e = 0 there, and 0 · (−1e30) = 0 instead of NaN
     z = e.sum(dim=-1)
     log_z = torch.log(z)
-    ent = log_z - torch.linalg.vecdot(e, s) / z
+    ent = log_z - s.mul_(e).sum(dim=-1) / z  # = vecdot(e, s), which would allocate the product
     lse = log_z + m.squeeze(-1)
     if has_inf:
         bad = ~finite.squeeze(-1)
@@ -406,6 +407,45 @@ def row_stats(
                 po["out_sq"][:, :, start:stop] = float("nan")
     return RowStats(entropy=ent, n_keys=nkeys, lse=lse_all, key_pooled=pooled, parts=part_out,
                     n_keys_all=None if add_mask is not None else float(Nk))
+
+
+def batch_row_stats_(q: torch.Tensor, k: torch.Tensor, *, scale: float, key_cells: torch.Tensor | None = None,
+                     n_key_cells: int = 0, key_grid: tuple | None = None, chunk_bytes: int | None = None):
+    """Row entropy, lse and (with key cells) head-averaged key-pooled rows of many small
+    unmasked problems stacked in the batch dim, chunked over batch items; ``q`` is scaled in
+    place, so it must be the caller's own copy (capture.deferred's batch buffers).
+
+    The arithmetic of :func:`row_stats`'s explicit-score kernel without its per-call
+    allocations (the scaled q, a contiguous kᵀ, the entropy's product): on small problems those
+    cost more than the math. q: (B,H,Nq,D); k: (B,H,Nk,D). Returns (entropy (B,H,Nq),
+    lse (B,H,Nq), pooled (B,1,Nq,Gk) or None)."""
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[-2]
+    want_pool = key_cells is not None or key_grid is not None
+    qs = q.float().mul_(scale)
+    kt = k.float().transpose(-1, -2)  # (B,H,D,Nk) strided: the GEMM reads it as it lies
+    per = max(1, (chunk_bytes or default_chunk_bytes(q.device)) // max(1, 4 * H * Nq * Nk))
+    if per >= B:  # one chunk (the common case): its results are the outputs
+        s_buf, e_buf = _scratch(B * H * Nq * Nk, q.device)
+        s = torch.matmul(qs, kt, out=s_buf[: B * H * Nq * Nk].view(B, H, Nq, Nk))
+        e, z, ent, lse = _entropy_from_logits(s, False, e_buf[: B * H * Nq * Nk].view(B, H, Nq, Nk))
+        pooled = None
+        if want_pool:
+            pooled = _pool_keys(e.div_(z.unsqueeze(-1)).mean(dim=1, keepdim=True), key_cells, n_key_cells, key_grid)
+        return ent, lse, pooled
+    ent = q.new_empty((B, H, Nq), dtype=torch.float32)
+    lse = q.new_empty((B, H, Nq), dtype=torch.float32)
+    pooled = q.new_empty((B, 1, Nq, n_key_cells), dtype=torch.float32) if want_pool else None
+    s_buf, e_buf = _scratch(per * H * Nq * Nk, q.device)
+    for b0 in range(0, B, per):
+        b1 = min(B, b0 + per)
+        n = (b1 - b0) * H * Nq * Nk
+        s = torch.matmul(qs[b0:b1], kt[b0:b1], out=s_buf[:n].view(b1 - b0, H, Nq, Nk))
+        e, z, ent[b0:b1], lse[b0:b1] = _entropy_from_logits(s, False, e_buf[:n].view(b1 - b0, H, Nq, Nk))
+        if want_pool:
+            pm = e.div_(z.unsqueeze(-1)).mean(dim=1, keepdim=True)
+            pooled[b0:b1] = _pool_keys(pm, key_cells, n_key_cells, key_grid)
+    return ent, lse, pooled
 
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = 2^(x·log2 e)

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import dims, hooks, merged
+from . import deferred, dims, hooks, merged
 from .layers import DEFAULT_SELECTION, LayerInfo, LayerSelectionError, inventory, select
 from .layout import Accumulator, Layout, accumulate, make_layout
 from .models.families import Geometry, family_of, infer_kind
@@ -198,6 +198,8 @@ class Tracer:
         # kinds read at run time (generic family): layer name -> (kind, reason for "other" or None)
         self.kinds_inferred: dict[str, tuple[str, str | None]] = {}
         self._multi_warned: set[str] = set()
+        # small calls' statistics, computed together per shape at the end of each step
+        self._deferred = deferred.DeferredStats(self.config.chunk_bytes)
         # steps come from the pipeline's callback_on_step_end, else from the denoiser's timestep input
         self.step_source = ("callback_on_step_end"
                             if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
@@ -440,6 +442,7 @@ class Tracer:
         self._others_warned = False
         self._extra_calls = 0  # most denoiser calls per step beyond the captured one (main_call_only)
         self._item_qk: dict = {}  # (layer, branch, video) -> (q, k) of per-item calls, for M
+        self._deferred.discard()  # calls of a failed run's last step
 
     def _on_denoiser(self, args, kwargs):
         if self._side:
@@ -486,7 +489,9 @@ class Tracer:
                 log.warning("%d layer(s) of kind 'other' (not inferable from token counts; scalar statistics only): %s",
                             len(others), ", ".join(others))
         if self.config.captures(i) and self._acc:
+            self._deferred.flush()
             self._write_step(i, t)
+        self._deferred.discard()
         self._acc.clear()
         self._perturbed.clear()
         self._calls_in_step = 0
@@ -711,6 +716,7 @@ class Tracer:
         if self.config.sample_rows and self.config.sample_rows < Nq:
             rows = sampled_rows(Nq, self.config.sample_rows, q.device)
         mask = call.mask()
+        maps = self.config.maps_at(self.step)
         if lay.item_video is not None:  # one batch item: one video of one branch
             parts = [(lay.item_video if self.split_videos else 0, None, lay, 1)]
         elif not self.split_videos:
@@ -727,7 +733,11 @@ class Tracer:
             acc = self._acc.get((slot, name))
             if acc is None:
                 acc = self._acc[(slot, name)] = Accumulator(lay_s, H, q.device)
-            accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=self.config.maps_at(self.step), rows=rows,
+            if idx is None and deferred.deferrable(lay_s, qs, ks, ms, rows):
+                # a small call: its statistics are computed with the step's others of its shape
+                self._deferred.add(acc, lay_s, qs, ks, vs, os_, call.scale, n_videos, maps, rs)
+                continue
+            accumulate(acc, qs, ks, vs, ms, call.scale, os_, maps=maps, rows=rows,
                        chunk_bytes=self.config.chunk_bytes, n_videos=n_videos, lay=lay_s,
                        rs=rs if idx is None else None)
 
