@@ -81,7 +81,8 @@ class RunWriter:
         # the group's metadata is written once with every attribute: an interrupt can leave no
         # store (unreadable, retried) but never a "running" run without the pid that shows it is gone
         self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3, attributes=self.attrs)
-        self.arrays: dict = {}  # name -> zarr.Array
+        self._array_names: list[str] = []  # the per-step arrays, once created
+        self.arrays: dict = {}  # name -> zarr.Array, opened for the second batch of steps
         self.n_steps = 0
         # Steps are written by one background thread, in order, so generation does not wait on
         # the store; flush() (called by complete/fail) waits and re-raises any write error.
@@ -94,42 +95,47 @@ class RunWriter:
         self._last_write = time.monotonic()
         self.flush_seconds = FLUSH_SECONDS
 
-    # -- structure, created at the first step once layer shapes and branches are known -------------
-    def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int) -> None:
-        g = self.group
+    # -- structure, created with the first batch of steps once layer shapes and branches are known --
+    def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int,
+                first: dict[str, np.ndarray]) -> None:
+        """Every array of the run, written whole with the first batch's steps (``first``: name ->
+        the batch's stacked data) by capture.zarr_direct, which writes the files zarr-python
+        would at a twentieth of its CPU cost; later batches grow the arrays through zarr-python."""
+        from .zarr_direct import write_array
+
         self._layers = [dict(l) for l in layers]
         nl, nb, np_ = len(layers), len(branches), len(dims.PARTS)
         G = grid * grid
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr warns that string dtypes are not in the v3 core spec
-            g.create_array(dims.LAYER_NAME, data=_str_array(l["name"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
-            g.create_array(dims.LAYER_KIND, data=_str_array(l["kind"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
-            g.create_array(dims.LAYER_BLOCK, data=_str_array(l["block"] for l in layers), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
-            g.create_array(dims.BRANCH, data=_str_array(branches), dimension_names=[dims.BRANCH], chunk_key_encoding=CHUNK_KEYS)
-            g.create_array(dims.PART, data=_str_array(dims.PARTS), dimension_names=[dims.PART], chunk_key_encoding=CHUNK_KEYS)
+        base = self.path
+
+        def coord(name, data):
+            write_array(base / name, data, data.shape, "" if data.dtype.kind == "T" else 0, [dims.LAYER if name not in
+                        (dims.BRANCH, dims.PART, dims.HEAD) else name])
+
+        coord(dims.LAYER_NAME, _str_array(l["name"] for l in layers))
+        coord(dims.LAYER_KIND, _str_array(l["kind"] for l in layers))
+        coord(dims.LAYER_BLOCK, _str_array(l["block"] for l in layers))
+        coord(dims.BRANCH, _str_array(branches))
+        coord(dims.PART, _str_array(dims.PARTS))
         for key, name in ((dims.N_QUERY, "n_query"), (dims.N_KEY, "n_key"), (dims.N_HEADS, "heads"),
                           ("map_gy", "gy"), ("map_gx", "gx")):
-            g.create_array(key, data=np.array([l[name] for l in layers], dtype="int32"), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
-        g.create_array(dims.LAYER, data=np.arange(nl, dtype="int32"), dimension_names=[dims.LAYER], chunk_key_encoding=CHUNK_KEYS)
-        g.create_array(dims.HEAD, data=np.arange(heads, dtype="int32"), dimension_names=[dims.HEAD], chunk_key_encoding=CHUNK_KEYS)
+            coord(key, np.array([l[name] for l in layers], dtype="int32"))
+        coord(dims.LAYER, np.arange(nl, dtype="int32"))
+        coord(dims.HEAD, np.arange(heads, dtype="int32"))
 
-        def arr(name, shape, chunks, dim_names, dtype="float32", fill=np.nan, steps=1):
-            self.arrays[name] = g.create_array(
-                name, shape=(0,) + shape, chunks=(steps,) + chunks, dtype=dtype, fill_value=fill,
-                dimension_names=[dims.STEP, *dim_names], attributes={"coordinates": COORDS_ATTR},
-                chunk_key_encoding=CHUNK_KEYS,
-            )
+        def arr(name, chunks, dim_names, fill=np.nan, steps=1, coordinates=True):
+            write_array(base / name, first[name], (steps,) + chunks, fill, [dims.STEP, *dim_names],
+                        {"coordinates": COORDS_ATTR} if coordinates else {})
+            self._array_names.append(name)
 
         # scalars: STEP_CHUNK steps per chunk (a few KB each), so a batch of steps is one file per
         # array, not one per step; they are read whole (the run's table, a rebuild)
         n = STEP_CHUNK
-        arr(dims.STEP, (), (), [], dtype="int32", fill=-1, steps=n)
-        self.arrays[dims.STEP].attrs.clear()
-        arr(dims.TIMESTEP, (), (), [], dtype="float64", steps=n)
-        self.arrays[dims.TIMESTEP].attrs.clear()
+        arr(dims.STEP, (), [], fill=-1, steps=n, coordinates=False)
+        arr(dims.TIMESTEP, (), [], steps=n, coordinates=False)
         for name in dims.SCALAR_STATS:
-            arr(name, (nl, nb, np_, heads), (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
-        arr(dims.PERTURBED, (nl, nb), (nl, nb), [dims.LAYER, dims.BRANCH], dtype="int8", fill=0, steps=n)
+            arr(name, (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
+        arr(dims.PERTURBED, (nl, nb), [dims.LAYER, dims.BRANCH], fill=0, steps=n)
         if self.attrs.get("capture", {}).get("maps", True):
             # maps: as many layers of a step as fit in MAP_CHUNK_BYTES per chunk (usually all of
             # them), and where a step's maps are small (temporal and entropy maps), as many steps
@@ -140,7 +146,7 @@ class RunWriter:
                 per_layer = 4 * nb * int(np.prod(inner))
                 n_lay = max(1, min(nl, MAP_CHUNK_BYTES // per_layer))
                 steps = max(1, min(STEP_CHUNK, MAP_STEPS_BYTES // (n_lay * per_layer)))
-                arr(name, (nl, nb) + inner, (n_lay, nb) + inner, [dims.LAYER, dims.BRANCH, *dim_names], steps=steps)
+                arr(name, (n_lay, nb) + inner, [dims.LAYER, dims.BRANCH, *dim_names], steps=steps)
 
             maps(dims.MAP_SPATIAL, (G, G), [dims.QUERY, dims.KEY])
             maps(dims.MAP_TEMPORAL, (frames, frames), [dims.QUERY_FRAME, dims.KEY_FRAME])
@@ -218,17 +224,22 @@ class RunWriter:
         return out
 
     def _write_steps(self, batch: list) -> None:
-        """Append a batch of steps: one resize and one slice write per array."""
-        if not self.arrays:
-            layers, branches, grid, frames = self._layout
-            self._create(layers, branches, max(l["heads"] for l in layers), grid, frames)
-        i, k = self.n_steps, len(batch)
-        for a in self.arrays.values():
-            a.resize((i + k,) + a.shape[1:])
-        self.arrays[dims.STEP][i:i + k] = np.array([b[0] for b in batch], dtype="int32")
-        self.arrays[dims.TIMESTEP][i:i + k] = np.array([float(b[1]) for b in batch], dtype="float64")
+        """Append a batch of steps: the first creates every array with its data; later ones make
+        one resize and one slice write per array."""
+        data = {dims.STEP: np.array([b[0] for b in batch], dtype="int32"),
+                dims.TIMESTEP: np.array([float(b[1]) for b in batch], dtype="float64")}
         for name in batch[0][2]:
-            self.arrays[name][i:i + k] = np.stack([b[2][name] for b in batch])
+            data[name] = np.stack([b[2][name] for b in batch])
+        i, k = self.n_steps, len(batch)
+        if not self._array_names:
+            layers, branches, grid, frames = self._layout
+            self._create(layers, branches, max(l["heads"] for l in layers), grid, frames, data)
+        else:
+            if not self.arrays:  # opened once, by the second batch
+                self.arrays = {n: self.group[n] for n in self._array_names}
+            for name, a in self.arrays.items():
+                a.resize((i + k,) + a.shape[1:])
+                a[i:i + k] = data[name]
         self.n_steps += k
 
     def write_video(self, frames: np.ndarray, fps: int = 8) -> None:
