@@ -49,7 +49,9 @@ CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # milliseconds: runs (and the sweeps they finish) that start or end within one second still
+    # sort in the order they happened (ISO strings of both precisions sort together correctly)
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _json_safe(obj):
