@@ -110,24 +110,25 @@ class RunWriter:
         G = grid * grid
         base = self.path
 
-        def coord(name, data):
-            write_array(base / name, data, data.shape, "" if data.dtype.kind == "T" else 0, [dims.LAYER if name not in
-                        (dims.BRANCH, dims.PART, dims.HEAD) else name])
+        sep = CHUNK_KEYS["separator"]
+
+        def coord(name, data, dim=dims.LAYER):
+            write_array(base / name, data, data.shape, "" if data.dtype.kind == "T" else 0, [dim], separator=sep)
 
         coord(dims.LAYER_NAME, _str_array(l["name"] for l in layers))
         coord(dims.LAYER_KIND, _str_array(l["kind"] for l in layers))
         coord(dims.LAYER_BLOCK, _str_array(l["block"] for l in layers))
-        coord(dims.BRANCH, _str_array(branches))
-        coord(dims.PART, _str_array(dims.PARTS))
+        coord(dims.BRANCH, _str_array(branches), dims.BRANCH)
+        coord(dims.PART, _str_array(dims.PARTS), dims.PART)
         for key, name in ((dims.N_QUERY, "n_query"), (dims.N_KEY, "n_key"), (dims.N_HEADS, "heads"),
                           ("map_gy", "gy"), ("map_gx", "gx")):
             coord(key, np.array([l[name] for l in layers], dtype="int32"))
         coord(dims.LAYER, np.arange(nl, dtype="int32"))
-        coord(dims.HEAD, np.arange(heads, dtype="int32"))
+        coord(dims.HEAD, np.arange(heads, dtype="int32"), dims.HEAD)
 
         def arr(name, chunks, dim_names, fill=np.nan, steps=1, coordinates=True):
             write_array(base / name, first[name], (steps,) + chunks, fill, [dims.STEP, *dim_names],
-                        {"coordinates": COORDS_ATTR} if coordinates else {})
+                        {"coordinates": COORDS_ATTR} if coordinates else {}, separator=sep)
             self._array_names.append(name)
 
         # scalars: STEP_CHUNK steps per chunk (a few KB each), so a batch of steps is one file per
