@@ -1,15 +1,31 @@
 """The interception mechanism: SDPA calls inside selected attention modules, and denoiser inputs.
 
-One mechanism for every model: while a selected attention module runs its forward, a
-``TorchFunctionMode`` sees every ``torch.nn.functional.scaled_dot_product_attention`` call and hands
-it to a handler, which returns the output to use. Hooks are registered by name in diffusers'
-``HookRegistry`` (a second registration under the same name is an error) and removed by name.
-This and models/families/ are the only modules that touch diffusers internals.
+One mechanism for every model: while a selected attention module runs its forward, every
+``torch.nn.functional.scaled_dot_product_attention`` call it makes goes to a handler, which returns
+the output to use. Two routes reach the handler:
+
+- the attribute route: for the forward's duration ``torch.nn.functional.scaled_dot_product_attention``
+  is a Python function that hands the call to the handler of the forward running in this thread
+  (diffusers' processors and its attention dispatcher look the function up there on every call);
+  every other op of the forward runs untouched;
+- a ``TorchFunctionMode`` sees every torch call of the forward, whatever name the code calls SDPA
+  by, but costs a Python round trip per op (20 or so per attention forward: measured 71 against
+  17 ms per demo run for the attribute route, benchmarks/bench_interception.py).
+
+A module's first forward runs with both and records which route each SDPA call came by; if every
+one came by the attribute, later forwards use the attribute route alone, else the mode stays. So a
+processor that holds its own reference to SDPA (``from torch.nn.functional import ...``) is still
+intercepted. Other threads' calls and the handler's own calls go to torch's function. While the
+attribute route is on, code that compares a function against ``F.scaled_dot_product_attention``
+sees the router. Hooks are registered by name in diffusers' ``HookRegistry`` (a second
+registration under the same name is an error) and removed by name. This and models/families/ are
+the only modules that touch diffusers internals.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,18 +105,70 @@ class SDPACall:
         return self.func(**kw)
 
 
-class _SDPAMode(torch.overrides.TorchFunctionMode):
+_TORCH_SDPA = F.scaled_dot_product_attention  # torch's own function (the attribute route stands in for it)
+_local = threading.local()  # .active: the innermost intercepted forward of this thread, or None
+_patch_lock = threading.Lock()
+_patch_users = 0  # intercepted forwards running (all threads): the router is in place while > 0
+
+
+class _Interception:
+    """One forward's SDPA calls: numbered in order and handed to the handler; ``by_mode`` counts
+    those the attribute route did not see. The handler's own SDPA calls go to torch."""
+
     def __init__(self, handler: Callable[[SDPACall], torch.Tensor]):
-        super().__init__()
         self.handler = handler
         self.calls = 0
+        self.by_mode = 0
+        self.busy = False  # inside the handler
+
+    def handle(self, args, kwargs) -> torch.Tensor:
+        self.calls += 1
+        self.busy = True
+        try:
+            return self.handler(SDPACall(_TORCH_SDPA, args, kwargs or {}, self.calls - 1))
+        finally:
+            self.busy = False
+
+
+def _sdpa_router(*args, **kwargs):
+    """torch.nn.functional.scaled_dot_product_attention while an intercepted forward runs."""
+    icp = getattr(_local, "active", None)
+    if icp is None or icp.busy:
+        return _TORCH_SDPA(*args, **kwargs)
+    return icp.handle(args, kwargs)
+
+
+@contextlib.contextmanager
+def _attribute_route(icp: _Interception):
+    global _patch_users
+    outer = getattr(_local, "active", None)
+    with _patch_lock:
+        if _patch_users == 0:
+            F.scaled_dot_product_attention = _sdpa_router
+        _patch_users += 1
+    _local.active = icp
+    try:
+        yield
+    finally:
+        _local.active = outer
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0 and F.scaled_dot_product_attention is _sdpa_router:
+                F.scaled_dot_product_attention = _TORCH_SDPA
+
+
+class _SDPAMode(torch.overrides.TorchFunctionMode):
+    """Sees every torch call of the forward; hands over the SDPA calls the attribute route missed."""
+
+    def __init__(self, icp: _Interception):
+        super().__init__()
+        self.icp = icp
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            self.calls += 1
-            return self.handler(SDPACall(func, args, kwargs, self.calls - 1))
-        return func(*args, **kwargs)
+        if func is _TORCH_SDPA and not self.icp.busy:
+            self.icp.by_mode += 1
+            return self.icp.handle(args, kwargs)
+        return func(*args, **(kwargs or {}))
 
 
 class AttentionLayerHook(ModelHook):
@@ -110,12 +178,19 @@ class AttentionLayerHook(ModelHook):
         super().__init__()
         self.name = name
         self.handler = handler
+        self.attribute_only: bool | None = None  # None until a forward made SDPA calls
 
     def new_forward(self, module, *args, **kwargs):
-        mode = _SDPAMode(lambda call: self.handler(self.name, call))
-        with mode:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-        if mode.calls == 0:
+        icp = _Interception(lambda call: self.handler(self.name, call))
+        with _attribute_route(icp):
+            if self.attribute_only:
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            else:
+                with _SDPAMode(icp):
+                    out = self.fn_ref.original_forward(*args, **kwargs)
+                if self.attribute_only is None and icp.calls:
+                    self.attribute_only = icp.by_mode == 0
+        if icp.calls == 0:
             proc = type(getattr(module, "processor", None)).__name__
             raise NoSDPAError(
                 f"layer {self.name} never called torch.nn.functional.scaled_dot_product_attention "

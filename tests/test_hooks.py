@@ -1,7 +1,8 @@
 """The SDPA interception (capture.hooks): every SDPA call of an intercepted forward reaches the
-handler with its arguments, in order, whether the code looks SDPA up on torch.nn.functional or holds
-its own reference; the output is the handler's; the handler's own SDPA calls and calls outside the
-forward are not intercepted; concurrent forwards in threads each see their own calls."""
+handler with its arguments, in order, whether the code looks SDPA up on torch.nn.functional (the
+attribute route) or holds its own reference (the TorchFunctionMode, kept for such modules); the
+output is the handler's; the handler's own SDPA calls, calls outside the forward and other threads'
+calls are not intercepted; torch's function is back in place afterwards, also after an error."""
 
 from __future__ import annotations
 
@@ -55,18 +56,21 @@ def hooked(module, seen, *, transform=None):
     return hook
 
 
-@pytest.mark.parametrize("cls", [ByAttribute, ByReference, Mixed])
-def test_every_sdpa_call_reaches_the_handler_on_every_forward(cls):
+@pytest.mark.parametrize("cls,attribute_only", [(ByAttribute, True), (ByReference, False), (Mixed, False)])
+def test_every_sdpa_call_reaches_the_handler_on_every_forward(cls, attribute_only):
+    """The first forward runs with both routes; only a module whose every SDPA call came by the
+    attribute runs on the attribute route alone afterwards."""
     m = cls()
     q, k, v = qkv()
     ref = m(q, k, v)
     seen: list = []
-    hooked(m, seen, transform=lambda o: o * 2)
+    hook = hooked(m, seen, transform=lambda o: o * 2)
     n_calls = 1 if cls is ByReference else 2
     for rep in range(3):
         seen.clear()
         out = m(q, k, v)
         assert [s[1] for s in seen] == list(range(n_calls)), f"forward {rep}"
+        assert hook.attribute_only is attribute_only
         assert F.scaled_dot_product_attention is REAL
         assert not torch.equal(out, ref)  # the handler's output was used
     if cls is ByAttribute:
@@ -143,3 +147,48 @@ def test_sdpa_outside_an_intercepted_forward_is_untouched():
     n = len(seen)
     F.scaled_dot_product_attention(q, k, v)
     assert len(seen) == n
+
+
+def test_a_diffusers_attention_module_runs_on_the_attribute_route():
+    """diffusers' SDPA processor looks the function up on torch.nn.functional: after its first
+    forward no TorchFunctionMode is needed, and the output stays bit-identical."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8, processor=AttnProcessor2_0())
+    x = torch.randn(2, 5, 16)
+    ref = attn(x)
+    seen: list = []
+    hook = hooked(attn, seen)
+    for _ in range(2):
+        assert torch.equal(attn(x), ref)
+    assert hook.attribute_only is True and len(seen) == 2
+
+
+def test_an_interception_in_one_thread_leaves_another_threads_sdpa_alone():
+    """While one thread's forward is intercepted, torch.nn.functional's SDPA is the router for
+    every thread: another thread's calls go straight to torch, not to the first thread's handler."""
+    started, release = threading.Event(), threading.Event()
+    seen: list = []
+
+    def handler(name, call):
+        started.set()
+        release.wait(5)
+        seen.append(name)
+        return call.original()
+
+    m = ByAttribute()
+    hooks.register(m, hooks.AttentionLayerHook("layer", handler), hooks.LAYER_HOOK)
+    q, k, v = qkv(4)
+    t = threading.Thread(target=lambda: m(q, k, v))
+    t.start()
+    try:
+        assert started.wait(5)
+        assert F.scaled_dot_product_attention is not REAL  # the router is in place meanwhile
+        assert torch.equal(F.scaled_dot_product_attention(q, k, v), REAL(q, k, v))
+    finally:
+        release.set()
+        t.join()
+    assert seen == ["layer", "layer"]
+    assert F.scaled_dot_product_attention is REAL
+
