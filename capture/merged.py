@@ -9,9 +9,9 @@ logit unchanged) gives ``A·V`` (the layer's output), ``A·K`` and the log-sum-e
 The model's output must stay bit-identical to the call without capture. Whether the padded call
 reproduces the model's call exactly depends on the CPU and on the GEMM kernels torch picks for
 the shapes (measured: head size 4, 16, 24, 32, 40 and 64 are identical, head size 8 is not, on
-one x86 machine). So every call signature (shapes, strides, dtype, scale) is checked once, on its
-first real call, against the model's own call; only signatures that matched bit for bit use the
-merged call from then on. The order of a kernel's floating-point operations is fixed by the
+one x86 machine). So every call signature (shapes, strides, dtype, scale, the SDPA backends
+enabled) is checked once, on its first real call, against the model's own call; only signatures
+that matched bit for bit use the merged call from then on. The order of a kernel's floating-point operations is fixed by the
 shapes, not by the values, so one exact match per signature stands for every later call.
 
 Pure torch plus the SDPA call record from :mod:`capture.hooks`; knows nothing about layouts or stores.
@@ -60,7 +60,10 @@ def eligible(call: SDPACall, maps: bool = False) -> bool:
 def _signature(call: SDPACall) -> tuple:
     b = call.bound
     q, k, v = b["query"], b["key"], b["value"]
-    return (tuple(q.shape), q.stride(), tuple(k.shape), k.stride(), tuple(v.shape), v.stride(), q.dtype, call.scale)
+    # the backends SDPA may choose from (torch.nn.attention.sdpa_kernel): a verdict holds for them only
+    backends = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    return (tuple(q.shape), q.stride(), tuple(k.shape), k.stride(), tuple(v.shape), v.stride(), q.dtype, call.scale,
+            backends)
 
 
 def merged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):

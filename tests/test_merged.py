@@ -207,3 +207,20 @@ def test_a_perturbed_layer_records_the_statistics_an_unperturbed_run_records(kin
     assert ds[dims.PERTURBED].values[1, li].all()
     np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=1, layer=li).values,
                                   b[dims.ENTROPY].isel(step=1, layer=li).values)
+
+
+def test_a_verdict_holds_only_for_the_sdpa_backends_it_was_checked_with():
+    """Under sdpa_kernel(MATH) the model's call is the math kernel's: a verdict checked with every
+    backend enabled must not let the merged kernel stand in for it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    calls = merged.MergedCalls()
+    q, k, v = rand(24, 1, 4, 256, 4)
+    calls.run(_call(q, k, v))
+    calls.run(_call(q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v)
+        for _ in range(2):
+            out, _ = calls.run(_call(q, k, v))
+            assert torch.equal(out, ref)
+    assert calls.checked == 2
