@@ -5,8 +5,10 @@ is the thirty-odd tensor ops per call (kernel passes, reductions, scatters), eac
 dispatch. Calls of the same shape and layout (the same kind of layer in every block of a UNet
 level, say) are therefore copied into one batch buffer as they happen, and their statistics come
 from one kernel call and one set of reductions per group when the step ends (:meth:`flush`),
-instead of one per call. The sums each layer's accumulator receives are the same: a row's
-entropy depends only on its own query and keys, which the batch does not mix.
+instead of one per call; each call's share reaches its accumulator as host arrays (numpy slices of
+the group's results, Accumulator.add_host), so no torch op runs per call there either. The sums
+each layer's accumulator receives are the same: a row's entropy depends only on its own query and
+keys, which the batch does not mix.
 
 The model's own output is never deferred (the caller takes it from the model's call); only the
 copies of q, k, v and that output are kept, so a model that reuses or changes its tensors in
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layout import Accumulator, Layout, kernel_args
+from .layout import Accumulator, Layout, kernel_args, map_plan
 from .stats import RowStats, batch_row_stats_, chunk_rows_for, pooled_rows
 
 # A call is deferred when its score matrix has at most this many entries (B·H·Nq·Nk): there the
@@ -157,15 +159,41 @@ class DeferredStats:
         vv = v.float().square_().reshape(n, nbc, per, H, -1).sum(dim=(2, 4))
         inv_ln = 1.0 / math.log(Nk) if Nk > 1 else 0.0  # one key: normalized entropy 0
         cnt = torch.full_like(e, float(per * Nq))
-        vals = torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1)  # (n, nbc, H, 6)
-        ent_h = ent.mean(dim=1) if g.maps else None  # (nB, Nq) head-averaged row entropy
+        # to the host once for the group; each call's share is a numpy slice (no torch op per call)
+        vals = torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1).cpu().numpy()  # (n, nbc, H, 6)
+        maps = _group_maps(lay, n, B, ent, key_pooled) if g.maps else None
+        rows = slice(lay.branch_base, lay.branch_base + nbc)
         for i, (acc, n_videos) in enumerate(g.accs):
-            acc.add_uniform_sums(vals[i], lay.branch_base, n_videos)
+            acc.add_host("sums", vals[i], (rows, 0))
+            for b in range(rows.start, rows.stop):
+                acc.videos[b] += float(n_videos)
             acc.calls += 1
-            if g.maps:
-                sl = slice(i * B, (i + 1) * B)
-                acc.add_map_rows(lay, ent_h[sl], key_pooled[sl] if key_pooled is not None else None)
+            if maps is not None:
+                for name, (per_call, alike) in maps.items():
+                    acc.add_host(name, per_call[i] if per_call is not None else alike)
         self.flushes += 1
         g.n = 0
         g.accs.clear()
         g.rs.clear()
+
+
+def _group_maps(lay: Layout, n: int, B: int, ent: torch.Tensor, key_pooled: torch.Tensor | None) -> dict | None:
+    """The map sums of n calls of B items at once (Accumulator.add_map_rows's scatter as one
+    index_add over every call): name -> (host array (n, ...) of each call's sums, or None; the host
+    array every call adds alike, or None). ent: (n·B, H, Nq); key_pooled: (n·B, 1, Nq, K)."""
+    _, _, Nq = ent.shape
+    plan = map_plan(lay, B, Nq, ent.device)
+    if plan is None:
+        return None
+    nb, F, G = lay.n_branch, lay.frames, lay.cells
+    ent_h = ent.mean(dim=1).reshape(n, B * Nq)  # head-averaged row entropy
+    emap = ent_h.new_zeros((n, nb * F * G)).index_add_(1, plan["emap"], ent_h)
+    out = {"emap": (emap.view(n, nb, F, G).cpu().numpy(), None), "emap_n": (None, plan["emap_n"].cpu().numpy())}
+    if plan["dst"] is not None and key_pooled is not None:
+        Q = G if plan["dst"] == "s" else F
+        K = key_pooled.shape[-1]
+        m = key_pooled.new_zeros((n, nb * Q, K)).index_add_(1, plan["qflat"], key_pooled.reshape(n, B * Nq, K))
+        dst = "map_s" if plan["dst"] == "s" else "map_t"
+        out[dst] = (m.view(n, nb, Q, K).cpu().numpy(), None)
+        out[dst + "_n"] = (None, plan["q_n"].cpu().numpy())
+    return out

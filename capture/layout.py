@@ -156,6 +156,50 @@ def _kernel_args(lay: Layout, nq: int, nk: int, maps: bool, device) -> dict:
     return kw
 
 
+def map_plan(lay: Layout, B: int, n_rows: int, dev) -> dict | None:
+    """Scatter indices of a full call (every row) of a non-joint layer, built once per layout:
+    flat (branch, frame, cell) slots of each (item, row) for the entropy map, their counts, and
+    the flat (branch, query cell|frame) rows of the pooled query-key map."""
+    key = ("maps", B, n_rows, str(dev))
+    if key in lay.cache:
+        return lay.cache[key]
+    nb, F, G = lay.n_branch, lay.frames, lay.cells
+    branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
+    plan = None
+    if lay.kind == "cross" and lay.per_position:
+        R = n_rows
+        frame = torch.arange(R, device=dev).expand(B, -1)
+        cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
+        plan = {"dst": None}
+    elif lay.kind in ("spatial", "cross") and lay.tokens3d:
+        hw = lay.th * lay.tw
+        ids = torch.arange(n_rows, device=dev)
+        frame, cell = (ids // hw).expand(B, -1), lay.cell_of(ids % hw).expand(B, -1)
+        plan = {"dst": None}
+    elif lay.kind in ("spatial", "cross"):
+        R = n_rows
+        frame = (torch.arange(B, device=dev) % lay.frames)[:, None].expand(-1, R)
+        cell = lay.cell_of(torch.arange(R, device=dev)).expand(B, -1)
+        plan = {"dst": "s" if lay.kind == "spatial" else None, "q": cell}
+    elif lay.kind == "temporal":
+        R = n_rows
+        frame = torch.arange(R, device=dev).expand(B, -1)
+        cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
+        plan = {"dst": "t", "q": frame}
+    if plan is not None:
+        flat = (branch_of[:, None] * (F * G) + frame * G + cell).long().reshape(-1)
+        plan["emap"] = flat
+        plan["emap_n"] = torch.bincount(flat, minlength=nb * F * G).float().view(nb, F, G)
+        if plan["dst"] is not None:
+            Q = G if plan["dst"] == "s" else F
+            qflat = (branch_of[:, None] * Q + plan.pop("q")).reshape(-1)
+            plan["qflat"] = qflat
+            plan["q_n"] = torch.bincount(qflat, minlength=nb * Q).float().view(nb, Q)
+        plan.pop("q", None)
+    lay.cache[key] = plan
+    return plan
+
+
 class Accumulator:
     """Sums for one (step, layer); several SDPA calls in a step add up."""
 
@@ -171,6 +215,10 @@ class Accumulator:
         self.videos = [0.0] * nb  # videos summed per branch (a Python list: no tensor op per call)
         self._z, self._map_shapes = z, (nb, G, F)
         self.map_s = None  # the maps' sums, allocated by the first call that adds maps (_ensure_maps)
+        # sums computed elsewhere for many calls at once and handed over on the host (capture.deferred):
+        # name -> numpy array shaped like the torch sum of the same name; added in result()
+        self.host: dict[str, np.ndarray] = {}
+        self.invalid: str | None = None  # why this (step, layer) has no valid statistics (result: NaN)
         self.calls = 0
 
     def _scalars(self, part, branch_of, ent, n_keys, out_sq, v_sq, mass=None):
@@ -256,6 +304,22 @@ class Accumulator:
         for b in range(branch_base, branch_base + nbc):
             self.videos[b] += float(n_videos)
 
+    def add_host(self, name: str, values: np.ndarray, index=slice(None)) -> None:
+        """Add host values to the host sum ``name`` (shaped like the torch sum of that name) at
+        ``index``: one call's share of a batch computed for many calls at once."""
+        got = self.host.get(name)
+        if got is None:
+            (nb, G, F), heads = self._map_shapes, self.heads
+            shape = {"sums": (nb, len(dims.PARTS), heads, 6), "map_s": (nb, G, G), "map_s_n": (nb, G),
+                     "map_t": (nb, F, F), "map_t_n": (nb, F), "emap": (nb, F, G), "emap_n": (nb, F, G)}[name]
+            got = self.host[name] = np.zeros(shape, dtype=np.float32)
+        got[index] += values
+
+    def invalidate(self, reason: str) -> None:
+        """This (step, layer) has no valid statistics (e.g. its inputs were changed before they were
+        read): result() gives NaN everywhere."""
+        self.invalid = reason
+
     def _ensure_maps(self) -> None:
         if self.map_s is None:
             z, (nb, G, F) = self._z, self._map_shapes
@@ -263,51 +327,8 @@ class Accumulator:
             self.map_t, self.map_t_n = z(nb, F, F), z(nb, F)
             self.emap, self.emap_n = z(nb, F, G), z(nb, F, G)
 
-    def _map_plan(self, lay: Layout, B: int, n_rows: int, dev) -> dict | None:
-        """Scatter indices of a full call (every row) of a non-joint layer, built once per layout:
-        flat (branch, frame, cell) slots of each (item, row) for the entropy map, their counts, and
-        the flat (branch, query cell|frame) rows of the pooled query-key map."""
-        key = ("maps", B, n_rows, str(dev))
-        if key in lay.cache:
-            return lay.cache[key]
-        nb, F, G = lay.n_branch, lay.frames, lay.cells
-        branch_of = torch.arange(B, device=dev) // lay.per_branch + lay.branch_base
-        plan = None
-        if lay.kind == "cross" and lay.per_position:
-            R = n_rows
-            frame = torch.arange(R, device=dev).expand(B, -1)
-            cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
-            plan = {"dst": None}
-        elif lay.kind in ("spatial", "cross") and lay.tokens3d:
-            hw = lay.th * lay.tw
-            ids = torch.arange(n_rows, device=dev)
-            frame, cell = (ids // hw).expand(B, -1), lay.cell_of(ids % hw).expand(B, -1)
-            plan = {"dst": None}
-        elif lay.kind in ("spatial", "cross"):
-            R = n_rows
-            frame = (torch.arange(B, device=dev) % lay.frames)[:, None].expand(-1, R)
-            cell = lay.cell_of(torch.arange(R, device=dev)).expand(B, -1)
-            plan = {"dst": "s" if lay.kind == "spatial" else None, "q": cell}
-        elif lay.kind == "temporal":
-            R = n_rows
-            frame = torch.arange(R, device=dev).expand(B, -1)
-            cell = lay.cell_of(torch.arange(B, device=dev) % (lay.th * lay.tw))[:, None].expand(-1, R)
-            plan = {"dst": "t", "q": frame}
-        if plan is not None:
-            flat = (branch_of[:, None] * (F * G) + frame * G + cell).long().reshape(-1)
-            plan["emap"] = flat
-            plan["emap_n"] = torch.bincount(flat, minlength=nb * F * G).float().view(nb, F, G)
-            if plan["dst"] is not None:
-                Q = self.map_s.shape[1] if plan["dst"] == "s" else self.map_t.shape[1]
-                qflat = (branch_of[:, None] * Q + plan.pop("q")).reshape(-1)
-                plan["qflat"] = qflat
-                plan["q_n"] = torch.bincount(qflat, minlength=nb * Q).float().view(nb, Q)
-            plan.pop("q", None)
-        lay.cache[key] = plan
-        return plan
-
     def _maps(self, rs: RowStats, rows, lay: Layout, B: int, dev) -> None:
-        """Maps of a call whose rows all allow every key: cached scatter indices (see _map_plan)."""
+        """Maps of a call whose rows all allow every key: cached scatter indices (see map_plan)."""
         self._ensure_maps()
         if rows is not None:  # sampled rows: indices of those rows, not cached
             return self._maps_general(rs, rows, torch.arange(B, device=dev) // lay.per_branch + lay.branch_base)
@@ -317,7 +338,7 @@ class Accumulator:
         """Maps of a full call (every row, every key allowed) of B items: ent_h (B, Nq) its
         head-averaged row entropy, key_pooled (B, 1, Nq, Gk) its head-averaged key-pooled rows."""
         self._ensure_maps()
-        plan = self._map_plan(lay, ent_h.shape[0], ent_h.shape[-1], ent_h.device)
+        plan = map_plan(lay, ent_h.shape[0], ent_h.shape[-1], ent_h.device)
         if plan is None:
             return
         self.emap.view(-1).index_add_(0, plan["emap"], ent_h.reshape(-1))
@@ -389,6 +410,10 @@ class Accumulator:
         Computed in numpy on the sums copied to the host once: a handful of tiny divisions per
         layer and step, where each torch op's dispatch would cost more than the arithmetic."""
         S = self.sums.cpu().numpy()
+        if "sums" in self.host:
+            S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
+        if self.invalid is not None:
+            S = np.full_like(S, np.nan)
         rows = S[..., self._ROWS]
         videos = np.asarray(self.videos, dtype=np.float32)[:, None, None]
         nan = np.float32("nan")
@@ -400,9 +425,15 @@ class Accumulator:
                 dims.ENERGY: np.where(rows > 0, S[..., self._ENERGY] / videos, nan),
                 dims.VALUE_ENERGY: np.where(rows > 0, S[..., self._VENERGY] / videos, nan),
             }
-            if self.map_s is not None:  # statistics-only captures never allocate maps
-                host = [t.cpu().numpy() for t in (self.map_s, self.map_s_n, self.map_t, self.map_t_n, self.emap,
-                                                  self.emap_n)]
+            if self.map_s is not None or "emap" in self.host:  # statistics-only captures have no maps
+                host = []
+                for n in ("map_s", "map_s_n", "map_t", "map_t_n", "emap", "emap_n"):
+                    if n not in self.host:
+                        self.add_host(n, 0.0)  # zeros of the right shape
+                    h = self.host[n]
+                    host.append(h if self.map_s is None else getattr(self, n).cpu().numpy() + h)
+                if self.invalid is not None:
+                    host = [np.full_like(h, np.nan) for h in host]
                 res[dims.MAP_SPATIAL] = host[0] / host[1][..., None]
                 res[dims.MAP_TEMPORAL] = host[2] / host[3][..., None]
                 res[dims.ENTROPY_MAP] = host[4] / host[5]
