@@ -218,7 +218,6 @@ class Accumulator:
         # sums computed elsewhere for many calls at once and handed over on the host (capture.deferred):
         # name -> numpy array shaped like the torch sum of the same name; added in result()
         self.host: dict[str, np.ndarray] = {}
-        self.invalid: str | None = None  # why this (step, layer) has no valid statistics (result: NaN)
         self.calls = 0
 
     def _scalars(self, part, branch_of, ent, n_keys, out_sq, v_sq, mass=None):
@@ -315,11 +314,6 @@ class Accumulator:
             got = self.host[name] = np.zeros(shape, dtype=np.float32)
         got[index] += values
 
-    def invalidate(self, reason: str) -> None:
-        """This (step, layer) has no valid statistics (e.g. its inputs were changed before they were
-        read): result() gives NaN everywhere."""
-        self.invalid = reason
-
     def _ensure_maps(self) -> None:
         if self.map_s is None:
             z, (nb, G, F) = self._z, self._map_shapes
@@ -412,8 +406,6 @@ class Accumulator:
         S = self.sums.cpu().numpy()
         if "sums" in self.host:
             S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
-        if self.invalid is not None:
-            S = np.full_like(S, np.nan)
         rows = S[..., self._ROWS]
         videos = np.asarray(self.videos, dtype=np.float32)[:, None, None]
         nan = np.float32("nan")
@@ -432,8 +424,6 @@ class Accumulator:
                         self.add_host(n, 0.0)  # zeros of the right shape
                     h = self.host[n]
                     host.append(h if self.map_s is None else getattr(self, n).cpu().numpy() + h)
-                if self.invalid is not None:
-                    host = [np.full_like(h, np.nan) for h in host]
                 res[dims.MAP_SPATIAL] = host[0] / host[1][..., None]
                 res[dims.MAP_TEMPORAL] = host[2] / host[3][..., None]
                 res[dims.ENTROPY_MAP] = host[4] / host[5]

@@ -200,3 +200,27 @@ def test_a_traced_run_with_deferral_stores_what_the_per_call_path_stores(anim_pi
     a, b = on.dataset(), off.dataset()
     for name in (*dims.SCALAR_STATS, dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("maps", [False, True])
+def test_one_accumulator_fed_by_both_paths_sums_both(maps):
+    """A layer whose step has a per-call (torch sums) and a deferred (host sums) call: result()
+    adds the two sides, as if both calls had gone through the per-call path."""
+    kind, geo, B, H, N, D = CASES["temporal"]
+    scale = D**-0.5
+    (c1, c2) = calls(8, 2, B, H, N, D)
+    lay = make_layout(kind, B, N, N, geo, 1, 8)
+    ref, both = Accumulator(lay, H, torch.device("cpu")), Accumulator(lay, H, torch.device("cpu"))
+    for q, k, v, out in (c1, c2):
+        accumulate(ref, q, k, v, None, scale, out, maps=maps)
+    accumulate(both, *c1[:3], None, scale, c1[3], maps=maps)
+    ds = deferred.DeferredStats()
+    ds.add(both, lay, *c2, scale, 1, maps)
+    ds.flush()
+    ra, rb = ref.result(), both.result()
+    assert set(ra) == set(rb)
+    for name in ra:
+        torch.testing.assert_close(rb[name], ra[name], rtol=2e-6, atol=2e-6, equal_nan=True, msg=name)
+    _, h = explicit_entropy(torch.cat([c1[0], c2[0]]), torch.cat([c1[1], c2[1]]), scale)
+    items = torch.cat([torch.arange(B // 2), B + torch.arange(B // 2)])  # branch 0 of both calls
+    torch.testing.assert_close(rb[dims.ENTROPY][0, ALL].double(), h[items].mean(dim=(0, 2)), rtol=1e-5, atol=1e-6)
