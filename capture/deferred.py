@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .layout import Accumulator, Layout, kernel_args, map_plan
-from .stats import RowStats, batch_row_stats_, chunk_rows_for, pooled_rows
+from .stats import RowStats, batch_row_stats_, pooled_rows
 
 # A call is deferred when its score matrix has at most this many entries (B·H·Nq·Nk): there the
 # per-op dispatch, not the arithmetic, is what the statistics cost (benchmarks/bench_overhead.py).
@@ -136,7 +136,6 @@ class DeferredStats:
         _, H, Nq, _ = out.shape
         Nk = v.shape[-2]
         dev = out.device
-        chunk_rows = chunk_rows_for(nB * H, Nk, self.chunk_bytes, dev)
         kw = kernel_args(lay, Nq, Nk, g.maps, dev)
         if g.merged:
             ent = torch.cat([e for e, _ in g.rs]) if n > 1 else g.rs[0][0]
@@ -145,7 +144,7 @@ class DeferredStats:
                 lse = torch.cat([s for _, s in g.rs]) if n > 1 else g.rs[0][1]
                 key_pooled = pooled_rows(g.bufs["q"][:nB], g.bufs["k"][:nB], scale=g.scale, lse=lse,
                                          key_cells=kw["key_cells"], n_key_cells=kw["n_key_cells"],
-                                         key_grid=kw.get("key_grid"), chunk_rows=chunk_rows)
+                                         key_grid=kw.get("key_grid"), chunk_bytes=self.chunk_bytes)
         else:
             ent, _, key_pooled = batch_row_stats_(g.bufs["q"][:nB], g.bufs["k"][:nB], scale=g.scale,
                                                   key_cells=kw.get("key_cells"), n_key_cells=kw.get("n_key_cells", 0),

@@ -504,7 +504,7 @@ def accumulate(acc: Accumulator, q, k, v, mask, scale: float, out, *, maps: bool
         if mask is not None or rows is not None or kw.get("parts"):
             raise ValueError("precomputed statistics are for calls without mask, sampled rows or parts")
         rs.key_pooled = pooled_rows(q, k, scale=scale, lse=rs.lse, key_cells=kw["key_cells"],
-                                    n_key_cells=kw["n_key_cells"], key_grid=kw.get("key_grid"), chunk_rows=chunk_rows)
+                                    n_key_cells=kw["n_key_cells"], key_grid=kw.get("key_grid"), chunk_bytes=chunk_bytes)
     if fast_parts:
         ids = rows if rows is not None else None
         parts = joint_parts(lay, q, k, v, scale, rs.lse, ids, chunk_bytes=chunk_bytes)

@@ -65,6 +65,20 @@ def test_pooled_rows_from_lse_match_explicit_pooling(heads_mean, text):
     torch.testing.assert_close(got, rs.key_pooled, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_rows,chunk_bytes", [(None, None), (3, None), (None, 4 * 3 * 60), (None, 4 * 3 * 60 * 50),
+                                                   (5, 4 * 3 * 60 * 10)])
+def test_pooled_rows_are_the_same_in_any_chunking(chunk_rows, chunk_bytes):
+    """Chunks over batch items and rows (one row of one item, several items of a few rows, all
+    at once) give the rows of an explicit float64 softmax."""
+    q, k, v = rand(31, 5, 3, 40, 8, nk=60)
+    a, _, lse, _ = explicit(q, k, v, 0.3)
+    cells = torch.arange(60) % 4
+    ref = (a @ F.one_hot(cells, 4).double()).mean(1, keepdim=True)
+    got = pooled_rows(q, k, scale=0.3, lse=lse.float(), key_cells=cells, n_key_cells=4, chunk_rows=chunk_rows,
+                      chunk_bytes=chunk_bytes)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
+
+
 def _call(q, k, v, **kw):
     return SDPACall(F.scaled_dot_product_attention, (q, k, v), kw)
 
