@@ -182,14 +182,19 @@ class AttentionLayerHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         icp = _Interception(lambda call: self.handler(self.name, call))
-        with _attribute_route(icp):
-            if self.attribute_only:
+        if self.attribute_only:
+            with _attribute_route(icp):
                 out = self.fn_ref.original_forward(*args, **kwargs)
-            else:
-                with _SDPAMode(icp):
-                    out = self.fn_ref.original_forward(*args, **kwargs)
-                if self.attribute_only is None and icp.calls:
-                    self.attribute_only = icp.by_mode == 0
+        elif self.attribute_only is False:
+            # the mode alone: it hands the handler every call, and runs the handler with itself
+            # switched off (under both routes, the handler's own ops would pass through the mode)
+            with _SDPAMode(icp):
+                out = self.fn_ref.original_forward(*args, **kwargs)
+        else:  # the first forward with SDPA calls: both routes, to learn which one its calls take
+            with _attribute_route(icp), _SDPAMode(icp):
+                out = self.fn_ref.original_forward(*args, **kwargs)
+            if icp.calls:
+                self.attribute_only = icp.by_mode == 0
         if icp.calls == 0:
             proc = type(getattr(module, "processor", None)).__name__
             raise NoSDPAError(
