@@ -161,11 +161,8 @@ class DeferredStats:
         # to the host once for the group; each call's share is a numpy slice (no torch op per call)
         vals = torch.stack([e, e * inv_ln, cnt, cnt, o, vv], dim=-1).cpu().numpy()  # (n, nbc, H, 6)
         maps = _group_maps(lay, n, B, ent, key_pooled) if g.maps else None
-        rows = slice(lay.branch_base, lay.branch_base + nbc)
         for i, (acc, n_videos) in enumerate(g.accs):
-            acc.add_host("sums", vals[i], (rows, 0))
-            for b in range(rows.start, rows.stop):
-                acc.videos[b] += float(n_videos)
+            acc.add_uniform_host(vals[i], lay.branch_base, n_videos)
             acc.calls += 1
             if maps is not None:
                 for name, (per_call, alike) in maps.items():

@@ -158,7 +158,8 @@ def _attribute_route(icp: _Interception):
 
 
 class _SDPAMode(torch.overrides.TorchFunctionMode):
-    """Sees every torch call of the forward; hands over the SDPA calls the attribute route missed."""
+    """Sees every torch call of the forward and hands its SDPA calls to the handler (those the
+    attribute route, when on as well, did not already hand over)."""
 
     def __init__(self, icp: _Interception):
         super().__init__()

@@ -300,6 +300,15 @@ class Accumulator:
         _ENERGY, _VENERGY (capture.deferred computes them for many calls at once)."""
         nbc = vals.shape[0]
         self.sums[branch_base:branch_base + nbc, 0].add_(vals)
+        self._count_videos(branch_base, nbc, n_videos)
+
+    def add_uniform_host(self, vals: np.ndarray, branch_base: int, n_videos: int) -> None:
+        """add_uniform_sums with vals (nbc, H, 6) on the host (capture.deferred's per-group results)."""
+        nbc = vals.shape[0]
+        self.add_host("sums", vals, (slice(branch_base, branch_base + nbc), 0))
+        self._count_videos(branch_base, nbc, n_videos)
+
+    def _count_videos(self, branch_base: int, nbc: int, n_videos: int) -> None:
         for b in range(branch_base, branch_base + nbc):
             self.videos[b] += float(n_videos)
 

@@ -11,8 +11,9 @@ reproduces the model's call exactly depends on the CPU and on the GEMM kernels t
 the shapes (measured: head size 4, 16, 24, 32, 40 and 64 are identical, head size 8 is not, on
 one x86 machine). So every call signature (shapes, strides, dtype, scale, the SDPA backends
 enabled) is checked once, on its first real call, against the model's own call; only signatures
-that matched bit for bit use the merged call from then on. The order of a kernel's floating-point operations is fixed by the
-shapes, not by the values, so one exact match per signature stands for every later call.
+that matched bit for bit use the merged call from then on. The order of a kernel's floating-point
+operations is fixed by the shapes, not by the values, so one exact match per signature stands for
+every later call.
 
 Pure torch plus the SDPA call record from :mod:`capture.hooks`; knows nothing about layouts or stores.
 """

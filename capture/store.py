@@ -97,6 +97,11 @@ class RunWriter:
         self._last_write = time.monotonic()
         self.flush_seconds = FLUSH_SECONDS
 
+    @property
+    def has_maps(self) -> bool:
+        """Whether the run's capture records maps (the store then has the map arrays)."""
+        return self.attrs.get("capture", {}).get("maps", True)
+
     # -- structure, created with the first batch of steps once layer shapes and branches are known --
     def _create(self, layers: list[dict], branches: list[str], heads: int, grid: int, frames: int,
                 first: dict[str, np.ndarray]) -> None:
@@ -139,7 +144,7 @@ class RunWriter:
         for name in dims.SCALAR_STATS:
             arr(name, (nl, nb, np_, heads), SCALAR_DIMS[1:], steps=n)
         arr(dims.PERTURBED, (nl, nb), [dims.LAYER, dims.BRANCH], fill=0, steps=n)
-        if self.attrs.get("capture", {}).get("maps", True):
+        if self.has_maps:
             # maps: as many layers of a step as fit in MAP_CHUNK_BYTES per chunk (usually all of
             # them), and where a step's maps are small (temporal and entropy maps), as many steps
             # as fit in MAP_STEPS_BYTES. A zarr chunk costs about as much CPU to write as 100 KB
@@ -172,7 +177,7 @@ class RunWriter:
             self._layout = (layers, branches, grid, frames)
         scalars = self._scalar_blocks(layers, branches, results, perturbed)
         maps = None
-        if self.attrs.get("capture", {}).get("maps", True):
+        if self.has_maps:
             # the maps stay as the accumulators gave them (small, unpadded) until the batch is
             # written: padded and stacked there in one array per name, not padded per step and
             # stacked again (a copy of every step's padded maps, 25 ms of the demo's 60 ms)
@@ -248,7 +253,7 @@ class RunWriter:
                 dims.TIMESTEP: np.array([float(b[1]) for b in batch], dtype="float64")}
         for name in batch[0][2]:
             data[name] = np.stack([b[2][name] for b in batch])
-        if self.attrs.get("capture", {}).get("maps", True):
+        if self.has_maps:
             data.update(self._map_batch(batch))
         i, k = self.n_steps, len(batch)
         if not self._array_names:
