@@ -16,7 +16,12 @@ round on the same seeds, median of ``--reps`` rounds after one warm-up round:
 - ``stats``: ``attnlens`` exact statistics on the same layers, no maps;
 - ``maps``: the default capture (exact statistics + downsampled maps, every step);
 - ``maps-k4``: statistics every step, maps every 4th step (``maps_every=4``);
-- ``maps-every4``: maps and statistics every 4th step; ``sampled``: statistics of 256 rows.
+- ``maps-every4``: maps and statistics every 4th step; ``sampled``: statistics of 256 rows;
+- ``maps-eager``: ``maps`` without the compiled maps kernel (capture.maps_kernel), as with
+  ``ATTNLENS_COMPILE=0``: the eager passes it replaces, for a before/after in one run.
+
+The warm-up round (2 steps) is timed too and printed beside each mode: it holds first-call costs,
+compiling the maps kernel among them.
 
 Prints a table of median and best-round seconds and their ratios to ``plain``. ``--profile DIR`` also writes a
 cProfile summary of one ``stats`` and one ``maps`` generation (top functions by own time) so
@@ -45,7 +50,7 @@ CASES = {
     "demo": dict(model="demo", frames=8, height=32, width=32, steps=25),
     "animatediff": dict(model="tiny-animatediff", frames=16, height=256, width=256, steps=4),
 }
-MODES = ("plain", "hand", "stats", "maps", "maps-k4", "maps-every4", "sampled")
+MODES = ("plain", "hand", "stats", "maps", "maps-k4", "maps-every4", "sampled", "maps-eager")
 PROMPT = "a red circle moving left"
 
 
@@ -115,6 +120,15 @@ def run_mode(pipe, mode: str, case: dict, seed: int, root: Path, mods: dict) -> 
         finally:
             for n, m in mods.items():
                 m.set_processor(saved[n])
+    elif mode == "maps-eager":
+        from capture import maps_kernel
+
+        was = maps_kernel._state["off"]
+        maps_kernel._state["off"] = True
+        try:
+            return run_mode(pipe, "maps", case, seed, root, mods)
+        finally:
+            maps_kernel._state["off"] = was
     else:
         opts = dict(maps=mode.startswith("maps"), every=4 if mode.endswith("every4") else 1,
                     maps_every=4 if mode == "maps-k4" else 1, sample_rows=256 if mode == "sampled" else None)
@@ -158,8 +172,8 @@ def main() -> None:
                 for n in self_attention_modules(pipe)}
         print(f"{name}: {case['model']} {case['frames']}x{case['height']}x{case['width']}, {case['steps']} steps, "
               f"{len(mods)} self-attention layers, torch threads {torch.get_num_threads()}", flush=True)
-        for mode in args.modes:  # warm-up round: first-call caches, allocator
-            run_mode(pipe, mode, dict(case, steps=2), 100, root, mods)
+        warm = {m: run_mode(pipe, m, dict(case, steps=2), 100, root, mods)  # first-call caches, compiling
+                for m in args.modes}
         secs: dict[str, list[float]] = {m: [] for m in args.modes}
         for r in range(args.reps):
             for mode in args.modes:
@@ -168,10 +182,10 @@ def main() -> None:
         b0 = min(secs["plain"]) if "plain" in secs else float("nan")
         # the best round is the least disturbed by other load on a shared machine (as timeit
         # reports); the median is shown beside it
-        print(f"  {'mode':<13}{'median s':>10}{'x plain':>9}{'best s':>9}{'x plain':>9}   all rounds")
+        print(f"  {'mode':<13}{'median s':>10}{'x plain':>9}{'best s':>9}{'x plain':>9}{'warm-up s':>11}   all rounds")
         for mode, s in secs.items():
             med, best = statistics.median(s), min(s)
-            print(f"  {mode:<13}{med:>10.2f}{med / t0:>9.2f}{best:>9.2f}{best / b0:>9.2f}   "
+            print(f"  {mode:<13}{med:>10.2f}{med / t0:>9.2f}{best:>9.2f}{best / b0:>9.2f}{warm[mode]:>11.2f}   "
                   + " ".join(f"{x:.2f}" for x in s), flush=True)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import threading
 
 import torch
 
+from . import maps_kernel
+
 log = logging.getLogger(__name__)
 
 # Bytes of one float32 score chunk. Measured on a 2-core CPU (benchmarks/bench_stats.py): 2-4 MiB
@@ -485,6 +487,8 @@ def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Te
     ka = torch.cat([k.float(), k.new_ones((B, H, Nk, 1), dtype=torch.float32)], dim=-1).transpose(-1, -2).contiguous()
     qa = torch.cat([q.float() * (scale * LOG2E), (lse * -LOG2E).unsqueeze(-1)], dim=-1)  # (B,H,Nr,D+1)
     pooled = q.new_empty((B, 1 if map_heads_mean else H, Nr, n_key_cells), dtype=torch.float32)
+    if maps_kernel.applies(q, Nk, map_heads_mean) and _compiled_pool(qa, ka, pooled, key_cells, n_key_cells, key_grid):
+        return pooled
     s_buf, _ = _scratch(items * H * rows * Nk, q.device)
     for b0 in range(0, B, items):
         b1 = min(B, b0 + items)
@@ -496,6 +500,27 @@ def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Te
                 p = p.mean(dim=1, keepdim=True)
             pooled[b0:b1, :, r0:r1] = _pool_keys(p, key_cells, n_key_cells, key_grid)
     return pooled
+
+
+def _compiled_pool(qa, ka, pooled, key_cells, n_key_cells, key_grid) -> bool:
+    """pooled_rows' loop with the compiled kernel (maps_kernel): one batch item of rows_for rows at
+    a time, the head-averaged rows of A pooled over the keys of each cell (in the kernel for a
+    regular grid). False when the kernel is off (the caller then computes every row the eager
+    way)."""
+    B, _, Nr, _ = qa.shape
+    Nk = ka.shape[-1]
+    grid = key_grid if key_grid is not None and key_grid[3:5] != (key_grid[1], key_grid[2]) else None
+    rows = maps_kernel.rows_for(Nr, Nk)
+    for b in range(B):
+        for r0 in range(0, Nr, rows):
+            r1 = min(Nr, r0 + rows)
+            p = maps_kernel.pooled_chunk(qa[b : b + 1, :, r0:r1], ka[b : b + 1], grid, rows)
+            if p is None:
+                return False
+            if grid is None:
+                p = _pool_keys(p.view(1, 1, r1 - r0, Nk), key_cells, n_key_cells, key_grid)
+            pooled[b, 0, r0:r1] = p
+    return True
 
 
 def normalized(entropy: torch.Tensor, n_keys: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""The compiled maps kernel (capture.maps_kernel) behind stats.pooled_rows: its rows against an
+explicit float64 softmax on random inputs (regular grids, text tokens, arbitrary cells, padded last
+chunks), and the eager passes taking over when compiling fails, disagrees or is turned off."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from capture import maps_kernel
+from capture.stats import pooled_rows
+
+
+@pytest.fixture
+def kernel_state(monkeypatch):
+    """A fresh kernel state for the test (compiled functions are kept: compiling is slow)."""
+    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": maps_kernel._state["fns"], "checked": set()})
+    monkeypatch.delenv(maps_kernel.ENV, raising=False)
+    return maps_kernel._state
+
+
+def problem(seed, B, H, nq, D, f, h, w, gy, gx, text=0):
+    g = torch.Generator().manual_seed(seed)
+    nk = text + f * h * w
+    q = torch.randn(B, nq, H, D, generator=g).transpose(1, 2) * 1.5  # strided, as processors give them
+    k = torch.randn(B, nk, H, D, generator=g).transpose(1, 2)
+    s = (q.double() @ k.double().transpose(-1, -2)) * D**-0.5
+    a, lse = torch.softmax(s, -1), torch.logsumexp(s, -1)
+    y = torch.arange(h).repeat_interleave(w).repeat(f)
+    x = torch.arange(w).repeat(h * f)
+    cells = torch.arange(f).repeat_interleave(h * w) * gy * gx + (y // (h // gy)) * gx + x // (w // gx)
+    ref = (a[..., text:] @ F.one_hot(cells, f * gy * gx).double()).mean(1, keepdim=True)
+    cells = torch.cat([torch.full((text,), -1), cells])
+    return q, k, lse.float(), cells, ref
+
+
+CASES = {  # B, H, nq, D, f, h, w, gy, gx, text
+    "spatial": (2, 3, 600, 4, 1, 24, 32, 4, 8, 0),
+    "text": (2, 2, 520, 8, 1, 16, 32, 4, 4, 7),
+    "frames": (1, 2, 300, 16, 2, 16, 16, 2, 4, 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("with_grid", [True, False])
+def test_compiled_rows_match_explicit_pooling(case, with_grid, kernel_state, monkeypatch):
+    B, H, nq, D, f, h, w, gy, gx, text = CASES[case]
+    q, k, lse, cells, ref = problem(len(case), B, H, nq, D, f, h, w, gy, gx, text)
+    nk = k.shape[-2]
+    # chunks of 256 rows: the last one of every item is padded
+    monkeypatch.setattr(maps_kernel, "ROWS_BYTES", 256 * 4 * nk)
+    assert maps_kernel.applies(q, nk, True) and nq % maps_kernel.rows_for(nq, nk)
+    grid = (f, h, w, gy, gx, text) if with_grid else None
+    got = pooled_rows(q, k, scale=D**-0.5, lse=lse, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
+    assert kernel_state["checked"] and not kernel_state["off"]  # the compiled kernel computed them
+    # the eager passes give the same rows
+    kernel_state["off"] = True
+    eager = pooled_rows(q, k, scale=D**-0.5, lse=lse, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid)
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-7)
+
+
+def test_small_or_wide_layers_and_per_head_maps_stay_eager():
+    q = torch.zeros(2, 4, 10, 8)
+    assert not maps_kernel.applies(q, maps_kernel.MIN_KEYS - 1, True)  # few keys: call overhead
+    assert not maps_kernel.applies(q, maps_kernel.MIN_KEYS, False)  # maps per head
+    assert not maps_kernel.applies(torch.zeros(2, 4, 10, maps_kernel.MAX_DIM + 1), maps_kernel.MIN_KEYS, True)
+    assert not maps_kernel.applies(q, maps_kernel.MAX_K_BYTES // (4 * 9) + 1, True)  # k out of cache
+
+
+def _eager_rows(seed):
+    q, k, lse, cells, ref = problem(seed, 1, 2, 520, 4, 1, 16, 32, 4, 4)
+    return dict(q=q, k=k, scale=4**-0.5, lse=lse, key_cells=cells, n_key_cells=16, key_grid=(1, 16, 32, 4, 4, 0)), ref
+
+
+def test_a_failing_compile_turns_the_kernel_off_and_the_eager_passes_serve(kernel_state, monkeypatch, caplog):
+    kw, ref = _eager_rows(3)
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler here\nmore lines")
+
+    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
+        got = pooled_rows(**kw)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
+    assert maps_kernel._state["off"] and "no C++ compiler here" in caplog.text
+    assert "more lines" not in caplog.text
+    assert not maps_kernel.applies(kw["q"], 4096, True)
+
+
+def test_a_kernel_that_disagrees_is_not_used(kernel_state, monkeypatch, caplog):
+    kw, ref = _eager_rows(4)
+    real = torch.compile
+
+    def off_by_a_bit(fn, **opts):
+        compiled = real(fn, **opts)
+        return lambda *a: compiled(*a) * 1.001
+
+    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setattr(torch, "compile", off_by_a_bit)
+    with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
+        got = pooled_rows(**kw)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
+    assert maps_kernel._state["off"] and "disagreed" in caplog.text
+
+
+def test_the_environment_variable_turns_it_off(monkeypatch):
+    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setenv(maps_kernel.ENV, "0")
+    assert not maps_kernel.enabled()
+    kw, ref = _eager_rows(5)
+    torch.testing.assert_close(pooled_rows(**kw).double(), ref, rtol=1e-4, atol=3e-7)
+    assert not maps_kernel._state["fns"] and not maps_kernel._state["checked"]
