@@ -9,11 +9,14 @@ added straight into the sum over heads, and only the head-summed rows (rows × k
 
 Static shapes: the chunk is one batch item of ``rows_for(...)`` query rows (a shorter last chunk
 is padded), so each layer shape (heads, head size, keys, rows) compiles once. Compiling needs a C++
-compiler; the first compile in a process takes seconds (about 15 s cold on a 2-core CPU, 1 s once
-inductor's cache in the temp dir has it). Whatever fails, compiling or an answer that disagrees
-with the eager computation on the first chunk of a shape, turns the kernel off for the process
-with one log line, and the eager passes serve: speed is at stake, never a value.
-``ATTNLENS_COMPILE=0`` turns it off from the start.
+compiler and costs seconds: on a 2-core CPU about 15 s for the first kernel in a process with an
+empty inductor cache, 3 s once the cache in the temp dir has it. That is more than one short
+capture saves (0.45 s per 16×256×256 run of 4 steps), so by default the kernel is compiled only
+once the eager passes it replaces have taken ``COMPILE_AFTER_S`` seconds in this process (a long
+capture, a sweep, a server that captures repeatedly). ``ATTNLENS_COMPILE=1`` compiles from the
+first call, ``0`` never. Whatever fails, compiling or an answer that disagrees with the eager
+computation on the first chunk of a layout, turns the kernel off for the process with one log
+line, and the eager passes serve: speed is at stake, never a value.
 """
 
 from __future__ import annotations
@@ -42,7 +45,18 @@ MAX_K_BYTES = 512 * 2**10
 CHECK_ROWS = 8
 
 _LOCK = threading.Lock()
-_state: dict = {"off": None, "fns": {}, "checked": set()}
+# compile by default once the eager passes it replaces took this long in the process (see above)
+COMPILE_AFTER_S = 10.0
+
+
+def _fresh_state(fns: dict | None = None) -> dict:
+    """mode: "off"/"on"/"auto" (None: not read yet); ready: auto mode has switched on; eager_s:
+    seconds of eager passes counted so far; fns: compiled functions by layout; checked: layouts
+    whose first chunk agreed with the eager computation."""
+    return {"mode": None, "ready": False, "eager_s": 0.0, "fns": {} if fns is None else fns, "checked": set()}
+
+
+_state: dict = _fresh_state()
 
 
 def _kernel(grid, inv_heads: float):
@@ -63,19 +77,45 @@ def _kernel(grid, inv_heads: float):
     return chunk
 
 
+def _mode() -> str:
+    """"off", "on" or "auto", from ATTNLENS_COMPILE (read once per process) or an earlier failure."""
+    if _state["mode"] is None:
+        v = os.environ.get(ENV, "").strip().lower()
+        _state["mode"] = ("off" if v in ("0", "false", "no", "off") else
+                          "on" if v in ("1", "true", "yes", "on", "always") else "auto")
+    return _state["mode"]
+
+
 def enabled() -> bool:
-    """Whether the compiled kernel may be tried in this process (not turned off by ATTNLENS_COMPILE
+    """Whether the compiled kernel may serve in this process (not turned off by ATTNLENS_COMPILE
     or by an earlier failure)."""
-    if _state["off"] is None:
-        _state["off"] = os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
-    return not _state["off"]
+    return _mode() != "off"
 
 
 def applies(q: torch.Tensor, n_keys: int, map_heads_mean: bool) -> bool:
-    """Whether pooled_rows should take the compiled kernel for this problem."""
+    """Whether this problem is one for the compiled kernel (if it is on and ready, see ready)."""
     B, H, _, D = q.shape
     return (map_heads_mean and q.device.type == "cpu" and D <= MAX_DIM and n_keys >= MIN_KEYS
             and H * (D + 1) * n_keys * 4 <= MAX_K_BYTES and enabled())
+
+
+def ready() -> bool:
+    """Whether to compile (or use the compiled kernel) now: ATTNLENS_COMPILE=1, or the eager
+    passes on problems it applies to have taken COMPILE_AFTER_S in this process."""
+    mode = _mode()
+    if mode == "on" or _state["ready"]:
+        return mode != "off"
+    if mode == "auto" and _state["eager_s"] >= COMPILE_AFTER_S:
+        _state["ready"] = True
+        log.info("the maps passes took %.1f s in this process: compiling the maps kernel (one-time cost; "
+                 "%s=1 compiles from the start, 0 never)", _state["eager_s"], ENV)
+        return True
+    return False
+
+
+def spent(seconds: float) -> None:
+    """Count seconds of eager maps passes on a problem the kernel applies to (see ready)."""
+    _state["eager_s"] += seconds
 
 
 def rows_for(n_rows: int, n_keys: int) -> int:
@@ -84,7 +124,7 @@ def rows_for(n_rows: int, n_keys: int) -> int:
 
 
 def _turn_off(why: str) -> None:
-    _state["off"] = True
+    _state["mode"] = "off"
     log.warning("compiled maps kernel off for this process (%s); maps use the eager passes", why)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import logging
 import threading
+import time
 
 import torch
 
@@ -487,8 +488,10 @@ def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Te
     ka = torch.cat([k.float(), k.new_ones((B, H, Nk, 1), dtype=torch.float32)], dim=-1).transpose(-1, -2).contiguous()
     qa = torch.cat([q.float() * (scale * LOG2E), (lse * -LOG2E).unsqueeze(-1)], dim=-1)  # (B,H,Nr,D+1)
     pooled = q.new_empty((B, 1 if map_heads_mean else H, Nr, n_key_cells), dtype=torch.float32)
-    if maps_kernel.applies(q, Nk, map_heads_mean) and _compiled_pool(qa, ka, pooled, key_cells, n_key_cells, key_grid):
+    compilable = maps_kernel.applies(q, Nk, map_heads_mean)
+    if compilable and maps_kernel.ready() and _compiled_pool(qa, ka, pooled, key_cells, n_key_cells, key_grid):
         return pooled
+    t0 = time.perf_counter()
     s_buf, _ = _scratch(items * H * rows * Nk, q.device)
     for b0 in range(0, B, items):
         b1 = min(B, b0 + items)
@@ -499,6 +502,8 @@ def pooled_rows(q: torch.Tensor, k: torch.Tensor, *, scale: float, lse: torch.Te
             if map_heads_mean:
                 p = p.mean(dim=1, keepdim=True)
             pooled[b0:b1, :, r0:r1] = _pool_keys(p, key_cells, n_key_cells, key_grid)
+    if compilable:
+        maps_kernel.spent(time.perf_counter() - t0)
     return pooled
 
 

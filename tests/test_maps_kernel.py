@@ -14,9 +14,10 @@ from capture.stats import pooled_rows
 
 @pytest.fixture
 def kernel_state(monkeypatch):
-    """A fresh kernel state for the test (compiled functions are kept: compiling is slow)."""
-    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": maps_kernel._state["fns"], "checked": set()})
-    monkeypatch.delenv(maps_kernel.ENV, raising=False)
+    """A fresh kernel state, compiling from the first call (compiled functions are kept: compiling
+    is slow)."""
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state(maps_kernel._state["fns"]))
+    monkeypatch.setenv(maps_kernel.ENV, "1")
     return maps_kernel._state
 
 
@@ -54,9 +55,9 @@ def test_compiled_rows_match_explicit_pooling(case, with_grid, kernel_state, mon
     grid = (f, h, w, gy, gx, text) if with_grid else None
     got = pooled_rows(q, k, scale=D**-0.5, lse=lse, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
-    assert kernel_state["checked"] and not kernel_state["off"]  # the compiled kernel computed them
+    assert kernel_state["checked"] and kernel_state["mode"] == "on"  # the compiled kernel computed them
     # the eager passes give the same rows
-    kernel_state["off"] = True
+    kernel_state["mode"] = "off"
     eager = pooled_rows(q, k, scale=D**-0.5, lse=lse, key_cells=cells, n_key_cells=f * gy * gx, key_grid=grid)
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-7)
 
@@ -80,12 +81,12 @@ def test_a_failing_compile_turns_the_kernel_off_and_the_eager_passes_serve(kerne
     def broken(*a, **k):
         raise RuntimeError("no C++ compiler here\nmore lines")
 
-    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
     monkeypatch.setattr(torch, "compile", broken)
     with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
         got = pooled_rows(**kw)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
-    assert maps_kernel._state["off"] and "no C++ compiler here" in caplog.text
+    assert maps_kernel._state["mode"] == "off" and "no C++ compiler here" in caplog.text
     assert "more lines" not in caplog.text
     assert not maps_kernel.applies(kw["q"], 4096, True)
 
@@ -98,16 +99,40 @@ def test_a_kernel_that_disagrees_is_not_used(kernel_state, monkeypatch, caplog):
         compiled = real(fn, **opts)
         return lambda *a: compiled(*a) * 1.001
 
-    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
     monkeypatch.setattr(torch, "compile", off_by_a_bit)
     with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
         got = pooled_rows(**kw)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
-    assert maps_kernel._state["off"] and "disagreed" in caplog.text
+    assert maps_kernel._state["mode"] == "off" and "disagreed" in caplog.text
+
+
+def test_by_default_it_compiles_once_the_eager_passes_took_long_enough(monkeypatch, caplog):
+    """A short capture never pays for compiling; once the eager passes the kernel would replace
+    have taken COMPILE_AFTER_S in the process, the next call compiles."""
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state(maps_kernel._state["fns"]))
+    monkeypatch.delenv(maps_kernel.ENV, raising=False)
+    kw, ref = _eager_rows(6)
+    first = pooled_rows(**kw)
+    spent = maps_kernel._state["eager_s"]
+    assert spent > 0 and not maps_kernel._state["checked"] and not maps_kernel.ready()
+    monkeypatch.setattr(maps_kernel, "COMPILE_AFTER_S", spent * 1.5)
+    pooled_rows(**kw)  # still eager: counted
+    assert maps_kernel._state["eager_s"] > spent and not maps_kernel._state["checked"]
+    monkeypatch.setattr(maps_kernel, "COMPILE_AFTER_S", maps_kernel._state["eager_s"])
+    with caplog.at_level(logging.INFO, logger="capture.maps_kernel"):
+        got = pooled_rows(**kw)
+    assert maps_kernel._state["checked"] and "compiling the maps kernel" in caplog.text
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
+    torch.testing.assert_close(got, first, rtol=1e-5, atol=1e-7)
+    # a problem the kernel does not apply to is not counted
+    before = maps_kernel._state["eager_s"]
+    pooled_rows(**dict(kw, k=kw["k"][:, :, :64], key_cells=kw["key_cells"][:64], key_grid=None))
+    assert maps_kernel._state["eager_s"] == before
 
 
 def test_the_environment_variable_turns_it_off(monkeypatch):
-    monkeypatch.setattr(maps_kernel, "_state", {"off": None, "fns": {}, "checked": set()})
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
     monkeypatch.setenv(maps_kernel.ENV, "0")
     assert not maps_kernel.enabled()
     kw, ref = _eager_rows(5)
