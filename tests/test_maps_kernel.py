@@ -138,3 +138,34 @@ def test_the_environment_variable_turns_it_off(monkeypatch):
     kw, ref = _eager_rows(5)
     torch.testing.assert_close(pooled_rows(**kw).double(), ref, rtol=1e-4, atol=3e-7)
     assert not maps_kernel._state["fns"] and not maps_kernel._state["checked"]
+
+
+def test_a_traced_run_stores_the_same_maps_with_the_compiled_kernel(anim_pipe, tmp_path, monkeypatch):
+    """tiny-animatediff at 256x256 (1024-token spatial layers): a capture with the kernel compiled
+    from the first call stores what a capture without it stores, and the video stays the model's."""
+    import numpy as np
+
+    from capture import dims
+    from capture.tracer import trace
+
+    call = dict(num_frames=2, height=256, width=256, num_inference_steps=2, output_type="np", guidance_scale=7.5)
+
+    def gen():
+        return anim_pipe("a red circle", generator=torch.Generator().manual_seed(0), **call).frames
+
+    ref = gen()
+    runs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state(maps_kernel._state["fns"]))
+        monkeypatch.setenv(maps_kernel.ENV, mode)
+        with trace(anim_pipe, root=tmp_path / mode) as tr:
+            video = gen()
+        assert np.array_equal(ref, video)
+        assert bool(maps_kernel._state["checked"]) == (mode == "1")  # the kernel ran (or not)
+        runs[mode] = tr.dataset()
+    a, b = runs["1"], runs["0"]
+    assert a[dims.MAP_SPATIAL].sizes == b[dims.MAP_SPATIAL].sizes
+    for name in (*dims.SCALAR_STATS, dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, atol=1e-7, err_msg=name)
+    rows = a[dims.MAP_SPATIAL].values.sum(-1)  # each stored map row still sums to 1 (or is empty)
+    assert np.nanmax(np.abs(rows[rows > 0] - 1)) < 1e-5
