@@ -128,12 +128,8 @@ def run_mode(pipe, mode: str, case: dict, seed: int, root: Path, mods: dict) -> 
     elif mode == "maps-eager":
         from capture import maps_kernel
 
-        was = maps_kernel._state["mode"]
-        maps_kernel._state["mode"] = "off"
-        try:
+        with maps_kernel.forced("off"):
             return run_mode(pipe, "maps", case, seed, root, mods)
-        finally:
-            maps_kernel._state["mode"] = was
     else:
         opts = dict(maps=mode.startswith("maps"), every=4 if mode.endswith("every4") else 1,
                     maps_every=4 if mode == "maps-k4" else 1, sample_rows=256 if mode == "sampled" else None)

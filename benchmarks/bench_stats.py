@@ -12,6 +12,9 @@ model's SDPA call, then the statistics: two calls) against merged (one call give
 the statistics, capture/merged.py), and the same with maps (merged+maps: the maps' pass from the
 merged call's log-sum-exp, stats.pooled_rows). Only the CPU has the merged kernel. lse+maps:
 the statistics from the fused call, then the maps from its log-sum-exp (what CUDA uses with maps).
+maps-pass / maps-pass-jit: that maps pass alone from a known log-sum-exp, eager and with the
+compiled kernel (capture/maps_kernel.py; CPU, where it applies: at most head dim 32, e.g.
+tiny-animatediff's largest layer at 16x256x256: ``--n 1024 --batch 32 --heads 8 --dim 4``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from capture import merged  # noqa: E402
+from capture import maps_kernel, merged  # noqa: E402
 from capture.stats import default_chunk_bytes, pooled_rows, row_stats  # noqa: E402
 from capture.tracer import sampled_rows  # noqa: E402
 
@@ -103,6 +106,16 @@ def main() -> None:
                     q, k, scale=scale, key_cells=cells, n_key_cells=64, key_grid=grid))) if cells is not None else None,
                 "merged+maps": merged_maps if cells is not None else None,
             })
+        if cells is not None and dtype == torch.float32 and maps_kernel.applies(q, n, True):
+            lse = row_stats(q, k, scale=scale, method="fused").lse
+
+            def maps_pass(mode):
+                def run():
+                    with maps_kernel.forced(mode):
+                        pooled_rows(q, k, scale=scale, lse=lse, key_cells=cells, n_key_cells=64, key_grid=grid)
+                return run
+
+            modes.update({"maps-pass": maps_pass("off"), "maps-pass-jit": maps_pass("on")})
         for name, fn in modes.items():
             if fn is None:
                 continue

@@ -21,6 +21,7 @@ line, and the eager passes serve: speed is at stake, never a value.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -111,6 +112,21 @@ def ready() -> bool:
                  "%s=1 compiles from the start, 0 never)", _state["eager_s"], ENV)
         return True
     return False
+
+
+@contextlib.contextmanager
+def forced(mode: str):
+    """Within the block the kernel is "on" (compiled from the first call) or "off" (the eager
+    passes), whatever ATTNLENS_COMPILE says: for before/after measurements in one process."""
+    if mode not in ("on", "off"):
+        raise ValueError(f"mode must be 'on' or 'off', not {mode!r}")
+    was = _mode()
+    _state["mode"] = mode
+    try:
+        yield
+    finally:
+        if _state["mode"] == mode:  # a failure inside turned it off: that stays
+            _state["mode"] = was
 
 
 def spent(seconds: float) -> None:
