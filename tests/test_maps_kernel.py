@@ -169,3 +169,19 @@ def test_a_traced_run_stores_the_same_maps_with_the_compiled_kernel(anim_pipe, t
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, atol=1e-7, err_msg=name)
     rows = a[dims.MAP_SPATIAL].values.sum(-1)  # each stored map row still sums to 1 (or is empty)
     assert np.nanmax(np.abs(rows[rows > 0] - 1)) < 1e-5
+
+
+def test_forced_sets_the_mode_for_a_block_only(monkeypatch):
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
+    monkeypatch.setenv(maps_kernel.ENV, "0")
+    with maps_kernel.forced("on"):
+        assert maps_kernel.enabled() and maps_kernel.ready()
+    assert not maps_kernel.enabled()
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
+    monkeypatch.delenv(maps_kernel.ENV)
+    with maps_kernel.forced("off"):
+        assert not maps_kernel.enabled()
+    assert maps_kernel.enabled() and not maps_kernel.ready()  # auto again, nothing spent yet
+    with pytest.raises(ValueError):
+        with maps_kernel.forced("sometimes"):
+            pass
