@@ -75,36 +75,30 @@ def _eager_rows(seed):
     return dict(q=q, k=k, scale=4**-0.5, lse=lse, key_cells=cells, n_key_cells=16, key_grid=(1, 16, 32, 4, 4, 0)), ref
 
 
-def test_a_failing_compile_turns_the_kernel_off_and_the_eager_passes_serve(kernel_state, monkeypatch, caplog):
+def _broken_compile(fn, **opts):
+    raise RuntimeError("no C++ compiler here\nmore lines")
+
+
+def _off_by_a_bit(fn, **opts):
+    compiled = _REAL_COMPILE(fn, **opts)
+    return lambda *a: compiled(*a) * 1.001
+
+
+_REAL_COMPILE = torch.compile
+
+
+@pytest.mark.parametrize("compile_, why", [(_broken_compile, "no C++ compiler here"), (_off_by_a_bit, "disagreed")])
+def test_a_failing_or_disagreeing_kernel_is_turned_off_and_the_eager_passes_serve(compile_, why, kernel_state,
+                                                                                  monkeypatch, caplog):
     kw, ref = _eager_rows(3)
-
-    def broken(*a, **k):
-        raise RuntimeError("no C++ compiler here\nmore lines")
-
     monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch, "compile", compile_)
     with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
         got = pooled_rows(**kw)
     torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
-    assert maps_kernel._state["mode"] == "off" and "no C++ compiler here" in caplog.text
-    assert "more lines" not in caplog.text
+    assert maps_kernel._state["mode"] == "off" and why in caplog.text
+    assert "more lines" not in caplog.text  # one line in the log
     assert not maps_kernel.applies(kw["q"], 4096, True)
-
-
-def test_a_kernel_that_disagrees_is_not_used(kernel_state, monkeypatch, caplog):
-    kw, ref = _eager_rows(4)
-    real = torch.compile
-
-    def off_by_a_bit(fn, **opts):
-        compiled = real(fn, **opts)
-        return lambda *a: compiled(*a) * 1.001
-
-    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
-    monkeypatch.setattr(torch, "compile", off_by_a_bit)
-    with caplog.at_level(logging.WARNING, logger="capture.maps_kernel"):
-        got = pooled_rows(**kw)
-    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=3e-7)
-    assert maps_kernel._state["mode"] == "off" and "disagreed" in caplog.text
 
 
 def test_by_default_it_compiles_once_the_eager_passes_took_long_enough(monkeypatch, caplog):
