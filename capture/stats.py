@@ -514,15 +514,14 @@ def _compiled_pool(qa, ka, pooled, key_cells, n_key_cells, key_grid) -> bool:
     way)."""
     B, _, Nr, _ = qa.shape
     Nk = ka.shape[-1]
-    grid = key_grid if key_grid is not None and key_grid[3:5] != (key_grid[1], key_grid[2]) else None
     rows = maps_kernel.rows_for(Nr, Nk)
     for b in range(B):
         for r0 in range(0, Nr, rows):
             r1 = min(Nr, r0 + rows)
-            p = maps_kernel.pooled_chunk(qa[b : b + 1, :, r0:r1], ka[b : b + 1], grid, rows)
+            p = maps_kernel.pooled_chunk(qa[b : b + 1, :, r0:r1], ka[b : b + 1], key_grid, rows)
             if p is None:
                 return False
-            if grid is None:
+            if key_grid is None:
                 p = _pool_keys(p.view(1, 1, r1 - r0, Nk), key_cells, n_key_cells, key_grid)
             pooled[b, 0, r0:r1] = p
     return True
