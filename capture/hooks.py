@@ -138,8 +138,8 @@ def _sdpa_router(*args, **kwargs):
     return icp.handle(args, kwargs)
 
 
-@contextlib.contextmanager
-def _attribute_route(icp: _Interception):
+def _route_on(icp: _Interception):
+    """Start the attribute route for icp in this thread; returns what _route_off restores."""
     global _patch_users
     outer = getattr(_local, "active", None)
     with _patch_lock:
@@ -147,14 +147,25 @@ def _attribute_route(icp: _Interception):
             F.scaled_dot_product_attention = _sdpa_router
         _patch_users += 1
     _local.active = icp
+    return outer
+
+
+def _route_off(outer) -> None:
+    global _patch_users
+    _local.active = outer
+    with _patch_lock:
+        _patch_users -= 1
+        if _patch_users == 0 and F.scaled_dot_product_attention is _sdpa_router:
+            F.scaled_dot_product_attention = _TORCH_SDPA
+
+
+@contextlib.contextmanager
+def _attribute_route(icp: _Interception):
+    outer = _route_on(icp)
     try:
         yield
     finally:
-        _local.active = outer
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0 and F.scaled_dot_product_attention is _sdpa_router:
-                F.scaled_dot_product_attention = _TORCH_SDPA
+        _route_off(outer)
 
 
 class _SDPAMode(torch.overrides.TorchFunctionMode):
@@ -183,9 +194,12 @@ class AttentionLayerHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         icp = _Interception(lambda call: self.handler(self.name, call))
-        if self.attribute_only:
-            with _attribute_route(icp):
+        if self.attribute_only:  # every forward of every captured layer: no context-manager objects
+            outer = _route_on(icp)
+            try:
                 out = self.fn_ref.original_forward(*args, **kwargs)
+            finally:
+                _route_off(outer)
         elif self.attribute_only is False:
             # the mode alone: it hands the handler every call, and runs the handler with itself
             # switched off (under both routes, the handler's own ops would pass through the mode)

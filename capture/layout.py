@@ -211,7 +211,7 @@ class Accumulator:
         # float32 sums: one step's sums cover at most a few million rows per branch
         z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=device)  # noqa: E731
         self.lay, self.heads = lay, heads
-        self.sums = z(nb, np_, heads, 6)  # one tensor, so each call adds with one index_add
+        self._sums = None  # (nb, parts, heads, 6) on the device, allocated by the first call added there
         self.videos = [0.0] * nb  # videos summed per branch (a Python list: no tensor op per call)
         self._z, self._map_shapes = z, (nb, G, F)
         self.map_s = None  # the maps' sums, allocated by the first call that adds maps (_ensure_maps)
@@ -219,6 +219,14 @@ class Accumulator:
         # name -> numpy array shaped like the torch sum of the same name; added in result()
         self.host: dict[str, np.ndarray] = {}
         self.calls = 0
+
+    def sums(self) -> torch.Tensor:
+        """The per-(branch, part, head) sums on the device: one tensor, so each call adds with one
+        index_add. Allocated on first use: calls whose sums are computed in groups add on the host."""
+        if self._sums is None:
+            nb, _, _ = self._map_shapes
+            self._sums = self._z(nb, len(dims.PARTS), self.heads, 6)
+        return self._sums
 
     def _scalars(self, part, branch_of, ent, n_keys, out_sq, v_sq, mass=None):
         """ent, out_sq, mass: (B,H,R) rows of this part; v_sq: (B,H) summed value energy.
@@ -229,7 +237,7 @@ class Accumulator:
         per_row = torch.stack([ent, en, mass if mass is not None else torch.ones_like(ent)], dim=-1)
         per_row = torch.where(valid.unsqueeze(-1), per_row, 0).sum(dim=-2)  # (B,H,3)
         totals = torch.stack([valid.sum(-1).float(), out_sq.sum(-1), v_sq], dim=-1)  # (B,H,3)
-        self.sums[:, PART_INDEX[part]].index_add_(0, branch_of, torch.cat([per_row, totals], dim=-1))
+        self.sums()[:, PART_INDEX[part]].index_add_(0, branch_of, torch.cat([per_row, totals], dim=-1))
 
     def add(self, rs: RowStats, out: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, n_videos: int,
             lay: Layout | None = None, maps: bool = True):
@@ -299,7 +307,7 @@ class Accumulator:
         branch_base on, columns as in _ENT, _ENTN, _MASS (1 per row for part "all"), _ROWS,
         _ENERGY, _VENERGY (capture.deferred computes them for many calls at once)."""
         nbc = vals.shape[0]
-        self.sums[branch_base:branch_base + nbc, 0].add_(vals)
+        self.sums()[branch_base:branch_base + nbc, 0].add_(vals)
         self._count_videos(branch_base, nbc, n_videos)
 
     def add_uniform_host(self, vals: np.ndarray, branch_base: int, n_videos: int) -> None:
@@ -412,9 +420,14 @@ class Accumulator:
 
         Computed in numpy on the sums copied to the host once: a handful of tiny divisions per
         layer and step, where each torch op's dispatch would cost more than the arithmetic."""
-        S = self.sums.cpu().numpy()
-        if "sums" in self.host:
-            S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
+        if self._sums is None:  # every call came through capture.deferred (or none came)
+            if "sums" not in self.host:
+                self.add_host("sums", 0.0)  # zeros of the right shape
+            S = self.host["sums"]
+        else:
+            S = self._sums.cpu().numpy()
+            if "sums" in self.host:
+                S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
         rows = S[..., self._ROWS]
         videos = np.asarray(self.videos, dtype=np.float32)[:, None, None]
         nan = np.float32("nan")

@@ -617,17 +617,23 @@ class Tracer:
             orig, rs = merged.SHARED.run(call, self.config.maps_at(step))
         else:
             orig = call.original()
-        with torch.no_grad():
-            lay = self._layout(name, call)
-            out = orig
-            if lay.item_video is not None and any(sp.kind == "M" for sp in specs):
-                # per-item calls: keep each video's queries and keys for M on a later video
-                k_items, _ = call.kv_for_heads()
-                self._item_qk[(name, lay.branch_base, lay.item_video)] = (call.q, k_items)
-            if specs:
-                out = self._perturb(name, call, lay, specs, orig)
-            if capture:
-                self._capture(name, call, lay, orig, rs)
+        if torch.is_grad_enabled():  # pipelines run without autograd; entering no_grad costs a few µs per call
+            with torch.no_grad():
+                return self._apply(name, call, specs, capture, orig, rs)
+        return self._apply(name, call, specs, capture, orig, rs)
+
+    def _apply(self, name, call, specs, capture: bool, orig, rs) -> torch.Tensor:
+        """Perturb and capture one call (autograd off); returns the output the model gets."""
+        lay = self._layout(name, call)
+        out = orig
+        if lay.item_video is not None and any(sp.kind == "M" for sp in specs):
+            # per-item calls: keep each video's queries and keys for M on a later video
+            k_items, _ = call.kv_for_heads()
+            self._item_qk[(name, lay.branch_base, lay.item_video)] = (call.q, k_items)
+        if specs:
+            out = self._perturb(name, call, lay, specs, orig)
+        if capture:
+            self._capture(name, call, lay, orig, rs)
         return out
 
     def _items(self, lay: Layout, n: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
