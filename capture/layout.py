@@ -415,41 +415,70 @@ class Accumulator:
         self.emap.view(-1).index_add_(0, flat, (ent_h * ok).reshape(-1))
         self.emap_n.view(-1).index_add_(0, flat, ok.reshape(-1))
 
-    def result(self) -> dict[str, torch.Tensor]:
-        """Means and per-video sums, as float32 on CPU; NaN where nothing was recorded.
-
-        Computed in numpy on the sums copied to the host once: a handful of tiny divisions per
-        layer and step, where each torch op's dispatch would cost more than the arithmetic."""
+    def host_sums(self) -> np.ndarray:
+        """The per-(branch, part, head) sums, (nb, parts, heads, 6) float32 on the host."""
         if self._sums is None:  # every call came through capture.deferred (or none came)
             if "sums" not in self.host:
                 self.add_host("sums", 0.0)  # zeros of the right shape
-            S = self.host["sums"]
-        else:
-            S = self._sums.cpu().numpy()
-            if "sums" in self.host:
-                S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
-        rows = S[..., self._ROWS]
-        videos = np.asarray(self.videos, dtype=np.float32)[:, None, None]
-        nan = np.float32("nan")
+            return self.host["sums"]
+        S = self._sums.cpu().numpy()
+        if "sums" in self.host:
+            S = S + self.host["sums"]  # x + 0 == x: calls summed on either side give the same floats
+        return S
+
+    def map_results(self) -> dict[str, np.ndarray]:
+        """The maps' means (float32 numpy; NaN where no row fell), or {} for a statistics-only capture."""
+        if self.map_s is None and "emap" not in self.host:
+            return {}
+        host = []
+        for n in ("map_s", "map_s_n", "map_t", "map_t_n", "emap", "emap_n"):
+            if n not in self.host:
+                self.add_host(n, 0.0)  # zeros of the right shape
+            h = self.host[n]
+            host.append(h if self.map_s is None else getattr(self, n).cpu().numpy() + h)
         with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> NaN, as recorded nowhere
-            res = {
-                dims.ENTROPY: S[..., self._ENT] / rows,
-                dims.ENTROPY_NORM: S[..., self._ENTN] / rows,
-                dims.MASS: S[..., self._MASS] / rows,
-                dims.ENERGY: np.where(rows > 0, S[..., self._ENERGY] / videos, nan),
-                dims.VALUE_ENERGY: np.where(rows > 0, S[..., self._VENERGY] / videos, nan),
-            }
-            if self.map_s is not None or "emap" in self.host:  # statistics-only captures have no maps
-                host = []
-                for n in ("map_s", "map_s_n", "map_t", "map_t_n", "emap", "emap_n"):
-                    if n not in self.host:
-                        self.add_host(n, 0.0)  # zeros of the right shape
-                    h = self.host[n]
-                    host.append(h if self.map_s is None else getattr(self, n).cpu().numpy() + h)
-                res[dims.MAP_SPATIAL] = host[0] / host[1][..., None]
-                res[dims.MAP_TEMPORAL] = host[2] / host[3][..., None]
-                res[dims.ENTROPY_MAP] = host[4] / host[5]
-        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in res.items()}
+            return {dims.MAP_SPATIAL: (host[0] / host[1][..., None]).astype(np.float32, copy=False),
+                    dims.MAP_TEMPORAL: (host[2] / host[3][..., None]).astype(np.float32, copy=False),
+                    dims.ENTROPY_MAP: (host[4] / host[5]).astype(np.float32, copy=False)}
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Means and per-video sums, as float32 torch tensors on CPU; NaN where nothing was recorded
+        (:func:`results` for several accumulators at once, as numpy arrays)."""
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in results([self])[0].items()}
+
+
+def results(accs: list) -> list[dict[str, np.ndarray] | None]:
+    """Each accumulator's means and per-video sums (Accumulator.result, as float32 numpy arrays;
+    None for None), the scalar statistics of all of them computed at once: one step's layers
+    cost a handful of numpy operations, not a handful per layer (padded to the most branches
+    and heads among them, sliced back per layer)."""
+    live = [(i, a) for i, a in enumerate(accs) if a is not None]
+    out: list = [None] * len(accs)
+    if not live:
+        return out
+    nb = max(a._map_shapes[0] for _, a in live)
+    heads = max(a.heads for _, a in live)
+    S = np.zeros((len(live), nb, len(dims.PARTS), heads, 6), dtype=np.float32)
+    videos = np.zeros((len(live), nb, 1, 1), dtype=np.float32)
+    for j, (_, a) in enumerate(live):
+        s = a.host_sums()
+        S[j, : s.shape[0], :, : s.shape[2]] = s
+        videos[j, : len(a.videos), 0, 0] = a.videos
+    rows = S[..., Accumulator._ROWS]
+    nan = np.float32("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> NaN, as recorded nowhere
+        stats = {
+            dims.ENTROPY: S[..., Accumulator._ENT] / rows,
+            dims.ENTROPY_NORM: S[..., Accumulator._ENTN] / rows,
+            dims.MASS: S[..., Accumulator._MASS] / rows,
+            dims.ENERGY: np.where(rows > 0, S[..., Accumulator._ENERGY] / videos, nan),
+            dims.VALUE_ENERGY: np.where(rows > 0, S[..., Accumulator._VENERGY] / videos, nan),
+        }
+    for j, (i, a) in enumerate(live):
+        n_b, h = a._map_shapes[0], a.heads
+        out[i] = {k: v[j, :n_b, :, :h] for k, v in stats.items()}
+        out[i].update(a.map_results())
+    return out
 
 
 def _block_stats(q, k, v, scale, chunk_bytes, to_rows):

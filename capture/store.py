@@ -271,10 +271,10 @@ class RunWriter:
         """frames: (F, H, W, 3) uint8."""
         from .video import save_video
 
-        self.group.create_array(
-            dims.VIDEO, data=frames, chunks=frames.shape, chunk_key_encoding=CHUNK_KEYS,
-            dimension_names=[dims.VIDEO_FRAME, dims.PIXEL_Y, dims.PIXEL_X, dims.CHANNEL],
-        )
+        from .zarr_direct import write_array
+
+        write_array(self.path / dims.VIDEO, frames, frames.shape, 0,
+                    [dims.VIDEO_FRAME, dims.PIXEL_Y, dims.PIXEL_X, dims.CHANNEL], separator=CHUNK_KEYS["separator"])
         save_video(frames, self.dir, fps=fps)
 
     def set_attrs(self, **attrs) -> None:
@@ -310,12 +310,12 @@ class RunWriter:
             table.unlink(missing_ok=True)  # a run whose steps are not all stored has no table
             raise
         self._pool.shutdown()
-        self.set_attrs(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)
-        import zarr
+        from .zarr_direct import write_group_metadata
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata is a zarr-python extension to v3
-            zarr.consolidate_metadata(str(self.path))
+        # the status and the consolidated metadata (a zarr-python extension to v3) in one atomic
+        # write of the group's zarr.json: 1 ms, where zarr-python's two writes took 14
+        self.attrs.update(_json_safe(dict(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)))
+        write_group_metadata(self.path, self.attrs)
 
     def stats_frame(self):
         """The run's long-form statistics table, from the arrays this writer wrote (the same table

@@ -24,6 +24,7 @@ import torch
 from . import deferred, dims, hooks, merged
 from .layers import DEFAULT_SELECTION, LayerInfo, LayerSelectionError, inventory, select
 from .layout import Accumulator, Layout, accumulate, make_layout
+from .layout import results as layout_results
 from .models.families import Geometry, family_of, infer_kind
 from .models.families.generic import OTHER_REASONS as GENERIC_REASONS
 from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
@@ -513,15 +514,14 @@ class Tracer:
         nb = len(self._branches)
         frames = max(lay.frames for lay in self._layouts.values())
         for slot, writer in enumerate(self.writers):
-            metas, results = [], []
+            metas, accs = [], []
             perturbed = np.zeros((len(self.layers), nb), dtype=bool)
             for li, layer in enumerate(self.layers):
                 metas.append(self._layer_meta(layer))
-                acc = self._acc.get((slot, layer.name))
-                results.append({k: v.numpy() for k, v in acc.result().items()} if acc is not None else None)
+                accs.append(self._acc.get((slot, layer.name)))
                 for b in self._perturbed.get((slot, layer.name), ()):
                     perturbed[li, b] = True
-            writer.write_step(i, t, metas, self._branches, results, perturbed, self.config.grid, frames)
+            writer.write_step(i, t, metas, self._branches, layout_results(accs), perturbed, self.config.grid, frames)
 
     # -- the SDPA handler --------------------------------------------------------------------------
     def _layout(self, name: str, call: hooks.SDPACall) -> Layout:

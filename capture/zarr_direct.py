@@ -4,7 +4,7 @@ zarr-python spends about 2.5 ms of CPU creating one array (dtype registry, codec
 thread hop per file), twenty times the cost of the two files it writes. A run's store has about
 20 small arrays, so creating them cost ~50 ms a run, more than the statistics of every small
 layer call of the demo (benchmarks/bench_store.py). This module writes the very files zarr-python
-writes for the kinds of array the store makes: fixed-size numbers or strings, a regular chunk
+writes for the kinds of array the store makes (and a flat group's consolidated metadata): fixed-size numbers or strings, a regular chunk
 grid, "default" chunk keys, the bytes (or vlen-utf8) codec then zstd at level 0, through
 numcodecs' own codecs. Chunks that hold only the fill value are not written (as zarr-python does
 by default); every file goes to a temporary name first and is renamed into place, and the
@@ -85,6 +85,28 @@ def array_metadata(shape, chunks, dtype, fill_value, dimension_names=None, attri
         doc = {k: doc[k] for k in ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs",
                                    "attributes", "dimension_names", "zarr_format", "node_type",
                                    "storage_transformers")}
+    return doc
+
+
+def write_group_metadata(path, attributes: dict) -> dict:
+    """Rewrite the zarr.json of the group at ``path`` with ``attributes`` and the consolidated
+    metadata of every array directly in it: what setting the attributes and then
+    ``zarr.consolidate_metadata`` write for a flat group, as one file replaced atomically (so
+    the attributes and the consolidated view can never disagree). Returns the document."""
+    path = Path(path)
+    members = {}
+    for child in sorted(path.iterdir(), key=lambda c: c.name):
+        f = child / "zarr.json"
+        if not (child.is_dir() and f.is_file()):
+            continue
+        meta = json.loads(f.read_bytes())
+        if meta.get("node_type") != "array":
+            raise ValueError(f"{child} is not an array: only flat groups are consolidated here")
+        members[child.name] = meta
+    doc = {"attributes": attributes, "zarr_format": 3,
+           "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": members},
+           "node_type": "group"}
+    _put(path / "zarr.json", json.dumps(doc, indent=2).encode())
     return doc
 
 

@@ -156,3 +156,29 @@ def test_sampled_rows_restrict_maps_and_entropy():
 def test_bad_geometry_is_an_error():
     with pytest.raises(ValueError, match="tokens"):
         make_layout("spatial", 2, 15, 15, Geometry(batch=2, frames=1, height=4, width=4), 1, 8)
+
+
+def test_results_of_many_layers_at_once_equal_each_layers_own():
+    """layout.results pads layers of different heads and branches into one block and slices them back."""
+    from capture.layout import results
+
+    spatial = Geometry(batch=2, frames=2, height=4, width=4)
+    accs = []
+    for kind, B, H, N, geo, seed in (("spatial", 4, 3, 16, spatial, 1), ("temporal", 32, 5, 2, spatial, 2),
+                                     ("spatial", 2, 2, 16, Geometry(batch=1, frames=2, height=4, width=4), 3)):
+        g = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(B, H, N, 4, generator=g) for _ in range(3))
+        lay = make_layout(kind, B, N, N, geo, 1, 2)
+        acc = Accumulator(lay, H, q.device)
+        accumulate(acc, q, k, v, None, 0.5, F.scaled_dot_product_attention(q, k, v, scale=0.5), maps=True)
+        accs.append(acc)
+    got = results([accs[0], None, accs[1], accs[2]])
+    assert got[1] is None
+    assert [got[i][dims.ENTROPY].shape for i in (0, 2, 3)] == [(2, len(dims.PARTS), 3), (2, len(dims.PARTS), 5),
+                                                               (1, len(dims.PARTS), 2)]
+    for acc, res in zip(accs, (got[0], got[2], got[3])):
+        alone = acc.result()
+        assert set(res) == set(alone)
+        for name, want in alone.items():
+            torch.testing.assert_close(torch.from_numpy(res[name]), want, rtol=0, atol=0, equal_nan=True, msg=name)
+        assert not torch.isnan(alone[dims.ENTROPY][:, PART_INDEX["all"]]).any()  # the layer recorded something

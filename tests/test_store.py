@@ -206,3 +206,45 @@ def test_runs_written_with_per_layer_map_shards_still_read(tmp_path):
                 np.testing.assert_array_equal(m, ref[: m.shape[0], : m.shape[1]])
                 np.testing.assert_array_equal(tr.entropy_map(w.run_id, s, li, branch),
                                               written[s][li][dims.ENTROPY_MAP][bi].reshape(4, 2, 2)[:, :2, :2])
+
+
+def test_completion_writes_what_zarr_python_would_consolidate(tmp_path):
+    """complete() writes the status and the consolidated metadata in one zarr.json; it must equal
+    what zarr-python's attribute update and consolidate_metadata write for the same store (arrays
+    written directly and arrays grown by later batches through zarr-python alike)."""
+    import json
+    import shutil
+    import warnings
+
+    import zarr
+
+    rng = np.random.default_rng(5)
+    w = RunWriter(tmp_path / "a", {"model": "fake", "seed": 1, "nan_attr": float("nan"),
+                                   "capture": {"maps": True, "mode": "exact"}})
+    w.flush_seconds = 0.0  # every step its own batch: arrays grown by zarr-python after the first
+    for s in range(3):
+        w.write_step(s, 1000 - 100 * s, LAYERS, ["uncond", "cond"], [fake_result(rng, l["heads"]) for l in LAYERS],
+                     np.zeros((2, 2), bool), grid=2, frames=4)
+    w.write_video(rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8))
+    w.complete(seconds=1.5)
+    got = json.loads((w.path / "zarr.json").read_bytes())
+    ref_dir = tmp_path / "ref.zarr"
+    shutil.copytree(w.path, ref_dir)
+    root = json.loads((ref_dir / "zarr.json").read_bytes())  # back to the group as it was while running
+    del root["consolidated_metadata"]
+    root["attributes"] = {k: v for k, v in root["attributes"].items() if k not in ("status", "finished", "seconds",
+                                                                                  "steps_captured")}
+    (ref_dir / "zarr.json").write_text(json.dumps(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(ref_dir), mode="r+", use_consolidated=False)
+        g.attrs.update({k: got["attributes"][k] for k in ("status", "finished", "seconds", "steps_captured")})
+        zarr.consolidate_metadata(str(ref_dir))
+    ref = json.loads((ref_dir / "zarr.json").read_bytes())
+    assert got["attributes"]["status"] == dims.COMPLETE and got["attributes"]["seconds"] == 1.5
+    assert np.isnan(got["attributes"]["nan_attr"]) and np.isnan(ref["attributes"]["nan_attr"])
+    got["attributes"].pop("nan_attr"), ref["attributes"].pop("nan_attr")
+    assert got == ref
+    assert set(got["consolidated_metadata"]["metadata"]) >= {dims.ENTROPY, dims.MAP_SPATIAL, dims.VIDEO, dims.STEP}
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.COMPLETE and ds[dims.ENTROPY].shape[0] == 3
