@@ -87,6 +87,9 @@ def _mode() -> str:
         v = os.environ.get(ENV, "").strip().lower()
         _state["mode"] = ("off" if v in ("0", "false", "no", "off") else
                           "on" if v in ("1", "true", "yes", "on", "always") else "auto")
+        if v not in ("", "auto", "0", "false", "no", "off", "1", "true", "yes", "on", "always"):
+            log.warning("%s=%s is not one of 1, 0 or auto; using auto (compile after %.0f s of eager maps)",
+                        ENV, os.environ[ENV], COMPILE_AFTER_S)
     return _state["mode"]
 
 

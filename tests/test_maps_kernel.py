@@ -135,6 +135,16 @@ def test_the_environment_variable_turns_it_off(monkeypatch):
     assert not maps_kernel._state["fns"] and not maps_kernel._state["checked"]
 
 
+@pytest.mark.parametrize("value, mode, warned", [("auto", "auto", False), ("", "auto", False), ("On", "on", False),
+                                                ("2", "auto", True), ("fast", "auto", True)])
+def test_unrecognised_values_mean_auto_with_a_warning(monkeypatch, caplog, value, mode, warned):
+    monkeypatch.setattr(maps_kernel, "_state", maps_kernel._fresh_state())
+    monkeypatch.setenv(maps_kernel.ENV, value)
+    with caplog.at_level(logging.WARNING, logger=maps_kernel.__name__):
+        assert maps_kernel._mode() == mode
+    assert (f"{maps_kernel.ENV}={value} is not one of" in caplog.text) == warned
+
+
 def test_a_traced_run_stores_the_same_maps_with_the_compiled_kernel(anim_pipe, tmp_path, monkeypatch):
     """tiny-animatediff at 256x256 (1024-token spatial layers): a capture with the kernel compiled
     from the first call stores what a capture without it stores, and the video stays the model's."""
