@@ -97,14 +97,34 @@ def main() -> None:
 def wait_drawn(page, timeout_ms: int) -> None:
     """Until the view has drawn its figure, or the message it shows instead (the perturbation view
     on a root without a sweep)."""
-    page.wait_for_selector('.js-plotly-plot .main-svg, [data-testid="stAlert"], [data-testid="stAlertContainer"]',
-                           timeout=timeout_ms)
+    page.wait_for_selector(_DRAWN, timeout=timeout_ms)
+
+
+_DRAWN = '.js-plotly-plot .main-svg, [data-testid="stAlert"], [data-testid="stAlertContainer"]'
+
+
+def render_seconds(page, t0: float, plotted: bool, timeout_ms: int = 180000) -> float:
+    """Seconds from t0 until the view was first seen fully rendered (script run finished, no
+    skeletons, and its figure drawn for a view with figures), confirmed 300 ms later: the
+    confirmation wait is not counted, and a view that started rendering again within it (a
+    rerun) is timed to its next finish."""
+    from tests.browser import is_rendered, wait_rendered
+
+    for _ in range(20):
+        wait_rendered(page, timeout_ms, settle_ms=0)
+        if plotted:
+            wait_drawn(page, timeout_ms)
+        t = time.perf_counter()
+        page.wait_for_timeout(300)
+        if is_rendered(page) and (not plotted or page.query_selector(_DRAWN) is not None):
+            return t - t0
+    return time.perf_counter() - t0
 
 
 def browser_render(root: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import PLOTTED, VIEWS, Server, launch, wait_rendered
+    from tests.browser import PLOTTED, VIEWS, Server, launch
 
     with Server(root) as srv, sync_playwright() as p:
         b = launch(p)
@@ -112,10 +132,7 @@ def browser_render(root: str) -> None:
         for view, path in VIEWS.items():
             t = time.perf_counter()
             page.goto(f"{srv.url}/{path}")
-            wait_rendered(page, timeout_ms=60000)
-            if view in PLOTTED:
-                wait_drawn(page, 60000)
-            ms = (time.perf_counter() - t) * 1000
+            ms = render_seconds(page, t, view in PLOTTED, 60000) * 1000
             ok = "  OK" if ms <= 3000 else "  over goal (3000 ms)"
             print(f"{'first render in Chromium: ' + view:<52} {ms:8.1f} ms{ok}")
         b.close()
@@ -130,7 +147,7 @@ def concurrent(root: str, sessions: int, rounds: int) -> None:
     from playwright.sync_api import sync_playwright
 
     from capture.store import list_run_dirs, read_attrs
-    from tests.browser import PLOTTED, VIEWS, Server, launch, wait_rendered
+    from tests.browser import PLOTTED, VIEWS, Server, launch
 
     # the maps view opens on a run that has maps (most runs of a big root are captured without)
     map_run = next((d.name for d in list_run_dirs(root) if (read_attrs(d).get("capture") or {}).get("maps")), None)
@@ -152,10 +169,7 @@ def concurrent(root: str, sessions: int, rounds: int) -> None:
                         for view in order:
                             t = time.perf_counter()
                             page.goto(f"{srv.url}/{VIEWS[view]}{query.get(view, '')}")
-                            wait_rendered(page, timeout_ms=180000)
-                            if view in PLOTTED:
-                                wait_drawn(page, 60000)
-                            dt = time.perf_counter() - t
+                            dt = render_seconds(page, t, view in PLOTTED)
                             client[view].append(dt)
                             if i == 0 and r == 0 and view == order[0]:
                                 first.append(dt)

@@ -59,17 +59,28 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def wait_rendered(page, timeout_ms: int = 120000) -> None:
-    """Until the app has finished its script run (no running indicator) and drawn a header. Waits for
-    content, with a generous ceiling: a busy CI machine can take tens of seconds per view."""
-    page.wait_for_selector('[data-testid="stHeading"], [data-testid="stException"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout_ms)
+_HEADING = '[data-testid="stHeading"], [data-testid="stException"]'
+_NOT_RUNNING = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+                " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+_NO_SKELETON = "() => !document.querySelector('[data-testid=\"stSkeleton\"]')"
+
+
+def wait_rendered(page, timeout_ms: int = 120000, settle_ms: int = 300) -> None:
+    """Until the app has finished its script run (no running indicator) and drawn a header, then
+    ``settle_ms`` more. Waits for content, with a generous ceiling: a busy CI machine can take
+    tens of seconds per view."""
+    page.wait_for_selector(_HEADING, timeout=timeout_ms)
+    page.wait_for_function(_NOT_RUNNING, timeout=timeout_ms)
     # Streamlit draws grey skeletons until a view's widgets and tables have arrived
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=timeout_ms)
-    page.wait_for_timeout(300)
+    page.wait_for_function(_NO_SKELETON, timeout=timeout_ms)
+    if settle_ms:
+        page.wait_for_timeout(settle_ms)
+
+
+def is_rendered(page) -> bool:
+    """What wait_rendered waits for holds now."""
+    return bool(page.evaluate(f"() => !!document.querySelector('{_HEADING}') && ({_NOT_RUNNING})() "
+                              f"&& ({_NO_SKELETON})()"))
 
 
 PLOTTED = {"layer-step", "proportions", "maps", "compare", "perturbation", "selection"}  # views with figures
