@@ -313,9 +313,12 @@ class RunWriter:
         from .zarr_direct import write_group_metadata
 
         # the status and the consolidated metadata (a zarr-python extension to v3) in one atomic
-        # write of the group's zarr.json: 1 ms, where zarr-python's two writes took 14
-        self.attrs.update(_json_safe(dict(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps, **attrs)))
-        write_group_metadata(self.path, self.attrs)
+        # write of the group's zarr.json: 1 ms, where zarr-python's two writes took 14. The
+        # writer's attributes say complete only once the file does (fail() trusts them).
+        done = {**self.attrs, **_json_safe(dict(status=dims.COMPLETE, finished=_now(), steps_captured=self.n_steps,
+                                                **attrs))}
+        write_group_metadata(self.path, done)
+        self.attrs = done
 
     def stats_frame(self):
         """The run's long-form statistics table, from the arrays this writer wrote (the same table
@@ -334,8 +337,8 @@ class RunWriter:
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if self.attrs.get("status") == dims.COMPLETE:
-            # everything was written before the run was marked complete; an interrupt that lands
-            # while its metadata is being consolidated does not make the data incomplete
+            # everything was written before the run was marked complete (one atomic write); an
+            # interrupt that lands after it does not make the data incomplete
             log.warning("run %s was already complete when %s arrived; it stays complete", self.run_id, msg)
             return
         try:

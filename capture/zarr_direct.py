@@ -4,8 +4,9 @@ zarr-python spends about 2.5 ms of CPU creating one array (dtype registry, codec
 thread hop per file), twenty times the cost of the two files it writes. A run's store has about
 20 small arrays, so creating them cost ~50 ms a run, more than the statistics of every small
 layer call of the demo (benchmarks/bench_store.py). This module writes the very files zarr-python
-writes for the kinds of array the store makes (and a flat group's consolidated metadata): fixed-size numbers or strings, a regular chunk
-grid, "default" chunk keys, the bytes (or vlen-utf8) codec then zstd at level 0, through
+writes for the kinds of array the store makes (and a flat group's consolidated metadata):
+fixed-size numbers or strings, a regular chunk grid, "default" chunk keys, the bytes (or
+vlen-utf8) codec then zstd at level 0, through
 numcodecs' own codecs. Chunks that hold only the fill value are not written (as zarr-python does
 by default); every file goes to a temporary name first and is renamed into place, and the
 array's zarr.json comes last, so an interrupted write leaves no array rather than a torn one.

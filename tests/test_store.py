@@ -155,6 +155,24 @@ def test_write_error_at_completion_leaves_no_table_and_no_complete_run(tmp_path,
     assert ds.attrs["status"] == dims.FAILED and ds.sizes[dims.STEP] == 3
 
 
+def test_a_failed_status_write_at_completion_leaves_a_failed_run(tmp_path, monkeypatch):
+    # the status and the consolidated metadata are one write; if it fails, the run is failed, not complete
+    from capture import zarr_direct
+
+    w, _ = write_run(tmp_path, 10, steps=2, complete=False)
+
+    def broken(path, attributes):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zarr_direct, "write_group_metadata", broken)
+    with pytest.raises(OSError, match="disk full"):
+        w.complete()
+    assert w.attrs["status"] == dims.RUNNING
+    w.fail("OSError: disk full")
+    ds = open_run(w.dir)
+    assert ds.attrs["status"] == dims.FAILED and ds.sizes[dims.STEP] == 2
+
+
 def test_layers_first_seen_late_are_rewritten_at_the_end(tmp_path):
     # kinds or token counts known only after the first stored step reach the store's coordinates
     w, _ = write_run(tmp_path, 9, steps=2, complete=False)
