@@ -17,6 +17,8 @@ round on the same seeds, median of ``--reps`` rounds after one warm-up round:
 - ``maps``: the default capture (exact statistics + downsampled maps, every step);
 - ``maps-k4``: statistics every step, maps every 4th step (``maps_every=4``);
 - ``maps-every4``: maps and statistics every 4th step; ``sampled``: statistics of 256 rows;
+- ``maps-grid4``, ``maps-grid16``: the default capture with maps pooled onto at most 4x4 or 16x16
+  cells instead of 8x8 (``grid=``; a layer's grid is never finer than its latent);
 - ``maps-eager``: ``maps`` without the compiled maps kernel (capture.maps_kernel), as with
   ``ATTNLENS_COMPILE=0``: the eager passes it replaces, for a before/after in one run.
 
@@ -55,7 +57,8 @@ CASES = {
     "demo": dict(model="demo", frames=8, height=32, width=32, steps=25),
     "animatediff": dict(model="tiny-animatediff", frames=16, height=256, width=256, steps=4),
 }
-MODES = ("plain", "hand", "stats", "maps", "maps-k4", "maps-every4", "sampled", "maps-eager")
+MODES = ("plain", "hand", "stats", "maps", "maps-k4", "maps-every4", "sampled", "maps-eager", "maps-grid4",
+         "maps-grid16")
 PROMPT = "a red circle moving left"
 
 
@@ -132,7 +135,8 @@ def run_mode(pipe, mode: str, case: dict, seed: int, root: Path, mods: dict) -> 
             return run_mode(pipe, "maps", case, seed, root, mods)
     else:
         opts = dict(maps=mode.startswith("maps"), every=4 if mode.endswith("every4") else 1,
-                    maps_every=4 if mode == "maps-k4" else 1, sample_rows=256 if mode == "sampled" else None)
+                    maps_every=4 if mode == "maps-k4" else 1, sample_rows=256 if mode == "sampled" else None,
+                    grid=int(mode.removeprefix("maps-grid")) if mode.startswith("maps-grid") else 8)
         with trace(pipe, root=root, **opts):
             pipe(PROMPT, generator=gen, **kw)
     return time.perf_counter() - t0
