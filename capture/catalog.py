@@ -71,42 +71,100 @@ def stats_frame(ds, run_id: str) -> pd.DataFrame:
                       {n: np.asarray(ds[n].values) for n in dims.SCALAR_STATS}, np.asarray(ds[dims.PERTURBED].values))
 
 
-def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict,
-               perturbed) -> pd.DataFrame:
-    """The long form of a run's scalar arrays: one row per (step, layer, branch, part, head), in
-    that (C) order, rows where both entropy and energy are NaN dropped. values[name]: (S, L, B, P, H)
-    arrays of dims.SCALAR_STATS; perturbed: (S, L, B). Used for stores read back (rebuild) and for
-    the arrays a writer still holds (a run's table at completion), so both give the same table."""
+def _stats_columns(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict,
+                   perturbed) -> dict | None:
+    """The columns of a run's long-form table (see stats_long) in STATS_COLUMNS order, None for a
+    run with no step: numpy arrays, and for the text columns (labels, codes) pairs (each row's
+    string is labels[code]), so each front end builds them its own way without a Python string
+    per row."""
     import numpy as np
-    import pandas as pd
 
     shape = values[dims.ENTROPY].shape
     S, L, B, P, H = shape
     if not S:
-        return pd.DataFrame(columns=STATS_COLUMNS)
+        return None
     i_s, i_l, i_b, i_p, i_h = np.indices(shape).reshape(5, -1)
     ent, en = values[dims.ENTROPY].reshape(-1), values[dims.ENERGY].reshape(-1)
     keep = ~(np.isnan(ent) & np.isnan(en))
     i_s, i_l, i_b, i_p, i_h = (a[keep] for a in (i_s, i_l, i_b, i_p, i_h))
 
-    def labels(values, codes):  # values[codes] as strings: a take, not one Python string per row
-        return pd.array(np.asarray(values, dtype=object).astype(str), dtype="str").take(codes)
+    def text(labels, codes):
+        return np.asarray(labels, dtype=object).astype(str), codes
 
-    df = pd.DataFrame({
-        "run": labels([run_id], np.zeros_like(i_s)),
+    cols = {
+        "run": text([run_id], np.zeros_like(i_s)),
         dims.STEP: np.asarray(steps, dtype="int32")[i_s],
         dims.TIMESTEP: np.asarray(timesteps, dtype="float64")[i_s],
         dims.LAYER: i_l.astype("int32"),
-        dims.LAYER_NAME: labels(names, i_l),
-        "kind": labels(kinds, i_l),
-        "block": labels(blocks, i_l),
-        dims.BRANCH: labels(branches, i_b),
-        dims.PART: labels(parts, i_p),
+        dims.LAYER_NAME: text(names, i_l),
+        "kind": text(kinds, i_l),
+        "block": text(blocks, i_l),
+        dims.BRANCH: text(branches, i_b),
+        dims.PART: text(parts, i_p),
         dims.HEAD: i_h.astype("int32"),
         **{n: np.asarray(values[n], dtype="float32").reshape(-1)[keep] for n in dims.SCALAR_STATS},
         dims.PERTURBED: np.nan_to_num(np.asarray(perturbed, dtype="float32")[i_s, i_l, i_b]).astype("int8"),
-    })
-    return df[STATS_COLUMNS]
+    }
+    return {c: cols[c] for c in STATS_COLUMNS}
+
+
+def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict,
+               perturbed) -> pd.DataFrame:
+    """The long form of a run's scalar arrays: one row per (step, layer, branch, part, head), in
+    that (C) order, rows where both entropy and energy are NaN dropped. values[name]: (S, L, B, P, H)
+    arrays of dims.SCALAR_STATS; perturbed: (S, L, B). Used for stores read back (rebuild), so a
+    rebuilt table equals the one the writer made at completion (stats_table: the same columns)."""
+    import pandas as pd
+
+    cols = _stats_columns(run_id, steps, timesteps, names, kinds, blocks, branches, parts, values, perturbed)
+    if cols is None:
+        return pd.DataFrame(columns=STATS_COLUMNS)
+    return pd.DataFrame({c: (pd.array(v[0], dtype="str").take(v[1]) if isinstance(v, tuple) else v)
+                         for c, v in cols.items()})
+
+
+def stats_table(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict, perturbed):
+    """stats_long as a pyarrow Table: what a writer hands to write_run_table at completion. Its
+    columns are built from their buffers: pyarrow's converters import pandas (160 ms), which a
+    capture process would otherwise pay only for this table; pyarrow alone loads in 20 ms."""
+    import numpy as np
+    import pyarrow as pa
+
+    cols = _stats_columns(run_id, steps, timesteps, names, kinds, blocks, branches, parts, values, perturbed)
+    if cols is None:  # no step: empty columns of the file's types
+        numeric = {"INTEGER": "int32", "DOUBLE": "float64", "FLOAT": "float32", "TINYINT": "int8"}
+        cols = {c: ([], np.zeros(0, "int64")) if STATS_TYPES[c] == "VARCHAR" else np.zeros(0, numeric[STATS_TYPES[c]])
+                for c in STATS_COLUMNS}
+    return pa.Table.from_arrays([_arrow_array(v) for v in cols.values()], names=list(cols))
+
+
+def _arrow_array(v):
+    """A pyarrow array of a numpy array of numbers, or of (labels, codes): strings labels[codes]."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not isinstance(v, tuple):
+        v = np.ascontiguousarray(v)
+        valid = None
+        if v.dtype.kind == "f":  # NaN is stored as NULL, as DuckDB stores a pandas frame's NaN (SQL skips it)
+            ok = ~np.isnan(v)
+            if not ok.all():
+                valid = pa.py_buffer(np.packbits(ok, bitorder="little"))
+        return pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [valid, pa.py_buffer(v)])
+    labels, codes = v
+    enc = [str(x).encode() for x in labels]
+    lens = np.array([len(b) for b in enc], dtype="int64")
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype("int64") if enc else lens
+    row_lens = lens[codes]
+    ends = np.cumsum(row_lens)
+    wide = bool(len(ends)) and ends[-1] >= 2**31  # 32-bit offsets hold up to 2 GiB of text
+    offsets = np.concatenate([[0], ends]).astype("int64" if wide else "int32")
+    blob = np.frombuffer(b"".join(enc), dtype="uint8")
+    # each row's bytes: its label's bytes, gathered by one index array
+    gather = np.repeat(starts[codes] - offsets[:-1].astype("int64"), row_lens) + np.arange(int(offsets[-1]))
+    data = np.ascontiguousarray(blob[gather]) if len(gather) else np.zeros(0, "uint8")
+    return pa.Array.from_buffers(pa.large_string() if wide else pa.string(), len(codes),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -121,8 +179,9 @@ def _sql_str(p) -> str:
     return str(p).replace("'", "''")
 
 
-def write_run_table(run_dir: Path, frame: pd.DataFrame | None = None) -> Path:
-    """(Re)write <run>/stats.parquet: the given long-form frame, else the one read from the run's store."""
+def write_run_table(run_dir: Path, frame=None) -> Path:
+    """(Re)write <run>/stats.parquet: the given long-form table (a pandas DataFrame or a pyarrow
+    Table, see stats_table), else the one read from the run's store."""
     run_dir = Path(run_dir)
     if frame is not None:
         df = frame

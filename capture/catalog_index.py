@@ -278,9 +278,9 @@ def typed_select(columns: list[str], types: dict[str, str]) -> str:
                                  for i, c in enumerate(columns))
 
 
-def write_parquet(df: pd.DataFrame, path) -> None:
-    """Write a DataFrame as one Parquet file with DuckDB (not atomic: callers write a temporary
-    name and rename it)."""
+def write_parquet(df, path) -> None:
+    """Write a pandas DataFrame or a pyarrow Table as one Parquet file with DuckDB (not atomic:
+    callers write a temporary name and rename it)."""
     with _cursor() as con:
         con.register("df", df)
         con.execute(f"COPY (SELECT * FROM df) TO '{_sql_str(path)}' (FORMAT parquet)")

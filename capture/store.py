@@ -78,11 +78,13 @@ class RunWriter:
             "host": socket.gethostname(),
         }
         self.attrs = {**base, **_json_safe(attrs)}
-        import zarr  # here, not at module level: reading a root's attributes must not pay zarr's import
+        from .zarr_direct import write_group
 
         # the group's metadata is written once with every attribute: an interrupt can leave no
-        # store (unreadable, retried) but never a "running" run without the pid that shows it is gone
-        self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3, attributes=self.attrs)
+        # store (unreadable, retried) but never a "running" run without the pid that shows it is gone.
+        # Written directly, as zarr-python would: a short run never imports zarr-python (75 ms)
+        write_group(self.path, self.attrs, create=True)
+        self._group = None  # zarr-python's view of it, opened when a later batch grows the arrays
         self._array_names: list[str] = []  # the per-step arrays, once created
         self.arrays: dict = {}  # name -> zarr.Array, opened for the second batch of steps
         self.n_steps = 0
@@ -96,6 +98,15 @@ class RunWriter:
         self._layers: list[dict] | None = None  # per-layer coordinates as last written
         self._last_write = time.monotonic()
         self.flush_seconds = FLUSH_SECONDS
+
+    @property
+    def group(self):
+        """The store as a zarr-python group (opened on first use: growing arrays, rewriting coordinates)."""
+        if self._group is None:
+            import zarr
+
+            self._group = zarr.open_group(str(self.path), mode="r+", zarr_format=3, use_consolidated=False)
+        return self._group
 
     @property
     def has_maps(self) -> bool:
@@ -278,8 +289,11 @@ class RunWriter:
         save_video(frames, self.dir, fps=fps)
 
     def set_attrs(self, **attrs) -> None:
-        self.attrs.update(_json_safe(attrs))
-        self.group.attrs.update(_json_safe(attrs))
+        from .zarr_direct import write_group
+
+        new = {**self.attrs, **_json_safe(attrs)}
+        write_group(self.path, new)
+        self.attrs = new
 
     def set_layers(self, layers: list[dict]) -> None:
         """Rewrite the per-layer coordinates with what is known at the end of the run: a layer
@@ -303,7 +317,7 @@ class RunWriter:
         from .catalog import write_run_table
 
         self._submit()  # the last steps go to disk in the writer thread while the table is made here
-        table = write_run_table(self.dir, self.stats_frame())
+        table = write_run_table(self.dir, self.stats_table())
         try:
             self.flush()
         except BaseException:
@@ -320,19 +334,19 @@ class RunWriter:
         write_group_metadata(self.path, done)
         self.attrs = done
 
-    def stats_frame(self):
-        """The run's long-form statistics table, from the arrays this writer wrote (the same table
-        catalog.stats_frame reads back from the store)."""
-        from .catalog import stats_long
+    def stats_table(self):
+        """The run's long-form statistics table (a pyarrow Table), from the arrays this writer
+        wrote: the same table catalog.stats_frame reads back from the store."""
+        from .catalog import stats_table
 
         layers, branches, _, _ = self._layout or ([], [], 0, 0)
         layers = self._layers or layers
         kept = self._kept
         stack = {n: (np.stack([k[2][n] for k in kept]) if kept else np.zeros((0, 0, 0, 0, 0), "float32"))
                  for n in (*dims.SCALAR_STATS, dims.PERTURBED)}
-        return stats_long(self.run_id, [k[0] for k in kept], [float(k[1]) for k in kept], [l["name"] for l in layers],
-                          [l["kind"] for l in layers], [l["block"] for l in layers], branches, dims.PARTS,
-                          {n: stack[n] for n in dims.SCALAR_STATS}, stack[dims.PERTURBED])
+        return stats_table(self.run_id, [k[0] for k in kept], [float(k[1]) for k in kept], [l["name"] for l in layers],
+                           [l["kind"] for l in layers], [l["block"] for l in layers], branches, dims.PARTS,
+                           {n: stack[n] for n in dims.SCALAR_STATS}, stack[dims.PERTURBED])
 
     def fail(self, error: BaseException | str) -> None:
         msg = error if isinstance(error, str) else f"{type(error).__name__}: {error}"

@@ -86,15 +86,22 @@ class CaptureConfig:
 
 
 def _versions() -> dict:
+    import importlib.metadata
+
     import diffusers
     import transformers
-    import zarr
 
     from . import __version__
 
+    try:  # from its metadata: importing zarr-python for its version cost a short capture 75 ms
+        zarr_version = importlib.metadata.version("zarr")
+    except importlib.metadata.PackageNotFoundError:
+        import zarr
+
+        zarr_version = zarr.__version__
     return {
         "attnlens": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__, "zarr": zarr.__version__, "python": platform.python_version(),
+        "transformers": transformers.__version__, "zarr": zarr_version, "python": platform.python_version(),
     }
 
 

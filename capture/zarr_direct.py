@@ -4,7 +4,8 @@ zarr-python spends about 2.5 ms of CPU creating one array (dtype registry, codec
 thread hop per file), twenty times the cost of the two files it writes. A run's store has about
 20 small arrays, so creating them cost ~50 ms a run, more than the statistics of every small
 layer call of the demo (benchmarks/bench_store.py). This module writes the very files zarr-python
-writes for the kinds of array the store makes (and a flat group's consolidated metadata):
+writes for the kinds of array the store makes (and a group's own zarr.json, with or without a
+flat group's consolidated metadata):
 fixed-size numbers or strings, a regular chunk grid, "default" chunk keys, the bytes (or
 vlen-utf8) codec then zstd at level 0, through
 numcodecs' own codecs. Chunks that hold only the fill value are not written (as zarr-python does
@@ -86,6 +87,21 @@ def array_metadata(shape, chunks, dtype, fill_value, dimension_names=None, attri
         doc = {k: doc[k] for k in ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs",
                                    "attributes", "dimension_names", "zarr_format", "node_type",
                                    "storage_transformers")}
+    return doc
+
+
+def write_group(path, attributes: dict, create: bool = False) -> dict:
+    """Write the zarr.json of a group at ``path`` holding ``attributes`` (no consolidated
+    metadata): what ``zarr.open_group(path, mode="w-", zarr_format=3, attributes=...)`` writes,
+    and what an attribute update there rewrites, as one file replaced atomically. ``create``: the
+    group must not exist yet (FileExistsError). Returns the document."""
+    path = Path(path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / "zarr.json").exists():
+            raise FileExistsError(f"{path} already holds a Zarr node")
+    doc = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+    _put(path / "zarr.json", json.dumps(doc, indent=2).encode())
     return doc
 
 

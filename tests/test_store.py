@@ -266,3 +266,51 @@ def test_completion_writes_what_zarr_python_would_consolidate(tmp_path):
     assert set(got["consolidated_metadata"]["metadata"]) >= {dims.ENTROPY, dims.MAP_SPATIAL, dims.VIDEO, dims.STEP}
     ds = open_run(w.dir)
     assert ds.attrs["status"] == dims.COMPLETE and ds[dims.ENTROPY].shape[0] == 3
+
+
+def test_the_completion_table_is_the_rebuilt_table_and_file(tmp_path):
+    """stats_table (built from buffers, no pandas) holds what stats_long holds, row for row and
+    type for type, and the Parquet files written from each read back the same through DuckDB;
+    random values, rows with no value dropped, NaN stored as NULL (SQL skips it), non-ASCII labels,
+    an empty run."""
+    import duckdb
+
+    from capture.catalog import _write_parquet_atomic, stats_long, stats_table
+
+    rng = np.random.default_rng(11)
+    S, L, B, P, H = 4, 3, 2, len(dims.PARTS), 5
+    vals = {n: rng.standard_normal((S, L, B, P, H)).astype("float32") for n in dims.SCALAR_STATS}
+    for n in (dims.ENTROPY, dims.ENERGY):
+        vals[n][1, 2] = np.nan  # a layer without a value at one step: its rows are dropped
+        vals[n][..., 4] = np.nan  # a head only some layers have
+    vals[dims.ENTROPY][2, 0, 1, 0, 3] = np.nan  # entropy alone missing: the row stays
+    args = ("20261205-run-é", [0, 2, 4, 6], [999.0, 750.5, 500.0, 1.0], ["down.attn1", "mid.motion.attn1", "ü"],
+            ["spatial", "temporal", "cross"], ["down.0", "mid", "up.1"], ["uncond", "cond"], dims.PARTS, vals,
+            rng.integers(0, 2, (S, L, B)))
+    table, frame = stats_table(*args), stats_long(*args)
+    assert table.column_names == list(frame.columns) and table.num_rows == len(frame) == S * L * B * P * 4 - B * P * 4
+    back = table.to_pandas()
+    for c in frame.columns:
+        if frame[c].dtype.kind in "if":
+            assert back[c].dtype == frame[c].dtype, c
+            np.testing.assert_array_equal(back[c].to_numpy(), frame[c].to_numpy(), err_msg=c)
+        else:
+            assert back[c].astype(str).tolist() == frame[c].astype(str).tolist(), c
+    con = duckdb.connect()
+    for i, t in enumerate((table, frame)):
+        _write_parquet_atomic(t, tmp_path / f"{i}.parquet")
+    files = [f"'{tmp_path / f'{i}.parquet'}'" for i in range(2)]
+    schemas = [con.execute(f"DESCRIBE SELECT * FROM {f}").fetchall() for f in files]
+    assert schemas[0] == schemas[1]
+    assert dict((r[0], r[1]) for r in schemas[0])[dims.LAYER_NAME] == "VARCHAR"
+    # every row and value equal (NaN to NaN), in order
+    differ = con.execute(f"SELECT count(*) FROM (SELECT *, row_number() OVER () AS i FROM {files[0]}) a "
+                         f"FULL JOIN (SELECT *, row_number() OVER () AS i FROM {files[1]}) b USING (i) "
+                         f"WHERE a.run IS DISTINCT FROM b.run OR a.layer_name IS DISTINCT FROM b.layer_name "
+                         f"OR a.part IS DISTINCT FROM b.part OR a.step IS DISTINCT FROM b.step "
+                         f"OR a.head IS DISTINCT FROM b.head OR a.entropy IS DISTINCT FROM b.entropy "
+                         f"OR a.energy IS DISTINCT FROM b.energy OR a.perturbed IS DISTINCT FROM b.perturbed").fetchone()
+    assert differ == (0,)
+    empty = stats_table("r", [], [], [], [], [], [], dims.PARTS,
+                        {n: np.zeros((0, 0, 0, 0, 0), "float32") for n in dims.SCALAR_STATS}, np.zeros((0, 0, 0)))
+    assert empty.num_rows == 0 and empty.column_names == list(frame.columns)

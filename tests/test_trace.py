@@ -246,3 +246,40 @@ def test_local_directory_preset(anim_pipe, tmp_path, root):
         out = gen(pipe, ANIM_CALL)
     assert np.array_equal(ref, out)
     assert tr.dataset().attrs["model"] == str(d)
+
+
+LEAN_PROBE = """
+import sys
+import torch
+from capture.models.tiny import tiny_animatediff
+from capture.tracer import trace
+
+pipe = tiny_animatediff(0)
+before = set(sys.modules)
+with trace(pipe, root=sys.argv[1]) as tr:
+    pipe("a red circle", generator=torch.Generator().manual_seed(0), num_frames=8, height=64, width=64,
+         num_inference_steps=2, output_type="np", guidance_scale=7.5)
+print("RUN=" + str(tr.run_dirs[-1]))
+print("LOADED=" + ",".join(sorted(m for m in ("pandas", "zarr", "xarray") if m in sys.modules and m not in before)))
+"""
+
+
+def test_a_short_capture_loads_neither_pandas_nor_zarr_python(tmp_path):
+    """The store and the run's table are written without pandas, zarr-python or xarray (their
+    imports were a third of a single short capture's overhead); the run reads back whole."""
+    import os
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "-c", LEAN_PROBE, str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert got.returncode == 0, got.stderr[-3000:]
+    lines = dict(ln.split("=", 1) for ln in got.stdout.splitlines() if "=" in ln)
+    assert lines["LOADED"] == ""
+    from capture.catalog import Catalog
+
+    ds = open_run(lines["RUN"])
+    assert ds.attrs["status"] == dims.COMPLETE and ds.sizes[dims.STEP] == 2
+    assert np.isfinite(ds[dims.ENTROPY].sel(part="all").values[..., 0]).all()
+    n = Catalog(tmp_path).query("SELECT count(*) AS n FROM stats WHERE entropy IS NOT NULL")["n"][0]
+    assert n == int(np.isfinite(ds[dims.ENTROPY].values).sum())

@@ -103,3 +103,21 @@ def test_xarray_reads_a_group_of_direct_arrays(tmp_path):
         np.testing.assert_array_equal(ds["entropy"].values, ent)
         assert ds["entropy"].dims == ("step", "layer")
         assert list(ds["layer_name"].values) == ["a", "b"]
+
+
+def test_group_files_are_zarr_pythons(tmp_path):
+    """write_group writes the zarr.json zarr-python writes for a new group and for an attribute
+    update, refuses an existing node when creating, and zarr-python opens and grows it."""
+    attrs = {"run_id": "r", "prompt": "é \"quoted\"", "capture": {"maps": True, "grid": [8, 8]}, "seed": None}
+    zarr.open_group(str(tmp_path / "ref.zarr"), mode="w-", zarr_format=3, attributes=attrs)
+    zarr_direct.write_group(tmp_path / "got.zarr", attrs, create=True)
+    assert (tmp_path / "got.zarr/zarr.json").read_bytes() == (tmp_path / "ref.zarr/zarr.json").read_bytes()
+    with pytest.raises(FileExistsError):
+        zarr_direct.write_group(tmp_path / "got.zarr", attrs, create=True)
+    zarr.open_group(str(tmp_path / "ref.zarr"), mode="r+").attrs.update({"status": "failed", "seed": 3})
+    zarr_direct.write_group(tmp_path / "got.zarr", {**attrs, "status": "failed", "seed": 3})
+    assert (tmp_path / "got.zarr/zarr.json").read_bytes() == (tmp_path / "ref.zarr/zarr.json").read_bytes()
+    g = zarr.open_group(str(tmp_path / "got.zarr"), mode="r+", use_consolidated=False)
+    g.create_array("x", data=np.arange(4, dtype="int32"), chunks=(2,))
+    assert g.attrs["status"] == "failed" and list(g["x"][:]) == [0, 1, 2, 3]
+    assert not list(tmp_path.glob("**/*.partial"))
