@@ -154,17 +154,12 @@ def _arrow_array(v):
     labels, codes = v
     enc = [str(x).encode() for x in labels]
     lens = np.array([len(b) for b in enc], dtype="int64")
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype("int64") if enc else lens
-    row_lens = lens[codes]
-    ends = np.cumsum(row_lens)
-    wide = bool(len(ends)) and ends[-1] >= 2**31  # 32-bit offsets hold up to 2 GiB of text
-    offsets = np.concatenate([[0], ends]).astype("int64" if wide else "int32")
-    blob = np.frombuffer(b"".join(enc), dtype="uint8")
-    # each row's bytes: its label's bytes, gathered by one index array
-    gather = np.repeat(starts[codes] - offsets[:-1].astype("int64"), row_lens) + np.arange(int(offsets[-1]))
-    data = np.ascontiguousarray(blob[gather]) if len(gather) else np.zeros(0, "uint8")
-    return pa.Array.from_buffers(pa.large_string() if wide else pa.string(), len(codes),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    wide = int(lens[codes].sum()) >= 2**31 if len(codes) else False  # 32-bit offsets hold up to 2 GiB of text
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype("int64" if wide else "int32")
+    words = pa.Array.from_buffers(pa.large_string() if wide else pa.string(), len(enc),
+                                  [None, pa.py_buffer(offsets), pa.py_buffer(np.frombuffer(b"".join(enc), "uint8"))])
+    idx = np.ascontiguousarray(codes, dtype="int64")
+    return words.take(pa.Array.from_buffers(pa.int64(), len(idx), [None, pa.py_buffer(idx)]))
 
 
 def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
