@@ -108,7 +108,8 @@ def test_xarray_reads_a_group_of_direct_arrays(tmp_path):
 def test_group_files_are_zarr_pythons(tmp_path):
     """write_group writes the zarr.json zarr-python writes for a new group and for an attribute
     update, refuses an existing node when creating, and zarr-python opens and grows it."""
-    attrs = {"run_id": "r", "prompt": "é \"quoted\"", "capture": {"maps": True, "grid": [8, 8]}, "seed": None}
+    attrs = {"run_id": "r", "prompt": "é \"quoted\"", "capture": {"maps": True, "grid": [8, 8]}, "seed": None,
+             "guidance": float("nan"), "limits": [float("inf"), -float("inf")]}
     zarr.open_group(str(tmp_path / "ref.zarr"), mode="w-", zarr_format=3, attributes=attrs)
     zarr_direct.write_group(tmp_path / "got.zarr", attrs, create=True)
     assert (tmp_path / "got.zarr/zarr.json").read_bytes() == (tmp_path / "ref.zarr/zarr.json").read_bytes()
