@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of the capture, as one prepared script for a lent GPU machine (about 8 minutes on
-# one H100; each part is time-boxed so the rest still runs):
+# The GPU checks of the capture, as one prepared script for a lent GPU machine (not yet run on one;
+# each part is time-boxed, 9 minutes in all, so the parts after a slow one still run):
 #   1. the CUDA tests (the statistics' CUDA paths against the float64 references);
 #   2. benchmarks/bench_capture.py on the real-size random-weight models (benchmarks/realsize.py):
 #      time and peak GPU memory of generation without capture, statistics only, maps, sampled rows.
