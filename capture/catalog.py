@@ -73,16 +73,13 @@ def stats_frame(ds, run_id: str) -> pd.DataFrame:
 
 def _stats_columns(run_id: str, steps, timesteps, names, kinds, blocks, branches, parts, values: dict,
                    perturbed) -> dict | None:
-    """The columns of a run's long-form table (see stats_long) in STATS_COLUMNS order, None for a
-    run with no step: numpy arrays, and for the text columns (labels, codes) pairs (each row's
-    string is labels[code]), so each front end builds them its own way without a Python string
-    per row."""
+    """The columns of a run's long-form table (see stats_long) in STATS_COLUMNS order: numpy
+    arrays, and for the text columns (labels, codes) pairs (each row's string is labels[code]),
+    so each front end builds them its own way without a Python string per row. A run with no step
+    gives empty columns of the same types."""
     import numpy as np
 
     shape = values[dims.ENTROPY].shape
-    S, L, B, P, H = shape
-    if not S:
-        return None
     i_s, i_l, i_b, i_p, i_h = np.indices(shape).reshape(5, -1)
     ent, en = values[dims.ENTROPY].reshape(-1), values[dims.ENERGY].reshape(-1)
     keep = ~(np.isnan(ent) & np.isnan(en))
@@ -116,9 +113,9 @@ def stats_long(run_id: str, steps, timesteps, names, kinds, blocks, branches, pa
     rebuilt table equals the one the writer made at completion (stats_table: the same columns)."""
     import pandas as pd
 
-    cols = _stats_columns(run_id, steps, timesteps, names, kinds, blocks, branches, parts, values, perturbed)
-    if cols is None:
+    if not values[dims.ENTROPY].shape[0]:
         return pd.DataFrame(columns=STATS_COLUMNS)
+    cols = _stats_columns(run_id, steps, timesteps, names, kinds, blocks, branches, parts, values, perturbed)
     return pd.DataFrame({c: (pd.array(v[0], dtype="str").take(v[1]) if isinstance(v, tuple) else v)
                          for c, v in cols.items()})
 
@@ -127,14 +124,9 @@ def stats_table(run_id: str, steps, timesteps, names, kinds, blocks, branches, p
     """stats_long as a pyarrow Table: what a writer hands to write_run_table at completion. Its
     columns are built from their buffers: pyarrow's converters import pandas (160 ms), which a
     capture process would otherwise pay only for this table; pyarrow alone loads in 20 ms."""
-    import numpy as np
     import pyarrow as pa
 
     cols = _stats_columns(run_id, steps, timesteps, names, kinds, blocks, branches, parts, values, perturbed)
-    if cols is None:  # no step: empty columns of the file's types
-        numeric = {"INTEGER": "int32", "DOUBLE": "float64", "FLOAT": "float32", "TINYINT": "int8"}
-        cols = {c: ([], np.zeros(0, "int64")) if STATS_TYPES[c] == "VARCHAR" else np.zeros(0, numeric[STATS_TYPES[c]])
-                for c in STATS_COLUMNS}
     return pa.Table.from_arrays([_arrow_array(v) for v in cols.values()], names=list(cols))
 
 
@@ -154,7 +146,7 @@ def _arrow_array(v):
     labels, codes = v
     enc = [str(x).encode() for x in labels]
     lens = np.array([len(b) for b in enc], dtype="int64")
-    wide = int(lens[codes].sum()) >= 2**31 if len(codes) else False  # 32-bit offsets hold up to 2 GiB of text
+    wide = len(codes) * int(lens.max(initial=0)) >= 2**31  # 32-bit offsets hold up to 2 GiB of text (a bound)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype("int64" if wide else "int32")
     words = pa.Array.from_buffers(pa.large_string() if wide else pa.string(), len(enc),
                                   [None, pa.py_buffer(offsets), pa.py_buffer(np.frombuffer(b"".join(enc), "uint8"))])
