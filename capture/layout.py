@@ -21,6 +21,26 @@ from .stats import DEFAULT_CHUNK_BYTES, Part, RowStats, chunk_rows_for, normaliz
 PART_INDEX = {p: i for i, p in enumerate(dims.PARTS)}
 
 
+def sq_sums(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Σ x² over each group of consecutive batch items, its rows and dims: x (B,H,N,D) -> (groups, H)
+    float32 (half-precision inputs summed in float32), B a multiple of groups.
+
+    One reduction over a view that matches x's memory: the (B,N,H,D) memory diffusers' processors
+    hand over (heads transposed in), or plain (B,H,N,D). A row-wise vecdot followed by a sum over
+    items and rows was 2.5-3x slower on the 16x256x256 case's layers (0.75 against 0.25 ms at
+    (32, 8, 1024, 4)), and less accurate (float64 reference: 1e-7 against 3e-7 relative)."""
+    B, H, N, D = x.shape
+    x = x.float()  # a no-op for float32; half precision keeps its strides
+    xt = x.transpose(1, 2)
+    if xt.is_contiguous():  # memory (B, N, H, D): reduce over the (items x rows) axis per (head, dim)
+        xv = xt.reshape(groups, (B // groups) * N, H * D)
+        return torch.linalg.vecdot(xv, xv, dim=1).view(groups, H, D).sum(-1)
+    if x.is_contiguous():
+        xv = x.view(groups, B // groups, H, N * D)
+        return torch.linalg.vecdot(xv, xv).sum(1)
+    return torch.linalg.vecdot(x, x).reshape(groups, B // groups, H, N).sum(dim=(1, 3))
+
+
 @dataclass
 class Layout:
     kind: str
@@ -290,10 +310,8 @@ class Accumulator:
         B, H, R = ent.shape
         per = lay.per_branch
         nbc, b0 = B // per, lay.branch_base
-        out, v = out.float(), v.float()  # no-ops for float32; half precision sums in float32
         e = ent.reshape(nbc, per, H, R).sum(dim=(1, 3))  # (nbc,H)
-        o = torch.linalg.vecdot(out, out).reshape(nbc, per, H, -1).sum(dim=(1, 3))
-        vv = torch.linalg.vecdot(v, v).reshape(nbc, per, H, -1).sum(dim=(1, 3))
+        o, vv = sq_sums(out, nbc), sq_sums(v, nbc)  # energies, summed in float32
         nk = rs.n_keys_all
         inv_ln = 1.0 / math.log(nk) if nk > 1 else 0.0  # one key: normalized entropy 0
         key = ("rows", nbc, H, per * R, str(ent.device))

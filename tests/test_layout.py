@@ -182,3 +182,27 @@ def test_results_of_many_layers_at_once_equal_each_layers_own():
         for name, want in alone.items():
             torch.testing.assert_close(torch.from_numpy(res[name]), want, rtol=0, atol=0, equal_nan=True, msg=name)
         assert not torch.isnan(alone[dims.ENTROPY][:, PART_INDEX["all"]]).any()  # the layer recorded something
+
+
+@pytest.mark.parametrize("memory", ["contiguous", "heads_inner", "strided", "half"])
+@pytest.mark.parametrize("shape", [(8, 3, 5, 4), (6, 2, 16, 8)])
+def test_squared_sums_per_group_and_head_in_every_memory_layout(memory, shape):
+    # Σ over a group's items, rows and dims of x², against float64, whatever the strides the model
+    # hands over: (B,H,N,D) contiguous, the (B,N,H,D) memory of diffusers' processors, a slice
+    from capture.layout import sq_sums
+
+    B, H, N, D = shape
+    g = torch.Generator().manual_seed(3)
+    if memory == "heads_inner":
+        x = torch.randn(B, N, H, D, generator=g).transpose(1, 2)
+    elif memory == "strided":
+        x = torch.randn(B, H, N + 3, D + 2, generator=g)[:, :, 2 : N + 2, 1 : D + 1]
+    else:
+        x = torch.randn(B, H, N, D, generator=g)
+    if memory == "half":
+        x = x.half()
+    for groups in (1, 2):
+        want = x.double().pow(2).reshape(groups, B // groups, H, N * D).sum(dim=(1, 3))
+        got = sq_sums(x, groups)
+        assert got.dtype == torch.float32 and got.shape == (groups, H)
+        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
