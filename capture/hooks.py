@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -183,6 +184,27 @@ class _SDPAMode(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+# The route each module's SDPA calls took, learnt by a first forward, kept for later hooks on the
+# same module (a sweep's or a benchmark's next trace on the same pipeline) while its processor and
+# forward are the same objects: module -> (processor, forward function, attribute_only). The route
+# is a property of that code, as within one trace, where the first forward decides for the rest.
+_ROUTES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _route_key(module: torch.nn.Module, forward) -> tuple:
+    return getattr(module, "processor", None), getattr(forward, "__func__", forward)
+
+
+def known_route(module: torch.nn.Module, forward=None) -> bool | None:
+    """True (attribute route alone) or False (the mode) as learnt by an earlier hook on this module
+    with its current processor; None if not learnt (or the processor was replaced since)."""
+    got = _ROUTES.get(module)
+    if got is None:
+        return None
+    proc, fwd = _route_key(module, forward if forward is not None else module.forward)
+    return got[2] if got[0] is proc and (forward is None or got[1] is fwd) else None
+
+
 class AttentionLayerHook(ModelHook):
     """Runs the attention module's forward with SDPA intercepted; the module must reach SDPA."""
 
@@ -193,6 +215,8 @@ class AttentionLayerHook(ModelHook):
         self.attribute_only: bool | None = None  # None until a forward made SDPA calls
 
     def new_forward(self, module, *args, **kwargs):
+        if self.attribute_only is None:
+            self.attribute_only = known_route(module, self.fn_ref.original_forward)
         icp = _Interception(lambda call: self.handler(self.name, call))
         if self.attribute_only:  # every forward of every captured layer: no context-manager objects
             outer = _route_on(icp)
@@ -210,6 +234,7 @@ class AttentionLayerHook(ModelHook):
                 out = self.fn_ref.original_forward(*args, **kwargs)
             if icp.calls:
                 self.attribute_only = icp.by_mode == 0
+                _ROUTES[module] = (*_route_key(module, self.fn_ref.original_forward), self.attribute_only)
         if icp.calls == 0:
             proc = type(getattr(module, "processor", None)).__name__
             raise NoSDPAError(

@@ -192,3 +192,51 @@ def test_an_interception_in_one_thread_leaves_another_threads_sdpa_alone():
     assert seen == ["layer", "layer"]
     assert F.scaled_dot_product_attention is REAL
 
+
+
+@pytest.mark.parametrize("cls,attribute_only", [(ByAttribute, True), (ByReference, False), (Mixed, False)])
+def test_a_later_hook_on_the_same_module_and_processor_keeps_the_learnt_route(cls, attribute_only, monkeypatch):
+    """A second trace on the same pipeline (a sweep, a benchmark's repetitions) does not pay the
+    first forward's mode again for a module whose route is known; every call still reaches it."""
+    entered = []
+
+    class Counting(hooks._SDPAMode):
+        def __enter__(self):
+            entered.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(hooks, "_SDPAMode", Counting)
+    m = cls()
+    q, k, v = qkv()
+    n_calls = 1 if cls is ByReference else 2
+    for trace in range(2):
+        seen: list = []
+        entered.clear()
+        hook = hooked(m, seen)
+        for _ in range(2):
+            m(q, k, v)
+        hooks.remove(m, hooks.LAYER_HOOK)
+        assert hook.attribute_only is attribute_only and len(seen) == 2 * n_calls
+        # the first trace learns the route with the mode on its first forward; the second knows it
+        want_modes = (1 if attribute_only else 2) if trace == 0 else (0 if attribute_only else 2)
+        assert len(entered) == want_modes, f"trace {trace}"
+
+
+def test_a_new_processor_is_learnt_again():
+    """The learnt route belongs to the module's processor: replacing it (set_processor) makes the
+    next hook's first forward run both routes again."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    attn = Attention(query_dim=16, heads=2, dim_head=8, processor=AttnProcessor2_0())
+    x = torch.randn(2, 5, 16)
+    hook = hooked(attn, [])
+    attn(x)
+    hooks.remove(attn, hooks.LAYER_HOOK)
+    assert hooks.known_route(attn) is True
+    attn.set_processor(AttnProcessor2_0())
+    assert hooks.known_route(attn) is None
+    hook = hooked(attn, [])
+    assert hook.attribute_only is None
+    attn(x)
+    assert hook.attribute_only is True and hooks.known_route(attn) is True
+    hooks.remove(attn, hooks.LAYER_HOOK)
