@@ -107,6 +107,7 @@ class DeferredStats:
             g = self.groups[key] = _Group(lay, float(scale), maps, rs is not None, q.shape[0], q.shape[1],
                                           q.shape[-2], k.shape[-2])
             kept = (q, k) if (rs is None or maps) else ()
+            # the copies of q and k, and the merged calls' float32 entropy and lse of every row
             g.nbytes = sum(t.numel() * t.element_size() for t in kept) + 8 * q.shape[0] * q.shape[1] * q.shape[-2]
         if rs is None or maps:  # the kernel (or the maps pass) needs the queries and keys
             g.slot("q", q)
@@ -159,8 +160,8 @@ class DeferredStats:
         per = lay.per_branch
         nbc = B // per
         e = ent.reshape(n, nbc, per, H, Nq).sum(dim=(2, 4))  # (n, nbc, H)
-        o = torch.stack([e for e, _ in g.energies])  # (n, nbc, H), taken at each call
-        vv = torch.stack([e for _, e in g.energies])
+        o = torch.stack([eo for eo, _ in g.energies])  # (n, nbc, H), taken at each call
+        vv = torch.stack([ev for _, ev in g.energies])
         inv_ln = 1.0 / math.log(Nk) if Nk > 1 else 0.0  # one key: normalized entropy 0
         cnt = torch.full_like(e, float(per * Nq))
         # to the host once for the group; each call's share is a numpy slice (no torch op per call)

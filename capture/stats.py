@@ -360,7 +360,7 @@ def row_stats(
 
     # fold the scale into q once (one pass over (Nr, D) instead of (Nr, Nk)), into (B,H,Nr,D) memory:
     # the chunks' matmuls read a strided q (diffusers' (B,N,H,D) memory) through a copy each
-    qs = torch.mul(q, scale, out=q.new_empty((B, H, Nr, D), dtype=torch.float32))
+    qs = torch.mul(q.float(), scale, out=q.new_empty((B, H, Nr, D), dtype=torch.float32))
     n_buf = B * H * min(chunk_rows, Nr) * Nk
     s_buf, e_buf = _scratch(n_buf, q.device)
     has_inf = add_mask is not None

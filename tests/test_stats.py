@@ -308,3 +308,19 @@ def test_fused_kernel_self_check_falls_back_when_it_disagrees(monkeypatch, caplo
     monkeypatch.setattr(stats, "_CUDA_CHECKED", {})
     monkeypatch.setattr(stats, "_lse_attention", broken)
     assert not stats._cuda_fused_ok("cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["chunked", "auto"])
+def test_half_precision_inputs_are_computed_in_float32(dtype, method):
+    # a model in half precision hands over half q and k: the logits are float32 products of those
+    # values (exact in float64 below), never half-precision products
+    g = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(2, 3, 40, 8, generator=g).to(dtype) for _ in range(2))
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # diffusers' (B,N,H,D) memory
+    scale = 8**-0.5
+    a = torch.softmax((q.double() @ k.double().transpose(-1, -2)) * scale, -1)
+    h = -(a * a.log()).sum(-1)
+    got = row_stats(q, k, scale=scale, method=method, chunk_rows=7)
+    assert got.entropy.dtype == torch.float32
+    torch.testing.assert_close(got.entropy.double(), h, rtol=0, atol=2e-6)
