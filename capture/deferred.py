@@ -10,10 +10,9 @@ the group's results, Accumulator.add_host), so no torch op runs per call there e
 each layer's accumulator receives are the same: a row's entropy depends only on its own query and
 keys, which the batch does not mix.
 
-The model's own output is never deferred (the caller takes it from the model's call). Only
-copies of q and k are kept, and the energies (of the output and of v) are taken at the call, as
-two small reductions per call instead of two copies (55 ms of a 1.5 s demo run went to copies), so
-a model that reuses or changes its tensors in place after the call cannot alter what is recorded.
+The model's own output is never deferred (the caller takes it from the model's call); only the
+copies of q, k, v and that output are kept, so a model that reuses or changes its tensors in
+place after the call cannot alter what is recorded.
 
 Only calls the accumulator adds in its uniform way are deferred (no mask, no sampled rows, whole
 CFG branches in the batch, not a joint layer): see :func:`deferrable`. Pure torch on top of
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layout import Accumulator, Layout, kernel_args, map_plan, sq_sums
+from .layout import Accumulator, Layout, kernel_args, map_plan
 from .stats import RowStats, batch_row_stats_, pooled_rows
 
 # A call is deferred when its score matrix has at most this many entries (B·H·Nq·Nk): there the
@@ -64,13 +63,9 @@ class _Group:
     maps: bool
     merged: bool  # calls came with their entropy and lse (capture.merged): no kernel call at flush
     batch: int  # B, the batch items of each call
-    heads: int
-    n_q: int  # query rows of each call
-    n_k: int  # keys of each call
     accs: list = field(default_factory=list)  # (accumulator, videos of the call) per call
     bufs: dict = field(default_factory=dict)  # name -> (capacity·B, ...) buffer
     rs: list = field(default_factory=list)  # merged: (entropy, lse) per call
-    energies: list = field(default_factory=list)  # (output's, v's) squared sums (nbc, H) per call
     n: int = 0
     nbytes: int = 0  # bytes of one call's copies
 
@@ -104,16 +99,13 @@ class DeferredStats:
                float(scale), maps, rs is not None)
         g = self.groups.get(key)
         if g is None:
-            g = self.groups[key] = _Group(lay, float(scale), maps, rs is not None, q.shape[0], q.shape[1],
-                                          q.shape[-2], k.shape[-2])
-            kept = (q, k) if (rs is None or maps) else ()
-            # the copies of q and k, and the merged calls' float32 entropy and lse of every row
-            g.nbytes = sum(t.numel() * t.element_size() for t in kept) + 8 * q.shape[0] * q.shape[1] * q.shape[-2]
+            g = self.groups[key] = _Group(lay, float(scale), maps, rs is not None, q.shape[0])
+            g.nbytes = sum(t.numel() * t.element_size() for t in (q, k, v, out))
         if rs is None or maps:  # the kernel (or the maps pass) needs the queries and keys
             g.slot("q", q)
             g.slot("k", k)
-        nbc = q.shape[0] // lay.per_branch
-        g.energies.append((sq_sums(out, nbc), sq_sums(v, nbc)))
+        g.slot("v", v)
+        g.slot("out", out)
         if rs is not None:
             g.rs.append((rs.entropy, rs.lse))
         g.accs.append((acc, n_videos))
@@ -134,15 +126,16 @@ class DeferredStats:
             g.n = 0
             g.accs.clear()
             g.rs.clear()
-            g.energies.clear()
 
     def _compute(self, g: _Group) -> None:
         """One kernel call (or none, for merged calls) and one set of reductions for the group's
         n calls of B items each; then each call's share is added to its accumulator."""
         lay, n, B = g.lay, g.n, g.batch
         nB = n * B
-        H, Nq, Nk = g.heads, g.n_q, g.n_k
-        dev = g.energies[0][0].device
+        v, out = g.bufs["v"][:nB], g.bufs["out"][:nB]
+        _, H, Nq, _ = out.shape
+        Nk = v.shape[-2]
+        dev = out.device
         kw = kernel_args(lay, Nq, Nk, g.maps, dev)
         if g.merged:
             ent = torch.cat([e for e, _ in g.rs]) if n > 1 else g.rs[0][0]
@@ -160,8 +153,9 @@ class DeferredStats:
         per = lay.per_branch
         nbc = B // per
         e = ent.reshape(n, nbc, per, H, Nq).sum(dim=(2, 4))  # (n, nbc, H)
-        o = torch.stack([eo for eo, _ in g.energies])  # (n, nbc, H), taken at each call
-        vv = torch.stack([ev for _, ev in g.energies])
+        # energies: squares in place on the copies (float32 sums for half-precision models)
+        o = out.float().square_().reshape(n, nbc, per, H, -1).sum(dim=(2, 4))
+        vv = v.float().square_().reshape(n, nbc, per, H, -1).sum(dim=(2, 4))
         inv_ln = 1.0 / math.log(Nk) if Nk > 1 else 0.0  # one key: normalized entropy 0
         cnt = torch.full_like(e, float(per * Nq))
         # to the host once for the group; each call's share is a numpy slice (no torch op per call)
@@ -177,7 +171,6 @@ class DeferredStats:
         g.n = 0
         g.accs.clear()
         g.rs.clear()
-        g.energies.clear()
 
 
 def _group_maps(lay: Layout, n: int, B: int, ent: torch.Tensor, key_pooled: torch.Tensor | None) -> dict | None:
