@@ -29,7 +29,9 @@ default the kernel compiles only after 10 s of the eager passes in a process).
 The warm-up round (2 steps) is timed too and printed beside each mode: it holds first-call costs,
 compiling the maps kernel among them.
 
-Prints a table of median and best-round seconds and their ratios to ``plain``. ``--profile DIR`` also writes a
+Prints a table of median and best-round seconds and their ratios to ``plain``, and the median of
+the rounds' own ratios to their ``plain`` run (``paired``: steadier when the machine's speed
+drifts across rounds). ``--profile DIR`` also writes a
 cProfile summary of one ``stats`` and one ``maps`` generation (top functions by own time) so
 the time per layer call can be traced to Python, op dispatch or arithmetic.
 """
@@ -186,12 +188,16 @@ def main() -> None:
         t0 = statistics.median(secs["plain"]) if "plain" in secs else float("nan")
         b0 = min(secs["plain"]) if "plain" in secs else float("nan")
         # the best round is the least disturbed by other load on a shared machine (as timeit
-        # reports); the median is shown beside it
-        print(f"  {'mode':<13}{'median s':>10}{'x plain':>9}{'best s':>9}{'x plain':>9}{'warm-up s':>11}   all rounds")
+        # reports); the median is shown beside it. "paired" is the median over rounds of each
+        # round's ratio to that round's plain run, taken minutes apart at most: a machine that
+        # slows down or speeds up across the rounds moves both sides of each ratio alike
+        print(f"  {'mode':<13}{'median s':>10}{'x plain':>9}{'best s':>9}{'x plain':>9}{'paired x':>10}"
+              f"{'warm-up s':>11}   all rounds")
         for mode, s in secs.items():
             med, best = statistics.median(s), min(s)
-            print(f"  {mode:<13}{med:>10.2f}{med / t0:>9.2f}{best:>9.2f}{best / b0:>9.2f}{warm[mode]:>11.2f}   "
-                  + " ".join(f"{x:.2f}" for x in s), flush=True)
+            paired = statistics.median(x / p for x, p in zip(s, secs["plain"])) if "plain" in secs else float("nan")
+            print(f"  {mode:<13}{med:>10.2f}{med / t0:>9.2f}{best:>9.2f}{best / b0:>9.2f}{paired:>10.2f}"
+                  f"{warm[mode]:>11.2f}   " + " ".join(f"{x:.2f}" for x in s), flush=True)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for mode in ("stats", "maps"):
