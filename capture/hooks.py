@@ -186,13 +186,24 @@ class _SDPAMode(torch.overrides.TorchFunctionMode):
 
 # The route each module's SDPA calls took, learnt by a first forward, kept for later hooks on the
 # same module (a sweep's or a benchmark's next trace on the same pipeline) while its processor and
-# forward are the same objects: module -> (processor, forward function, attribute_only). The route
-# is a property of that code, as within one trace, where the first forward decides for the rest.
+# forward are the same objects: module -> (processor, forward function, attribute_only), the
+# processor by weak reference where it allows one (a replaced processor, e.g. one holding adapter
+# weights, is not kept alive here). The route is a property of that code, as within one trace,
+# where the first forward decides for the rest.
 _ROUTES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _route_key(module: torch.nn.Module, forward) -> tuple:
     return getattr(module, "processor", None), getattr(forward, "__func__", forward)
+
+
+def _learn_route(module: torch.nn.Module, forward, attribute_only: bool) -> None:
+    proc, fwd = _route_key(module, forward)
+    try:
+        ref = weakref.ref(proc) if proc is not None else None
+    except TypeError:  # an object without weak references: held as it is
+        ref = lambda p=proc: p  # noqa: E731
+    _ROUTES[module] = (ref, fwd, attribute_only)
 
 
 def known_route(module: torch.nn.Module, forward=None) -> bool | None:
@@ -202,7 +213,8 @@ def known_route(module: torch.nn.Module, forward=None) -> bool | None:
     if got is None:
         return None
     proc, fwd = _route_key(module, forward if forward is not None else module.forward)
-    return got[2] if got[0] is proc and (forward is None or got[1] is fwd) else None
+    held = got[0]() if got[0] is not None else None
+    return got[2] if held is proc and (forward is None or got[1] is fwd) else None
 
 
 class AttentionLayerHook(ModelHook):
@@ -234,7 +246,7 @@ class AttentionLayerHook(ModelHook):
                 out = self.fn_ref.original_forward(*args, **kwargs)
             if icp.calls:
                 self.attribute_only = icp.by_mode == 0
-                _ROUTES[module] = (*_route_key(module, self.fn_ref.original_forward), self.attribute_only)
+                _learn_route(module, self.fn_ref.original_forward, self.attribute_only)
         if icp.calls == 0:
             proc = type(getattr(module, "processor", None)).__name__
             raise NoSDPAError(

@@ -240,3 +240,19 @@ def test_a_new_processor_is_learnt_again():
     attn(x)
     assert hook.attribute_only is True and hooks.known_route(attn) is True
     hooks.remove(attn, hooks.LAYER_HOOK)
+
+
+def test_a_replaced_processor_is_not_kept_alive_by_the_learnt_route():
+    import gc
+    import weakref
+
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    attn = Attention(query_dim=16, heads=2, dim_head=8, processor=AttnProcessor2_0())
+    first = weakref.ref(attn.processor)
+    hooked(attn, [])
+    attn(torch.randn(2, 5, 16))
+    hooks.remove(attn, hooks.LAYER_HOOK)
+    attn.set_processor(AttnProcessor2_0())
+    gc.collect()
+    assert first() is None and hooks.known_route(attn) is None
