@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layout import Accumulator, Layout, kernel_args, map_plan
+from .layout import Accumulator, Layout, kernel_args, map_plan, sq_sums
 from .stats import RowStats, batch_row_stats_, pooled_rows
 
 # A call is deferred when its score matrix has at most this many entries (B·H·Nq·Nk): there the
@@ -153,9 +153,9 @@ class DeferredStats:
         per = lay.per_branch
         nbc = B // per
         e = ent.reshape(n, nbc, per, H, Nq).sum(dim=(2, 4))  # (n, nbc, H)
-        # energies: squares in place on the copies (float32 sums for half-precision models)
-        o = out.float().square_().reshape(n, nbc, per, H, -1).sum(dim=(2, 4))
-        vv = v.float().square_().reshape(n, nbc, per, H, -1).sum(dim=(2, 4))
+        # energies, each call's branches a group of their own (float32 sums for half-precision models)
+        o = sq_sums(out, n * nbc).view(n, nbc, H)
+        vv = sq_sums(v, n * nbc).view(n, nbc, H)
         inv_ln = 1.0 / math.log(Nk) if Nk > 1 else 0.0  # one key: normalized entropy 0
         cnt = torch.full_like(e, float(per * Nq))
         # to the host once for the group; each call's share is a numpy slice (no torch op per call)
