@@ -337,6 +337,11 @@ class Catalog:
             files = {"attrs": d / STORE_NAME / "zarr.json", "stats": d / STATS_FILE, "metrics": d / METRICS_FILE}
             sigs = {k: catalog_index.signature(f) for k, f in files.items()}
             row = index.cached_row(d.name, sigs)
+            if row is not None and row.get("path") != str(d):
+                # the root under another spelling or from another directory (a relative root
+                # cached from the project's directory): the run is where it was listed just now
+                row = dict(row, path=str(d))
+                dirty = True
             if row is None:
                 row = run_row(d)
                 row.update({f"_sig_{k}": v for k, v in sigs.items()})

@@ -150,3 +150,23 @@ def test_root_whose_index_cannot_be_used(tmp_path, monkeypatch, blocker):
     _same(_tables(Catalog(root)), _direct(root, monkeypatch))
     if blocker == "file":
         assert (root / "catalog").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("segment_min", [2, 100])
+def test_a_root_opened_from_elsewhere_reads_its_runs_where_they_are(tmp_path, monkeypatch, segment_min):
+    """A root first opened by a relative path (``attnlens demo`` writes data/traces) and later by
+    another spelling from another directory (``attnlens dashboard --root /abs/...``): the cached
+    rows must not send DuckDB to the first spelling, relative to the wrong directory."""
+    monkeypatch.setattr(catalog_index, "SEGMENT_MIN", segment_min)
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    _runs("data/traces", 3)
+    first = _tables(Catalog("data/traces"))
+    assert first[0]["path"].str.startswith("data/traces").all()
+    monkeypatch.chdir(tmp_path)
+    cat = Catalog(tmp_path / "proj" / "data" / "traces")
+    runs, stats = _tables(cat)
+    assert cat.unreadable == {}
+    assert [os.path.realpath(p) for p in runs["path"]] == [str((tmp_path / "proj/data/traces/runs" / r).resolve())
+                                                          for r in runs["run"]]
+    pd.testing.assert_frame_equal(stats, first[1])
