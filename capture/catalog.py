@@ -17,6 +17,7 @@ Must not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -158,8 +159,13 @@ def _write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     from .catalog_index import write_parquet
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_parquet(df, tmp)
-    os.replace(tmp, path)
+    try:
+        write_parquet(df, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _sql_str(p) -> str:
@@ -246,7 +252,10 @@ def rebuild_run_table(run_dir: Path) -> bool:
         if old is not None and _finite_count(df) < _finite_count(old):
             raise RebuildError(f"the store yields {_finite_count(df)} finite statistics, its table has "
                                f"{_finite_count(old)}: the table is kept")
-    _write_parquet_atomic(df, out)
+    try:
+        _write_parquet_atomic(df, out)
+    except (OSError, duckdb.IOException) as e:  # a root this user may only read, a full disk
+        raise RebuildError(f"{STATS_FILE} cannot be written ({str(e).splitlines()[0][:160]})") from None
     return True
 
 

@@ -222,14 +222,18 @@ class RootIndex:
     def _atomic(self, path: Path, write) -> None:
         if not self.writable:
             return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
         try:
             self.dir.mkdir(exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
             write(tmp)
             os.replace(tmp, path)
-        except OSError as e:  # a read-only root: read without an index
+        except (OSError, duckdb.IOException) as e:
+            # a root this user may only read (a team's shared root), or a full disk: DuckDB's COPY
+            # reports either as its IOException, not as an OSError. Read without an index.
             self.writable = False
-            log.info("catalog index not written (%s); reading the runs directly", e)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.info("catalog index not written (%s); reading the runs directly", str(e).splitlines()[0])
 
 
 def _as_float(v) -> float | None:
@@ -313,4 +317,8 @@ def remove(root: Path) -> None:
         return
     for f in d.iterdir():
         if f.is_file() and not f.is_symlink():
-            f.unlink(missing_ok=True)
+            try:
+                f.unlink(missing_ok=True)
+            except OSError as e:  # a root this user may only read: its index stays as it is
+                log.warning("catalog index: %s not removed (%s)", f, e.strerror or e)
+                return

@@ -56,6 +56,7 @@ def cmd_capture(args) -> int:
     from .models.presets import resolve
 
     preset_only, _, _ = resolve(args.model)  # an unknown model fails before anything else
+    _writable_root(args.root)  # and a root this user may not write, before the model loads
     image_only = bool(preset_only and preset_only.needs_image and not preset_only.takes_prompt)
     prompts = [None] if image_only and not (args.prompt or args.prompts) else _read_prompts(args)
     specs = [PerturbSpec.parse(s) for s in args.perturb or []]
@@ -171,6 +172,7 @@ def _run_sweep(spec, args) -> dict:
         if not result["ok"]:
             bar[0].write(f"failed: {result['run']}: {result['error']}")
 
+    _writable_root(args.root)
     summary = execute(spec, args.root, workers=args.workers, threads=args.threads,
                       scheduler=getattr(args, "scheduler", None), progress=progress, batch=args.batch)
     if bar[0] is not None:
@@ -355,7 +357,17 @@ def cmd_sql(args) -> int:
 def cmd_catalog(args) -> int:
     from .catalog import Catalog
 
-    cat = Catalog(_existing_root(args.root))
+    root = _existing_root(args.root)
+    if args.rebuild:
+        from .root import RUNS_DIR
+
+        # each run's stats.parquet and the catalog's index are rewritten: on a root this user may
+        # only read (a team's shared root), say so once instead of failing run by run
+        locked = [p for p in (root, root / RUNS_DIR) if p.is_dir() and not os.access(p, os.W_OK | os.X_OK)]
+        if locked:
+            raise CLIError(f"{locked[0]} is read-only for this user: --rebuild rewrites every run's table and "
+                           f"the catalog's index there (list and query it without --rebuild, or rebuild a copy)")
+    cat = Catalog(root)
     rc = 0
     if args.rebuild:
         from tqdm.auto import tqdm
@@ -374,6 +386,23 @@ def cmd_catalog(args) -> int:
                  args.json)
     _report_unreadable(cat)
     return rc
+
+
+def _writable_root(root) -> Path:
+    """The trace root a command writes runs into. Its runs folder, or the nearest folder above it
+    that exists, must be a folder this user may write: checked before a model is loaded, so a
+    shared root someone else owns is refused at once rather than after the first generation."""
+    from .root import RUNS_DIR, trace_root
+
+    path = trace_root(root)
+    probe = path / RUNS_DIR
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CLIError(f"{probe} is a file, not a folder: runs cannot be written under it (choose another --root)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CLIError(f"{probe} is read-only for this user: runs cannot be written there (choose another --root)")
+    return path
 
 
 def _existing_root(root):
@@ -576,8 +605,10 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows the traceback
         if debug:
             raise
-        known = isinstance(e, _user_errors()) or isinstance(e, ValueError)
+        known = isinstance(e, _user_errors()) or isinstance(e, (ValueError, PermissionError))
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, PermissionError) and e.filename:  # writing into a root this user may only read
+            msg = f"permission denied: {e.filename}"
         prefix = "error" if known else f"error ({type(e).__name__})"
         print(f"attnlens: {prefix}: {msg}", file=sys.stderr)
         return 2 if known else 1

@@ -4,8 +4,11 @@ rebuilt or damaged, and on a root where the index cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+
+import duckdb
 
 import numpy as np
 import pandas as pd
@@ -150,6 +153,39 @@ def test_root_whose_index_cannot_be_used(tmp_path, monkeypatch, blocker):
     _same(_tables(Catalog(root)), _direct(root, monkeypatch))
     if blocker == "file":
         assert (root / "catalog").read_text() == "not a folder"
+
+
+def test_a_root_this_user_may_only_read(tmp_path, monkeypatch):
+    """A team's shared root: its owner's index is there, and this user's DuckDB cannot write the
+    updated one (COPY fails with DuckDB's IOException, not an OSError). The catalog reads the
+    runs directly and leaves the root as it was."""
+    monkeypatch.setattr(catalog_index, "SEGMENT_MIN", 2)
+    root = tmp_path / "root"
+    _runs(root, 3)
+    Catalog(root)  # the owner's open: index and segment written
+    _runs(root, 3, start=3)  # runs the index does not hold yet: opening it now would write
+    before = {p.name: p.read_bytes() for p in (root / "catalog").iterdir()}
+    real = catalog_index.RootIndex._cursor
+
+    class ReadOnly:
+        def __init__(self, cur):
+            self.cur = cur
+
+        def execute(self, sql, *a):
+            if sql.lstrip().upper().startswith("COPY"):
+                raise duckdb.IOException('IO Error: Cannot open file "x.tmp": Permission denied')
+            return self.cur.execute(sql, *a)
+
+    @contextlib.contextmanager
+    def read_only(self):
+        with real(self) as cur:
+            yield ReadOnly(cur)
+
+    monkeypatch.setattr(catalog_index.RootIndex, "_cursor", read_only)
+    got = _tables(Catalog(root))
+    assert sorted(got[0]["run"]) == [f"r-{i:03d}" for i in range(6)]
+    _same(got, _direct(root, monkeypatch))
+    assert {p.name: p.read_bytes() for p in (root / "catalog").iterdir()} == before  # nothing written, no .tmp
 
 
 @pytest.mark.parametrize("segment_min", [2, 100])

@@ -96,6 +96,85 @@ def test_cli_readers_report_the_damaged_runs_and_go_on(damaged, capsys, argv):
     assert "Traceback" not in err
 
 
+def test_rebuild_on_a_root_this_user_may_only_read(damaged, capsys, monkeypatch):
+    """A team's shared root opened by someone who may not write it: --rebuild is refused in one
+    line before anything is touched (os.access answers as that user would; root bypasses modes)."""
+    root, runs, _ = damaged
+    before = _snapshot(root)
+    import capture.cli as cli
+
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != root)
+    rc = main(["catalog", "--rebuild", "--root", str(root)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"attnlens: error: {root} is read-only for this user: --rebuild rewrites every run's "
+                               "table and the catalog's index there (list and query it without --rebuild, or "
+                               "rebuild a copy)")
+    assert _snapshot(root) == before
+
+
+def test_a_run_whose_table_cannot_be_written_keeps_it(damaged, monkeypatch):
+    """One run directory this user may not write (or a full disk): that run is named, keeps its
+    table, leaves no temporary file, and the others are rebuilt."""
+    import duckdb
+
+    import capture.catalog_index as ci
+
+    root, runs, _ = damaged
+    real = ci.write_parquet
+    d_table = (runs["d"] / STATS_FILE).read_bytes()
+
+    def refuse_d(df, path):
+        if Path(path).parent == runs["d"]:
+            Path(path).write_bytes(b"PAR1")  # a partial file, as a write cut short leaves
+            raise duckdb.IOException(f'IO Error: Cannot open file "{path}": Permission denied')
+        return real(df, path)
+
+    monkeypatch.setattr(ci, "write_parquet", refuse_d)
+    cat = Catalog(root)
+    assert cat.rebuild() == 3  # a, b, e
+    assert cat.problems[runs["d"].name].startswith("stats.parquet cannot be written (IO Error: Cannot open file")
+    assert (runs["d"] / STATS_FILE).read_bytes() == d_table
+    assert not list(runs["d"].glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("command", [["capture", "--model", "demo", "--prompt", "p"],
+                                     ["sweep", "--name", "s", "--model", "demo", "--prompt", "p"]])
+def test_writing_into_a_root_this_user_may_only_read_is_refused_before_the_model_loads(damaged, capsys, monkeypatch,
+                                                                                        command):
+    root, runs, _ = damaged
+    before = _snapshot(root)
+    import capture.cli as cli
+    import capture.models.presets as presets
+
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != root / "runs")
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(presets, "load_pipeline", no_load)
+    rc = main([*command, "--quiet", "--root", str(root)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"attnlens: error: {root / 'runs'} is read-only for this user: runs cannot be written "
+                               "there (choose another --root)")
+    assert _snapshot(root) == before
+    (tmp := root.parent / "file-root").write_text("")
+    assert main([*command, "--quiet", "--root", str(tmp / "sub")]) == 2
+    assert capsys.readouterr().err.strip() == (f"attnlens: error: {tmp} is a file, not a folder: runs cannot be "
+                                               "written under it (choose another --root)")
+
+
+def test_permission_denied_is_one_line(tmp_path, capsys, monkeypatch):
+    import capture.cli as cli
+
+    def refused(_):  # what creating a run in a root this user may only read raises
+        raise PermissionError(13, "Permission denied", str(tmp_path / "runs" / "20261205-000000-abcdef"))
+
+    monkeypatch.setattr(cli, "_existing_root", refused)
+    rc = main(["runs", "--root", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"attnlens: error: permission denied: {tmp_path / 'runs' / '20261205-000000-abcdef'}"
+
+
 def test_metrics_command_measures_every_readable_run(damaged, capsys):
     root, runs, _ = damaged
     names = [runs[k].name for k in "bde"]
