@@ -45,12 +45,25 @@ class Note:
     id: str = ""
 
 
+class NotSaved(OSError):
+    """A note or selection the trace root could not take: a root this user may only read (a team's
+    shared root served by someone else), a full disk, a file where the folder should be."""
+
+
 def _write_new(directory: Path, stem: str, text: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{stem}-{secrets.token_hex(4)}.json"
     tmp = directory / f".{final.name}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, final)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, final)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise NotSaved(f"not saved: {directory} cannot be written by this dashboard's user "
+                       f"({e.strerror or type(e).__name__})") from e
     return final
 
 

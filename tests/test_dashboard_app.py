@@ -107,6 +107,26 @@ def test_runs_note_form(app, root):
     got = notes.list_notes(path, ids["a"])
     assert [(n.author, n.text, n.tags) for n in got][-1:] == [("ana", "entropy drops at step 2", ["check", "odd"])]
     assert any("entropy drops at step 2" in m.value for m in at.text)  # plain text, never Markdown
+    assert at.text_area(key="runs_note_text").value == "" and at.text_input(key="runs_note_tags").value == ""
+    assert at.text_input(key="runs_note_author").value == "ana" and [s.value for s in at.success] == ["note added"]
+
+
+def test_a_note_the_root_cannot_take_is_an_error_on_the_page(app, root, monkeypatch):
+    path, ids = root
+    before = notes.list_notes(path, ids["a"])
+
+    def read_only(src, dst):  # a shared root this dashboard's user may only read
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(notes.os, "replace", read_only)
+    at = app("runs", run=ids["a"])
+    at.text_area(key="runs_note_text").input("entropy drops at step 2")
+    at.button(key="runs_note_submit").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"not saved: {path / notes.NOTES_DIR} cannot be written by this "
+                                           "dashboard's user (Permission denied)"]
+    assert notes.list_notes(path, ids["a"]) == before
+    assert at.text_area(key="runs_note_text").value == "entropy drops at step 2"  # kept, to copy or retry
 
 
 def test_layer_step_heatmap_and_difference(app, root):

@@ -26,6 +26,24 @@ def test_add_list_delete(tmp_path):
         notes.add_note(tmp_path, "run-1", "   ")
 
 
+def test_a_root_that_cannot_take_a_note_says_so(tmp_path, monkeypatch):
+    (tmp_path / notes.NOTES_DIR).write_text("")  # a file where the folder should be
+    with pytest.raises(notes.NotSaved, match="cannot be written by this dashboard's user"):
+        notes.add_note(tmp_path, "run-1", "x")
+    (tmp_path / notes.NOTES_DIR).unlink()
+
+    def read_only(src, dst):  # a root this user may only read: the rename is refused
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(notes.os, "replace", read_only)
+    with pytest.raises(notes.NotSaved, match=r"\(Permission denied\)"):
+        notes.add_note(tmp_path, "run-1", "x")
+    with pytest.raises(notes.NotSaved):
+        notes.save_selection(tmp_path, "low", Selection(model="m", layers=["a"], rule="names", statistic="entropy_norm"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no note, no temporary file left
+    assert notes.list_notes(tmp_path) == []
+
+
 def test_two_writers_at_once(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), who, 40)) for who in ("ana", "ben")]

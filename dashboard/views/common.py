@@ -104,23 +104,35 @@ def pick_runs(runs: pd.DataFrame, key: str, label: str, empty: str):
 
 def note_form(root_dir, prefix: str, target: str | None = None, targets=None, format_func=str) -> None:
     """A form adding a note to ``target``, or to one chosen among ``targets``; widget keys start
-    with ``prefix`` (``{prefix}_author``, ``_tags``, ``_text``, ``_submit``, ``_target``)."""
+    with ``prefix`` (``{prefix}_author``, ``_tags``, ``_text``, ``_submit``, ``_target``). The note
+    is written by the button's callback: the text is cleared only once it is saved, so a note the
+    root cannot take (a shared root this dashboard's user may only read) is still there to copy."""
     from .. import notes
 
-    with st.form(f"{prefix}_form", clear_on_submit=True):
+    def save(target):
+        ss = st.session_state
         if target is None:
-            target = st.selectbox("on", targets, key=f"{prefix}_target", format_func=format_func)
+            target = ss.get(f"{prefix}_target")
+        try:
+            notes.add_note(root_dir, target, ss.get(f"{prefix}_text", ""), author=ss.get(f"{prefix}_author", ""),
+                           tags=notes.parse_tags(ss.get(f"{prefix}_tags", "")))
+        except (ValueError, notes.NotSaved) as e:
+            ss[f"{prefix}_said"] = ("error", str(e))
+            return
+        ss[f"{prefix}_text"] = ss[f"{prefix}_tags"] = ""  # the author stays for the next note
+        ss[f"{prefix}_said"] = ("success", "note added")
+
+    with st.form(f"{prefix}_form"):
+        if target is None:
+            st.selectbox("on", targets, key=f"{prefix}_target", format_func=format_func)
         a, b = st.columns([1, 2])
-        author = a.text_input("your name", key=f"{prefix}_author")
-        tags = b.text_input("tags (comma separated)", key=f"{prefix}_tags")
-        text = st.text_area("note", key=f"{prefix}_text", height=80)
-        if st.form_submit_button("Add note", key=f"{prefix}_submit"):
-            try:
-                notes.add_note(root_dir, target, text, author=author, tags=notes.parse_tags(tags))
-                st.success("note added")
-                st.rerun()
-            except ValueError as e:
-                st.error(str(e))
+        a.text_input("your name", key=f"{prefix}_author")
+        b.text_input("tags (comma separated)", key=f"{prefix}_tags")
+        st.text_area("note", key=f"{prefix}_text", height=80)
+        st.form_submit_button("Add note", key=f"{prefix}_submit", on_click=save, args=(target,))
+        said = st.session_state.pop(f"{prefix}_said", None)
+        if said is not None:
+            getattr(st, said[0])(said[1])
 
 
 def unavailable(e: Exception) -> None:

@@ -88,7 +88,7 @@ def _body() -> None:
             try:
                 p = notes.save_selection(tr.root, name, sel)
                 st.success(f"saved as {p.stem}")
-            except ValueError as e:
+            except (ValueError, notes.NotSaved) as e:
                 st.error(str(e))
     saved = notes.list_selections(tr.root)
     if saved:
