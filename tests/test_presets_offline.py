@@ -39,3 +39,33 @@ def test_hub_presets_offline_fail_with_one_line_naming_the_checkpoint(tmp_path):
         assert msg.startswith("ModelError: cannot load "), (name, msg)
         assert "offline, hub ids load only from the local cache" in msg and "\n" not in msg, (name, msg)
         assert "stacktrace" not in msg, (name, msg)
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_the_model_is_built(monkeypatch, capsys, tmp_path):
+    """--device cuda on a CPU-only torch build (a laptop, CI), a GPU index past the last one, or
+    a name torch does not know: one line saying why, before any model is built."""
+    import torch
+
+    from capture.cli import main
+    from capture.models import presets
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built")
+
+    import dataclasses
+
+    monkeypatch.setitem(presets.PRESETS, "demo", dataclasses.replace(presets.PRESETS["demo"], load=no_build))
+    cases = {"gpu": "unknown device 'gpu'; e.g. cpu, cuda, cuda:1, mps, xpu"}
+    if not torch.cuda.is_available():
+        cases["cuda"] = "device 'cuda' is not available: "
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n:
+        cases[f"cuda:{n}"] = f"device 'cuda:{n}' is not available: this machine has {n} cuda device(s), numbered from 0"
+    if not torch.backends.mps.is_available():
+        cases["mps"] = "device 'mps' is not available: this machine or torch build has no MPS backend"
+    for device, needle in cases.items():
+        rc = main(["capture", "--model", "demo", "--prompt", "p", "--device", device, "--quiet",
+                   "--root", str(tmp_path / "root")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"attnlens: error: {needle}") and "\n" not in err, (device, err)
+    assert not (tmp_path / "root").exists()

@@ -387,9 +387,44 @@ def load_pipeline(spec: str, *, dtype: str | None = None, device: str | None = N
         return _load(spec, preset, opts, path, dtype, device)
 
 
+def check_device(device: str):
+    """The torch device ``device`` names, if this torch build and machine have it; otherwise
+    ModelError saying why (checked before a model is built, which takes minutes for a real one)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1, mps, xpu") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+                why = f"this torch build ({torch.__version__}) has no CUDA: install a CUDA build of torch"
+            else:
+                why = "no CUDA device is visible to this process (see nvidia-smi and CUDA_VISIBLE_DEVICES)"
+            raise ModelError(f"device {device!r} is not available: {why}, or use --device cpu")
+        n = torch.cuda.device_count()
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"device {device!r} is not available: this machine or torch build has no MPS backend")
+        n = 1
+    elif d.type == "xpu":
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise ModelError(f"device {device!r} is not available: no Intel XPU is visible to this torch build")
+        n = torch.xpu.device_count()
+    else:  # cpu, and backends torch knows through plugins (hpu, privateuseone): torch decides
+        return d
+    if d.index is not None and d.index >= n:
+        raise ModelError(f"device {device!r} is not available: this machine has {n} {d.type} device(s), "
+                         f"numbered from 0")
+    return d
+
+
 def _load(spec, preset, opts, path, dtype, device):
     if dtype is not None and dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if device:
+        check_device(device)
     tdtype = DTYPES[dtype] if dtype else None
     if preset is not None:
         pipe = preset.load(opts, tdtype)
