@@ -509,3 +509,28 @@ def test_every_family_that_decodes_per_video_says_how():
     flagged = [c for c in set(FAMILIES.values()) if c.decode_per_video]
     assert flagged  # Allegro, HunyuanVideo 1.5
     assert all(c.decode_video is not Family.decode_video for c in flagged), flagged
+
+
+def test_an_image_pipeline_is_named_as_one(tmp_path):
+    """A text-to-image pipeline (diffusers' StableDiffusionPipeline, tiny random weights) gives its
+    denoiser 4-D latents: the run fails with a line saying it is an image pipeline, not with a
+    shape error, and the pipeline is left without hooks."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from capture.models.tiny import tiny_animatediff
+
+    a = tiny_animatediff(0)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=a.text_encoder.config.hidden_size, norm_num_groups=32)
+    pipe = StableDiffusionPipeline(vae=a.vae, text_encoder=a.text_encoder, tokenizer=a.tokenizer, unet=unet,
+                                   scheduler=a.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"latent \(2, 4, 8, 8\) is an image's .* attnlens captures video pipelines"):
+        with trace(pipe, root=tmp_path) as tr:
+            pipe("a cat", height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert open_run(tr.run_dirs[-1]).attrs["status"] == dims.FAILED
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())

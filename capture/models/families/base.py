@@ -199,6 +199,9 @@ class Family:
         if x.dim() == 3 and None not in (f, h, w):
             return Geometry(batch=x.shape[0], frames=int(f), height=int(h), width=int(w), patch=self.patch,
                             patch_t=self.patch_t)
+        if x.dim() == 4:  # (B, C, H, W): a text-to-image pipeline's UNet or transformer
+            raise ValueError(f"{self.name}: the denoiser's latent {tuple(x.shape)} is an image's (batch, channels, "
+                             f"height, width), not a video's: attnlens captures video pipelines")
         raise ValueError(f"{self.name}: a latent of shape {tuple(x.shape)} is not a video this family can read")
 
     def timestep(self, args, kwargs) -> float | None:
