@@ -25,7 +25,9 @@ from capture.store import RUNS_DIR, STORE_NAME, StoreError, read_attrs
 
 from . import rules
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# a run id is its directory's name: one path component (people copy runs as "run (1)" or
+# "it's a run"); where it leads is checked in run_dir (no symlink, inside <root>/runs)
+_RUN_ID = re.compile(r"^(?!\.\.?\Z)[^/\\\x00-\x1f]+\Z")
 STATS = {dims.ENTROPY: "entropy (nats)", dims.ENTROPY_NORM: "normalized entropy", dims.ENERGY: "energy",
          dims.VALUE_ENERGY: "value energy", dims.MASS: "mass in part"}
 KIND_ORDER = {k: i for i, k in enumerate(dims.KINDS)}

@@ -209,6 +209,26 @@ def test_unavailable_runs_say_why(root):
     assert len(tr.layer_step(ids["a"], dims.ENTROPY)) > 0
 
 
+@pytest.mark.parametrize("name", ["copy of run (1)", "it's a run", "run[1]*", "été"])
+def test_runs_named_as_people_name_copies(tmp_path, name):
+    """A run directory copied by hand under another name is a run like any other in every view."""
+    import shutil
+
+    ids = make_root(tmp_path)
+    shutil.copytree(tmp_path / "runs" / ids["a"], tmp_path / "runs" / name)
+    tr = TraceRoot(tmp_path)
+    assert tr.runs().set_index("run").loc[name, "state"] == "complete"
+    for stat in (dims.ENTROPY_NORM, dims.ENERGY):
+        pd.testing.assert_frame_equal(tr.layer_step(name, stat), tr.layer_step(ids["a"], stat))
+    assert (tr.layer_step_diff(name, ids["a"], dims.ENTROPY)["value"] == 0).all()
+    per = tr.per_layer([name, ids["a"]], dims.ENTROPY_NORM)
+    pd.testing.assert_frame_equal(per.drop(columns="runs"), tr.per_layer([ids["a"]], dims.ENTROPY_NORM).drop(columns="runs"))
+    np.testing.assert_array_equal(tr.attention_map(name, 0, 0, "cond").values,
+                                  tr.attention_map(ids["a"], 0, 0, "cond").values)
+    np.testing.assert_array_equal(tr.entropy_map(name, 0, 0, "cond"), tr.entropy_map(ids["a"], 0, 0, "cond"))
+    assert tr.video_file(name) is not None
+
+
 def test_pivot_groups_kinds_in_model_order(root):
     tr, ids = root
     p = pivot(tr.layer_step(ids["a"], dims.ENTROPY_NORM))
