@@ -10,6 +10,7 @@ the pipeline is exactly as before.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -792,6 +793,12 @@ def validate_call(pipe, family, record: dict) -> None:
     if isinstance(steps, int) and not 1 <= steps <= n_train:
         raise CallError(f"num_inference_steps must be between 1 and {n_train} (the scheduler's training steps), "
                         f"not {steps}")
+    top = _past_last_timestep(pipe, steps) if isinstance(steps, int) else None
+    if top is not None:
+        cfg = dict(pipe.scheduler.config)
+        raise CallError(f"num_inference_steps {steps} with {type(pipe.scheduler).__name__} (timestep_spacing "
+                        f"{cfg.get('timestep_spacing')!r}, steps_offset {cfg.get('steps_offset')}) reaches timestep "
+                        f"{top}, past its last training step ({len(pipe.scheduler.alphas_cumprod) - 1}): use fewer steps")
     frames = record.get("num_frames", record.get("video_length", record.get("frames")))
     if isinstance(frames, int) and frames < 1:
         raise CallError(f"num_frames must be >= 1, not {frames}")
@@ -811,6 +818,24 @@ def validate_call(pipe, family, record: dict) -> None:
         v = record.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v >= 0):
             raise CallError(f"{key} must be finite and >= 0, not {v}")
+
+
+def _past_last_timestep(pipe, steps: int) -> int | None:
+    """The largest timestep a discrete scheduler (one that indexes its ``alphas_cumprod`` by
+    timestep: DDIM, DDPM, PNDM, ...) would use for ``steps`` steps if it is past the last entry
+    (DDIM with steps_offset 1 and 'leading' spacing at 1000 of 1000 steps fails with an IndexError
+    mid-run); else None. Flow-matching schedulers have no such table and are not checked."""
+    sched = getattr(pipe, "scheduler", None)
+    table = getattr(sched, "alphas_cumprod", None)
+    if table is None or not hasattr(sched, "set_timesteps"):
+        return None
+    try:
+        probe = copy.deepcopy(sched)
+        probe.set_timesteps(steps)
+        top = int(torch.as_tensor(probe.timesteps).max())
+    except Exception:  # noqa: BLE001 - a scheduler that needs more to set its timesteps: not checked
+        return None
+    return top if top >= len(table) else None
 
 
 def _all_finite(frames) -> bool:

@@ -23,6 +23,8 @@ CASES = {
     "steps 0": (CAP[:-3] + ["--steps", "0", "--quiet"], "--steps must be a positive integer"),
     "steps -1": (CAP[:-3] + ["--steps", "-1", "--quiet"], "--steps must be a positive integer"),
     "steps 100000": (CAP[:-3] + ["--steps", "100000", "--quiet"], "between 1 and 1000"),
+    # DDIM, steps_offset 1, 'leading' spacing: 1000 of 1000 steps index past alphas_cumprod (was an IndexError mid-run)
+    "steps 1000": (CAP[:-3] + ["--steps", "1000", "--quiet"], "reaches timestep 1000, past its last training step (999)"),
     "frames 0": (CAP + ["--frames", "0"], "frames must be a positive integer"),
     "frames -3": (CAP + ["--frames", "-3"], "frames must be a positive integer"),
     "height 0": (CAP + ["--height", "0"], "height must be a positive integer"),
