@@ -25,6 +25,7 @@ the only modules that touch diffusers internals.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
+
+log = logging.getLogger(__name__)
 
 LAYER_HOOK = "attnlens.attention"
 DENOISER_HOOK = "attnlens.denoiser"
@@ -294,6 +297,43 @@ def remove(module: torch.nn.Module, name: str) -> None:
 def has_hook(module: torch.nn.Module, name: str) -> bool:
     reg = getattr(module, "_diffusers_hook", None)
     return reg is not None and reg.get_hook(name) is not None
+
+
+@contextlib.contextmanager
+def eager_denoisers(pipe, attrs, denoisers):
+    """Run compiled denoisers uncompiled within the block: a ``torch.compile`` graph runs the
+    attention modules' forwards without their Python hooks (and ``OptimizedModule`` names them
+    ``_orig_mod.…``), so nothing inside it could be captured or perturbed. The pipeline's
+    attributes ``attrs`` that hold an ``OptimizedModule`` point at the module it wraps, and every
+    module of ``denoisers`` compiled in place (``nn.Module.compile()``, as diffusers' regional
+    compilation does) calls its plain forward; all is put back on exit. The video then matches
+    the uncompiled model's bit for bit (a compiled graph's own numerics may differ from it)."""
+    swapped, cleared = [], []
+    for attr in attrs:
+        mod = getattr(pipe, attr, None)
+        inner = getattr(mod, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module) and type(mod).__name__ == "OptimizedModule":
+            swapped.append((attr, mod))
+    for den in denoisers:
+        for m in den.modules():
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                cleared.append((m, m._compiled_call_impl))
+    if swapped or cleared:
+        log.warning("the denoiser is compiled with torch.compile (%s): it runs uncompiled while traced, since a "
+                    "compiled graph hides its attention calls", ", ".join(
+                        [f"pipe.{a}" for a, _ in swapped] + ([f"{len(cleared)} module(s) compiled in place"]
+                                                             if cleared else [])))
+    try:
+        for attr, mod in swapped:
+            setattr(pipe, attr, mod._orig_mod)
+        for m, _ in cleared:
+            m._compiled_call_impl = None
+        yield
+    finally:
+        for m, impl in cleared:
+            m._compiled_call_impl = impl
+        for attr, mod in swapped:
+            setattr(pipe, attr, mod)
 
 
 @contextlib.contextmanager

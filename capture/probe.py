@@ -85,7 +85,7 @@ def probe_layers(pipe, *, frames: int, height: int, width: int, text_tokens: int
         try:
             for l in mine:
                 hooks.register(modules[l.module], hooks.AttentionLayerHook(l.name, record), PROBE_HOOK)
-            with torch.no_grad(), hooks.native_attention_backend():
+            with torch.no_grad(), hooks.native_attention_backend(), hooks.eager_denoisers(None, (), [den]):
                 den(*args, **kwargs)
         finally:
             for l in mine:

@@ -71,6 +71,47 @@ def test_capture_is_bit_identical_and_leaves_no_hooks(which, anim_pipe, cog_pipe
     assert ds.attrs["prompt"] == "a red circle moving left" and ds.attrs["seed"] == 0
 
 
+@pytest.mark.parametrize("how", ["torch.compile", "regional"])
+def test_a_compiled_denoiser_is_captured_as_the_uncompiled_one(how, tmp_path, caplog):
+    """GPU users compile the denoiser (``pipe.unet = torch.compile(pipe.unet)``, or diffusers'
+    regional ``block.compile()``). A compiled graph runs the attention modules without their hooks:
+    before, the run's statistics were those of a different computation and the video matched
+    neither model. Now the denoiser runs uncompiled while traced: same layer names, statistics and
+    video as the uncompiled pipeline, and the compiled wrapper is back afterwards."""
+    from capture.layers import inventory
+    from capture.models.families import family_of
+    from capture.models.tiny import tiny_animatediff
+
+    pipe = tiny_animatediff(0)
+    names = [l.name for l in inventory(pipe, family_of(pipe))]
+    with trace(pipe, root=tmp_path / "a") as tr:
+        ref = gen(pipe, ANIM_CALL)
+    want = tr.dataset()
+    unet = pipe.unet
+    if how == "torch.compile":
+        pipe.unet = torch.compile(unet)
+        compiled = pipe.unet
+    else:
+        for block in unet.down_blocks:
+            block.compile()
+        impls = [b._compiled_call_impl for b in unet.down_blocks]
+        assert all(i is not None for i in impls)
+    assert [l.name for l in inventory(pipe, family_of(pipe))] == names  # the model's own names, no "_orig_mod."
+    with caplog.at_level("WARNING", logger="capture.hooks"), trace(pipe, root=tmp_path / "b") as tr:
+        out = gen(pipe, ANIM_CALL)
+    assert "it runs uncompiled while traced" in caplog.text
+    assert np.array_equal(out, ref)
+    got = tr.dataset()
+    assert list(got[dims.LAYER_NAME].values) == list(want[dims.LAYER_NAME].values)
+    for v in (*dims.SCALAR_STATS, dims.MAP_SPATIAL, dims.MAP_TEMPORAL, dims.ENTROPY_MAP):
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    if how == "torch.compile":
+        assert pipe.unet is compiled
+    else:
+        assert [b._compiled_call_impl for b in unet.down_blocks] == impls
+    assert no_attnlens_hooks(pipe)
+
+
 def test_hooks_are_removed_when_generation_raises(anim_pipe, root):
     cls = type(anim_pipe)
 

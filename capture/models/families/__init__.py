@@ -11,7 +11,7 @@ import torch
 
 from .allegro import AllegroFamily
 from .animatediff import AnimateDiffFamily
-from .base import Family, Geometry, block_rank, is_attention, output_sample, with_sample
+from .base import Family, Geometry, block_rank, is_attention, output_sample, unwrap_compiled, with_sample
 from .cogvideox import CogVideoXFamily
 from .generic import GenericFamily, infer_kind
 from .hunyuan import HunyuanVideoFamily
@@ -47,14 +47,15 @@ DENOISER_ATTRS = ("unet", "transformer", "prior")
 
 
 def denoiser_of(pipe_or_denoiser):
-    """(denoiser, attribute name) of a pipeline; a denoiser passed directly is returned as is."""
+    """(denoiser, attribute name) of a pipeline; a denoiser passed directly is returned as is. A
+    denoiser wrapped by ``torch.compile`` is the module it wraps (see unwrap_compiled)."""
     for attr in DENOISER_ATTRS:
         den = getattr(pipe_or_denoiser, attr, None)
         if isinstance(den, torch.nn.Module):
-            return den, attr
+            return unwrap_compiled(den), attr
     if hasattr(pipe_or_denoiser, "components"):
         raise ValueError(f"{type(pipe_or_denoiser).__name__} has no denoiser (no unet or transformer component)")
-    return pipe_or_denoiser, None
+    return unwrap_compiled(pipe_or_denoiser), None
 
 
 def family_of(pipe_or_denoiser) -> Family:

@@ -35,6 +35,15 @@ class Geometry:
         return self.height // self.patch, self.width // self.patch
 
 
+
+def unwrap_compiled(module):
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else the module itself:
+    its ``named_modules()`` carry the model's own names, not ``_orig_mod.``-prefixed ones."""
+    inner = getattr(module, "_orig_mod", None)
+    if isinstance(inner, torch.nn.Module) and type(module).__name__ == "OptimizedModule":
+        return inner
+    return module
+
 def is_attention(module: torch.nn.Module) -> bool:
     """A diffusers attention module (the classic ``Attention`` or any ``AttentionModuleMixin``)."""
     try:
@@ -113,18 +122,23 @@ class Family:
         self.in_channels = getattr(denoiser.config, "in_channels", None)
 
     def denoiser(self, pipe):
-        return getattr(pipe, self.denoiser_attr)
+        return unwrap_compiled(getattr(pipe, self.denoiser_attr))
 
     def denoisers(self, pipe) -> list[tuple[str, torch.nn.Module]]:
         """(name prefix, denoiser) of every denoiser the pipeline runs: the prefix is "" for one
-        denoiser, else its attribute and a dot (``transformer.``, ``transformer_2.``)."""
+        denoiser, else its attribute and a dot (``transformer.``, ``transformer_2.``). A denoiser
+        wrapped by ``torch.compile`` is the module it wraps, with the model's own layer names."""
         if not hasattr(pipe, "components"):  # a denoiser passed directly
-            return [("", pipe)]
-        found = [(a, getattr(pipe, a, None)) for a in (self.denoiser_attr, f"{self.denoiser_attr}_2")]
-        found = [(a, m) for a, m in found if isinstance(m, torch.nn.Module)]
+            return [("", unwrap_compiled(pipe))]
+        found = [(a, getattr(pipe, a, None)) for a in self.denoiser_attrs()]
+        found = [(a, unwrap_compiled(m)) for a, m in found if isinstance(m, torch.nn.Module)]
         if len(found) == 1:
             return [("", found[0][1])]
         return [(f"{a}.", m) for a, m in found]
+
+    def denoiser_attrs(self) -> tuple[str, str]:
+        """The pipeline attributes that may hold a denoiser (Wan 2.2's second expert as well)."""
+        return self.denoiser_attr, f"{self.denoiser_attr}_2"
 
     def all_attention_layers(self, pipe_or_denoiser):
         """(prefix, module, name, kind, block) over every denoiser, in data-flow order per denoiser."""
