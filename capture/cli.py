@@ -56,7 +56,9 @@ def cmd_capture(args) -> int:
     from .models.presets import resolve
 
     preset_only, _, _ = resolve(args.model)  # an unknown model fails before anything else
-    _writable_root(args.root)  # and a root this user may not write, before the model loads
+    from .root import writable_root
+
+    writable_root(args.root)  # and a root this user may not write, before the model loads
     image_only = bool(preset_only and preset_only.needs_image and not preset_only.takes_prompt)
     prompts = [None] if image_only and not (args.prompt or args.prompts) else _read_prompts(args)
     specs = [PerturbSpec.parse(s) for s in args.perturb or []]
@@ -172,7 +174,9 @@ def _run_sweep(spec, args) -> dict:
         if not result["ok"]:
             bar[0].write(f"failed: {result['run']}: {result['error']}")
 
-    _writable_root(args.root)
+    from .root import writable_root
+
+    writable_root(args.root)
     summary = execute(spec, args.root, workers=args.workers, threads=args.threads,
                       scheduler=getattr(args, "scheduler", None), progress=progress, batch=args.batch)
     if bar[0] is not None:
@@ -386,23 +390,6 @@ def cmd_catalog(args) -> int:
                  args.json)
     _report_unreadable(cat)
     return rc
-
-
-def _writable_root(root) -> Path:
-    """The trace root a command writes runs into. Its runs folder, or the nearest folder above it
-    that exists, must be a folder this user may write: checked before a model is loaded, so a
-    shared root someone else owns is refused at once rather than after the first generation."""
-    from .root import RUNS_DIR, trace_root
-
-    path = trace_root(root)
-    probe = path / RUNS_DIR
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CLIError(f"{probe} is a file, not a folder: runs cannot be written under it (choose another --root)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise CLIError(f"{probe} is read-only for this user: runs cannot be written there (choose another --root)")
-    return path
 
 
 def _existing_root(root):

@@ -36,6 +36,28 @@ def trace_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
 
 
+class RootNotWritable(StoreError):
+    """A trace root a command would write runs into, which this user may not write."""
+
+
+def writable_root(root: str | os.PathLike | None = None) -> Path:
+    """The trace root a command writes runs into (see trace_root). Its runs folder, or the nearest
+    folder above it that exists, must be a folder this user may write: commands check before a
+    model is loaded, so a shared root someone else owns is refused at once rather than after the
+    first generation. Raises RootNotWritable saying which folder and why."""
+    path = trace_root(root)
+    probe = path / RUNS_DIR
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RootNotWritable(f"{probe} is a file, not a folder: runs cannot be written under it "
+                              f"(choose another --root)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RootNotWritable(f"{probe} is read-only for this user: runs cannot be written there "
+                              f"(choose another --root)")
+    return path
+
+
 def new_run_id() -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{now}-{secrets.token_hex(3)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from capture.root import ROOT_ENV, trace_root
+from capture.root import ROOT_ENV, trace_root, writable_root
 
 
 def cmd_select(args) -> int:
@@ -44,6 +44,7 @@ def cmd_apply_enhance(args) -> int:
     from .enhance import EnhanceConfig, enhance
 
     sel = _read_selection(args.selection)
+    writable_root(args.root)  # a root this user may not write: refused before the model loads
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
@@ -85,6 +86,7 @@ def cmd_apply_edit(args) -> int:
     from .edit import edit, injected_layers, measure_edit
 
     sel = _read_selection(args.selection)
+    writable_root(args.root)  # a root this user may not write: refused before the model loads
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     n = call["num_inference_steps"]
@@ -135,6 +137,7 @@ def cmd_compare(args) -> int:
 
     from .compare import METHODS, CompareConfig, demo_pairs, frechet_by_method, run_comparison, write_report
 
+    writable_root(args.root)  # a root this user may not write: refused before the model loads
     pipe, preset, defaults = load_pipeline(args.model, dtype=args.dtype, device=args.device, quiet=args.quiet)
     call = _call(args, defaults, preset)
     if args.prompts:

@@ -138,13 +138,21 @@ def test_a_run_whose_table_cannot_be_written_keeps_it(damaged, monkeypatch):
 
 
 @pytest.mark.parametrize("command", [["capture", "--model", "demo", "--prompt", "p"],
-                                     ["sweep", "--name", "s", "--model", "demo", "--prompt", "p"]])
+                                     ["sweep", "--name", "s", "--model", "demo", "--prompt", "p"],
+                                     ["apply", "enhance", "--model", "demo", "--prompt", "p", "--selection", "{sel}"],
+                                     ["compare", "--model", "demo", "--clips", "1"]])
 def test_writing_into_a_root_this_user_may_only_read_is_refused_before_the_model_loads(damaged, capsys, monkeypatch,
-                                                                                        command):
+                                                                                        command, tmp_path):
     root, runs, _ = damaged
     before = _snapshot(root)
     import capture.cli as cli
     import capture.models.presets as presets
+    from capture.selection import Selection
+
+    sel = tmp_path / "sel.json"
+    Selection(model="demo", layers=["mid_block.attentions.0.transformer_blocks.0.attn1"], rule="names",
+              statistic="entropy_norm").save(sel)
+    command = [a.replace("{sel}", str(sel)) for a in command]
 
     monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != root / "runs")
 
