@@ -83,10 +83,11 @@ def _video(rng, frames: int, size: int) -> np.ndarray:
 def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int = 25, frames: int = 16,
               grid: int = 8, branches=dims.BRANCHES_CFG, maps: bool = True, video_size: int = 32,
               attrs: dict | None = None, status: str = dims.COMPLETE, run_id: str | None = None,
-              perturbed_layers: tuple[int, ...] = (), maps_every: int = 1) -> str:
+              perturbed_layers: tuple[int, ...] = (), maps_every: int = 1, timesteps=None) -> str:
     """Write one synthetic run; returns its id. ``status`` 'running' leaves it unfinished, 'failed'
     marks it failed. ``perturbed_layers``: layer indices flagged perturbed at every step.
-    ``maps_every``: maps only at steps that are multiples of it (capture's ``maps_every``)."""
+    ``maps_every``: maps only at steps that are multiples of it (capture's ``maps_every``).
+    ``timesteps``: the scheduler's timestep at each step (default: evenly from 999 to 0)."""
     nl, nb = len(layers), len(branches)
     heads = max(l["heads"] for l in layers)
     a = {"model": "synthetic", "family": "animatediff", "prompt": "a synthetic prompt", "negative_prompt": "",
@@ -101,7 +102,9 @@ def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int 
     head_offset = rng.normal(0, 0.05, (nl, heads))
     drift = rng.normal(0, 0.08, nl)
     energy_scale = np.exp(rng.normal(0, 0.7, nl)) * np.array([l["n_query"] for l in layers])
-    timesteps = np.linspace(999, 0, steps).round()
+    timesteps = np.linspace(999, 0, steps).round() if timesteps is None else np.asarray(timesteps, dtype=float)
+    if len(timesteps) != steps:
+        raise ValueError(f"{len(timesteps)} timesteps for {steps} steps")
     perturbed = np.zeros((nl, nb), dtype=bool)
     perturbed[list(perturbed_layers)] = True
     for s in range(steps):

@@ -66,6 +66,11 @@ def layer_step_diff(path: str, run_a: str, run_b: str, stat: str, **kw):
 
 
 @st.cache_data(show_spinner=False, ttl=RUN_TTL, max_entries=256)
+def step_match(path: str, run_a: str, run_b: str):
+    return _open(path).step_match(run_a, run_b)
+
+
+@st.cache_data(show_spinner=False, ttl=RUN_TTL, max_entries=256)
 def per_layer(path: str, run_ids: tuple[str, ...], stat: str, **kw):
     return _open(path).per_layer(list(run_ids), stat, **kw)
 

@@ -185,12 +185,26 @@ class TraceRoot:
             f"GROUP BY ALL ORDER BY {dims.LAYER}, {dims.STEP}", params)
 
     def layer_step_diff(self, run_a: str, run_b: str, stat: str, **kw) -> pd.DataFrame:
-        """value(a) - value(b) per (layer name, step) present in both runs."""
+        """value(a) − value(b) per layer name at the denoising steps both runs have, matched as
+        :meth:`step_match` says (by timestep where both runs recorded theirs); rows keep run a's
+        step and timestep."""
+        key = self.step_match(run_a, run_b)["by"]
         a = self.layer_step(run_a, stat, **kw)
         b = self.layer_step(run_b, stat, **kw)
-        m = a.merge(b[[dims.LAYER_NAME, dims.STEP, "value"]], on=[dims.LAYER_NAME, dims.STEP], suffixes=("_a", "_b"))
+        m = a.merge(b[[dims.LAYER_NAME, key, "value"]], on=[dims.LAYER_NAME, key], suffixes=("_a", "_b"))
         m["value"] = m["value_a"] - m["value_b"]
         return m
+
+    def step_match(self, run_a: str, run_b: str) -> dict:
+        """How two runs' steps pair up for a difference. By timestep where both runs recorded one
+        at every step: runs of different step counts, or captured every k-th step, reach the same
+        noise level at different step indices (and share only some timesteps, or none); else by
+        captured step index. Returns by (the column matched), steps_a, steps_b, common (how many
+        steps of run a have a partner)."""
+        sa, sb = self.steps(run_a), self.steps(run_b)
+        by = dims.TIMESTEP if (sa[dims.TIMESTEP].notna().all() and sb[dims.TIMESTEP].notna().all()) else dims.STEP
+        common = int(sa[by].isin(set(sb[by])).sum())
+        return {"by": by, "steps_a": len(sa), "steps_b": len(sb), "common": common}
 
     def per_layer(self, run_ids, stat: str, *, step: int | None = None, branch: str = "cond", part: str = "all",
                   head_agg: str = "mean", step_agg: str = "mean") -> pd.DataFrame:

@@ -129,6 +129,42 @@ def test_a_note_the_root_cannot_take_is_an_error_on_the_page(app, root, monkeypa
     assert at.text_area(key="runs_note_text").value == "entropy drops at step 2"  # kept, to copy or retry
 
 
+def test_differences_of_runs_with_other_timesteps(tmp_path, monkeypatch):
+    """Runs of 5 and 9 steps, and one whose timesteps none of them has: the difference views say
+    how the steps were paired, or that none pair up (and draw no heat map of different noise levels)."""
+    from capture.synthetic import animatediff_like_layers, write_run
+    from dashboard import cache
+
+    layers = animatediff_like_layers(n_down=1, heads=2, frames=4, grid=4, latent=8)
+    kw = dict(layers=layers, frames=4, grid=4, maps=False)
+    write_run(tmp_path, np.random.default_rng(0), steps=5, run_id="five", **kw)
+    write_run(tmp_path, np.random.default_rng(1), steps=9, run_id="nine", **kw)
+    write_run(tmp_path, np.random.default_rng(2), steps=5, run_id="shifted", timesteps=[990, 740, 490, 240, 10], **kw)
+    monkeypatch.setenv("ATTNLENS_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    cache.reload()
+
+    def run(view, **query):
+        at = AppTest.from_string(f"from dashboard.views import {view}\n{view}.render()", default_timeout=90)
+        for k, v in query.items():
+            at.query_params[k] = v
+        return at.run()
+
+    at = run("layer_step", ls_run="five", ls_minus="nine")
+    assert not at.exception and len(_figs(at)) == 1
+    assert [c.value for c in at.caption if c.value.startswith("Steps paired")] == [
+        "Steps paired by timestep: the 5 steps both runs have (run five: 5 captured steps, run nine: 9); "
+        "the others are left out."]
+    at = run("layer_step", ls_run="five", ls_minus="shifted")
+    assert not at.exception and _figs(at) == []
+    assert any("share no denoising timestep (run five: 5 captured steps, run shifted: 5)" in w.value
+               for w in at.warning)
+    at = run("compare", cmp_a="five", cmp_b="shifted")
+    assert not at.exception and len(_figs(at)) == 1  # the per-layer bars (means over each run's steps) only
+    assert any("share no denoising timestep" in w.value for w in at.warning)
+    cache.reload()
+
+
 def test_layer_step_heatmap_and_difference(app, root):
     path, ids = root
     at = app("layer_step", ls_run=ids["a"], ls_stat=dims.ENERGY)  # state from the URL

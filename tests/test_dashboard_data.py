@@ -209,6 +209,34 @@ def test_unavailable_runs_say_why(root):
     assert len(tr.layer_step(ids["a"], dims.ENTROPY)) > 0
 
 
+def test_layer_step_diff_pairs_steps_by_timestep(tmp_path):
+    """A 5-step run against a 9-step one (evenly spaced timesteps 999 … 0): the 9-step run reaches
+    the 5-step run's timesteps at its steps 0, 2, 4, 6 and 8, and only those pairs are compared;
+    a run with none of those timesteps pairs with nothing."""
+    from capture.synthetic import animatediff_like_layers, write_run
+
+    layers = animatediff_like_layers(n_down=1, heads=2, frames=4, grid=4, latent=8)
+    kw = dict(layers=layers, frames=4, grid=4, maps=False)
+    a = write_run(tmp_path, np.random.default_rng(0), steps=5, run_id="five", **kw)
+    b = write_run(tmp_path, np.random.default_rng(1), steps=9, run_id="nine", **kw)
+    c = write_run(tmp_path, np.random.default_rng(2), steps=5, run_id="shifted", timesteps=[990, 740, 490, 240, 10],
+                  **kw)
+    tr = TraceRoot(tmp_path)
+    assert tr.step_match(a, b) == {"by": dims.TIMESTEP, "steps_a": 5, "steps_b": 9, "common": 5}
+    d = tr.layer_step_diff(a, b, dims.ENTROPY_NORM)
+    fa, fb = _frame(tr, a), _frame(tr, b)
+    sel = lambda f: f[(f[dims.BRANCH] == "cond") & (f[dims.PART] == "all")].groupby(  # noqa: E731
+        [dims.LAYER_NAME, dims.STEP])[dims.ENTROPY_NORM].mean()
+    ra, rb = sel(fa), sel(fb)
+    pairs = {0: 0, 1: 2, 2: 4, 3: 6, 4: 8}  # step of a -> step of b at the same timestep
+    ref = pd.Series({(n, sa): ra[(n, sa)] - rb[(n, sb)] for n in ra.index.levels[0] for sa, sb in pairs.items()})
+    got = d.set_index([dims.LAYER_NAME, dims.STEP])["value"]
+    assert len(got) == len(ref) == 5 * len(layers)
+    np.testing.assert_allclose(got.sort_index().to_numpy(), ref.sort_index().to_numpy(), rtol=1e-5, atol=1e-6)
+    assert tr.step_match(b, a)["common"] == 5 and len(tr.layer_step_diff(b, a, dims.ENTROPY_NORM)) == len(got)
+    assert tr.step_match(a, c)["common"] == 0 and tr.layer_step_diff(a, c, dims.ENTROPY_NORM).empty
+
+
 @pytest.mark.parametrize("name", ["copy of run (1)", "it's a run", "run[1]*", "été"])
 def test_runs_named_as_people_name_copies(tmp_path, name):
     """A run directory copied by hand under another name is a run like any other in every view."""

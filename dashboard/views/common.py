@@ -13,6 +13,8 @@ import time
 import pandas as pd
 import streamlit as st
 
+from capture import dims
+
 from .. import cache, state
 from ..data import RunUnavailable, TraceRoot
 
@@ -133,6 +135,23 @@ def note_form(root_dir, prefix: str, target: str | None = None, targets=None, fo
         said = st.session_state.pop(f"{prefix}_said", None)
         if said is not None:
             getattr(st, said[0])(said[1])
+
+
+def steps_paired(path: str, run_a: str, run_b: str) -> bool:
+    """Say how a (layer, step) difference of run_a − run_b pairs the runs' steps (see
+    TraceRoot.step_match) where that is not simply step by step; False when no step pairs up."""
+    m = cache.step_match(path, run_a, run_b)
+    counts = f"run {run_a}: {m['steps_a']} captured steps, run {run_b}: {m['steps_b']}"
+    if m["common"] == 0:
+        unavailable(f"the two runs share no denoising {'timestep' if m['by'] == dims.TIMESTEP else 'step'} "
+                    f"({counts}): a step-by-step difference would compare different noise levels")
+        return False
+    if m["common"] < max(m["steps_a"], m["steps_b"]):
+        how = "timestep" if m["by"] == dims.TIMESTEP else "captured step index (a run has no timesteps recorded)"
+        n = m["common"]
+        st.caption(f"Steps paired by {how}: the {n} step{'s' if n != 1 else ''} both runs have ({counts}); "
+                   f"the others are left out.")
+    return True
 
 
 def unavailable(e: Exception) -> None:

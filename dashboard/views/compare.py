@@ -9,7 +9,7 @@ from capture import dims
 
 from .. import cache, figures, rules, state, words
 from ..data import STATS
-from .common import complete_runs, guard, pick_run, root, show, unavailable, video
+from .common import complete_runs, guard, pick_run, root, show, steps_paired, unavailable, video
 
 ATTRS = ("model", "prompt", "seed", "perturbation", "num_inference_steps", "guidance_scale", "num_frames", "height",
          "width", "capture")
@@ -63,6 +63,8 @@ def _body() -> None:
     bars = cache.figure(("cmp_bars", path, a, b, stat, branch, title),
                         lambda: figures.layer_diff_bars(d, label=f"Δ {STATS[stat]}", title=title))
     show(bars, d, title, "cmp_bars")
+    if not steps_paired(path, b, a):
+        return
     hd = cache.layer_step_diff(path, b, a, stat, branch=branch)
     ht = f"Δ {STATS[stat]} over (layer, step) = run {b} − run {a} · {branch}"
     heat = cache.figure(("cmp_heat", path, a, b, stat, branch, ht),

@@ -8,7 +8,7 @@ from capture import dims
 
 from .. import cache, figures, rules, state
 from ..data import STATS
-from .common import complete_runs, guard, pick_run, root, run_label, show
+from .common import complete_runs, guard, pick_run, root, run_label, show, steps_paired
 
 NO_COMPARE = "(none)"
 
@@ -52,6 +52,8 @@ def _body() -> None:
         fig = cache.figure(("layer_step", path, run_id, stat, tuple(sorted(kw.items())), title),
                            lambda: figures.layer_step_heatmap(df, label=label, title=title))
     else:
+        if not steps_paired(path, run_id, other):
+            return
         df = cache.layer_step_diff(path, run_id, other, stat, **kw)
         title = f"Δ {label} = run {run_id} − run {other} · branch {branch} · {how}"
         fig = cache.figure(("layer_step_diff", path, run_id, other, stat, tuple(sorted(kw.items())), title),
