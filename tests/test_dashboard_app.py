@@ -162,6 +162,13 @@ def test_differences_of_runs_with_other_timesteps(tmp_path, monkeypatch):
     at = run("compare", cmp_a="five", cmp_b="shifted")
     assert not at.exception and len(_figs(at)) == 1  # the per-layer bars (means over each run's steps) only
     assert any("share no denoising timestep" in w.value for w in at.warning)
+    at = run("proportions", pr_runs="five,nine", pr_step="1")  # timesteps 749 and 874
+    assert not at.exception and len(_figs(at)) == 1
+    assert [w.value.lstrip("⚠ ") for w in at.warning] == [
+        "the chosen runs are at different timesteps at step 1 (five: 749, nine: 874): the mean mixes noise levels; "
+        "choose runs with the same steps, or aggregate over steps"]
+    at = run("proportions", pr_runs="five,nine", pr_step="0")  # both at 999: nothing to say
+    assert not at.exception and not at.warning
     cache.reload()
 
 

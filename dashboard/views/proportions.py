@@ -41,7 +41,25 @@ def _body() -> None:
     state.sync("pr_runs", "pr_step", "pr_sagg", "pr_hagg", "pr_formula", "pr_line", "pr_branch")
     df = cache.proportions(path, tuple(chosen), step=None if step == ALL_STEPS else int(step), branch=branch,
                            formula=formula, red_line=line, head_agg=hagg, step_agg=sagg)
+    if step != ALL_STEPS and len(chosen) > 1:
+        _same_timestep(path, chosen, int(step))
     where = f"step {step}" if step != ALL_STEPS else rules.STEP_AGG[sagg]
     who = f"run {chosen[0]}" if len(chosen) == 1 else f"mean of {len(chosen)} runs"
     title = f"Energy and entropy proportions · {who} · {where} · {rules.HEAD_AGG[hagg]} · branch {branch}"
     show(figures.proportion_figure(df, formula=formula, red_line=line, title=title), df, title, "proportions")
+
+
+def _same_timestep(path: str, run_ids, step: int) -> None:
+    """The mean over runs at one step index mixes noise levels where the runs reach that step at
+    different timesteps (different step counts, or captured every k-th step): say so."""
+    at = {}
+    for r in run_ids:
+        st_ = cache.steps(path, r)
+        row = st_[st_["step"] == step]
+        at[r] = float(row["timestep"].iloc[0]) if len(row) and row["timestep"].notna().all() else None
+    values = {t for t in at.values() if t is not None}
+    missing = [r for r, t in at.items() if t is None]
+    if len(values) > 1 or missing:
+        shown = ", ".join(f"{r}: {t:g}" if t is not None else f"{r}: none" for r, t in at.items())
+        st.warning(f"⚠ the chosen runs are at different timesteps at step {step} ({shown}): the mean mixes noise "
+                   f"levels; choose runs with the same steps, or aggregate over steps", icon=None)
