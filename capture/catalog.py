@@ -255,7 +255,7 @@ def rebuild_run_table(run_dir: Path) -> bool:
     try:
         _write_parquet_atomic(df, out)
     except (OSError, duckdb.IOException) as e:  # a root this user may only read, a full disk
-        raise RebuildError(f"{STATS_FILE} cannot be written ({str(e).splitlines()[0][:160]})") from None
+        raise RebuildError(f"{STATS_FILE} cannot be written ({str(e).splitlines()[0]})") from None
     return True
 
 
@@ -550,7 +550,10 @@ def write_run_metrics(run_dir: Path, rows: pd.DataFrame) -> Path:
         keep = ~old.set_index(["metric", "baseline"]).index.isin(rows.set_index(["metric", "baseline"]).index)
         rows = pd.concat([old[keep], rows], ignore_index=True)
     path = run_dir / METRICS_FILE
-    _write_parquet_atomic(rows, path)
+    try:
+        _write_parquet_atomic(rows, path)
+    except (OSError, duckdb.IOException) as e:  # a run folder this user may only read, a full disk
+        raise StoreError(f"run {run_dir.name}: {METRICS_FILE} cannot be written ({str(e).splitlines()[0]})") from None
     return path
 
 

@@ -183,6 +183,26 @@ def test_permission_denied_is_one_line(tmp_path, capsys, monkeypatch):
     assert rc == 2 and err == f"attnlens: error: permission denied: {tmp_path / 'runs' / '20261205-000000-abcdef'}"
 
 
+def test_metrics_that_cannot_be_written_name_the_file(damaged, capsys, monkeypatch):
+    import duckdb
+
+    import capture.catalog_index as ci
+
+    root, runs, _ = damaged
+    d_metrics = (runs["d"] / METRICS_FILE).read_bytes()
+
+    def refuse(df, path):  # a run folder this user may only read
+        raise duckdb.IOException(f'IO Error: Cannot open file "{path}": Permission denied')
+
+    monkeypatch.setattr(ci, "write_parquet", refuse)
+    rc = main(["metrics", runs["d"].name, "--root", str(root)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith(f"attnlens: run {runs['d'].name} not measured: run {runs['d'].name}: "
+                                      "metrics.parquet cannot be written (IO Error: Cannot open file")
+    assert err.endswith("Permission denied)") and "\n" not in err
+    assert (runs["d"] / METRICS_FILE).read_bytes() == d_metrics
+
+
 def test_metrics_command_measures_every_readable_run(damaged, capsys):
     root, runs, _ = damaged
     names = [runs[k].name for k in "bde"]
