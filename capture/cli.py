@@ -363,11 +363,11 @@ def cmd_catalog(args) -> int:
 
     root = _existing_root(args.root)
     if args.rebuild:
-        from .root import RUNS_DIR
+        from .root import RUNS_DIR, read_only
 
         # each run's stats.parquet and the catalog's index are rewritten: on a root this user may
         # only read (a team's shared root), say so once instead of failing run by run
-        locked = [p for p in (root, root / RUNS_DIR) if p.is_dir() and not os.access(p, os.W_OK | os.X_OK)]
+        locked = [p for p in (root, root / RUNS_DIR) if read_only(p)]
         if locked:
             raise CLIError(f"{locked[0]} is read-only for this user: --rebuild rewrites every run's table and "
                            f"the catalog's index there (list and query it without --rebuild, or rebuild a copy)")

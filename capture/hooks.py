@@ -308,11 +308,12 @@ def eager_denoisers(pipe, attrs, denoisers):
     module of ``denoisers`` compiled in place (``nn.Module.compile()``, as diffusers' regional
     compilation does) calls its plain forward; all is put back on exit. The video then matches
     the uncompiled model's bit for bit (a compiled graph's own numerics may differ from it)."""
+    from .models.families.base import unwrap_compiled
+
     swapped, cleared = [], []
     for attr in attrs:
         mod = getattr(pipe, attr, None)
-        inner = getattr(mod, "_orig_mod", None)
-        if isinstance(inner, torch.nn.Module) and type(mod).__name__ == "OptimizedModule":
+        if mod is not None and unwrap_compiled(mod) is not mod:
             swapped.append((attr, mod))
     for den in denoisers:
         for m in den.modules():
@@ -325,7 +326,7 @@ def eager_denoisers(pipe, attrs, denoisers):
                                                              if cleared else [])))
     try:
         for attr, mod in swapped:
-            setattr(pipe, attr, mod._orig_mod)
+            setattr(pipe, attr, unwrap_compiled(mod))
         for m, _ in cleared:
             m._compiled_call_impl = None
         yield

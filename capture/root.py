@@ -40,6 +40,11 @@ class RootNotWritable(StoreError):
     """A trace root a command would write runs into, which this user may not write."""
 
 
+def read_only(folder: Path) -> bool:
+    """Whether ``folder`` is a folder this user may not create files in."""
+    return folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK)
+
+
 def writable_root(root: str | os.PathLike | None = None) -> Path:
     """The trace root a command writes runs into (see trace_root). Its runs folder, or the nearest
     folder above it that exists, must be a folder this user may write: commands check before a
@@ -52,7 +57,7 @@ def writable_root(root: str | os.PathLike | None = None) -> Path:
     if not probe.is_dir():
         raise RootNotWritable(f"{probe} is a file, not a folder: runs cannot be written under it "
                               f"(choose another --root)")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if read_only(probe):
         raise RootNotWritable(f"{probe} is read-only for this user: runs cannot be written there "
                               f"(choose another --root)")
     return path

@@ -252,11 +252,9 @@ class Tracer:
             for den in self.denoisers:
                 hooks.register(den, hooks.DenoiserInputHook(self._on_denoiser), hooks.DENOISER_HOOK)
                 self._stack.callback(hooks.remove, den, hooks.DENOISER_HOOK)
-            if hasattr(self.pipe, "components"):
-                self._stack.enter_context(hooks.eager_denoisers(self.pipe, self.family.denoiser_attrs(),
-                                                                self.denoisers))
-            else:  # a denoiser passed directly: only its modules compiled in place
-                self._stack.enter_context(hooks.eager_denoisers(None, (), self.denoisers))
+            # a denoiser passed directly has no pipeline attributes: only its modules compiled in place
+            attrs = self.family.denoiser_attrs() if hasattr(self.pipe, "components") else ()
+            self._stack.enter_context(hooks.eager_denoisers(self.pipe, attrs, self.denoisers))
             self._stack.enter_context(hooks.native_attention_backend())
             self._stack.enter_context(_wrapped_call(self.pipe, self._call))
         except BaseException:

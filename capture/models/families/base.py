@@ -35,7 +35,6 @@ class Geometry:
         return self.height // self.patch, self.width // self.patch
 
 
-
 def unwrap_compiled(module):
     """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else the module itself:
     its ``named_modules()`` carry the model's own names, not ``_orig_mod.``-prefixed ones."""
@@ -43,6 +42,7 @@ def unwrap_compiled(module):
     if isinstance(inner, torch.nn.Module) and type(module).__name__ == "OptimizedModule":
         return inner
     return module
+
 
 def is_attention(module: torch.nn.Module) -> bool:
     """A diffusers attention module (the classic ``Attention`` or any ``AttentionModuleMixin``)."""
