@@ -240,6 +240,31 @@ class Accumulator:
         self.host: dict[str, np.ndarray] = {}
         self.calls = 0
 
+    def widen(self, lay: Layout, at: int) -> None:
+        """Re-lay the sums of this accumulator's branches as branches ``at``, ``at + 1``, ... of
+        ``lay``'s ``lay.n_branch``: for a run that learns at a step's second denoiser call that
+        the first was one CFG branch of several (the tracer's two-pass inference). Every sum keeps
+        its value; the new branches start at zero."""
+        nb_old, nb = self.lay.n_branch, lay.n_branch
+        if nb < at + nb_old:
+            raise ValueError(f"{nb_old} branch(es) at {at} do not fit in {nb}")
+
+        def grow(x):
+            shape = (nb,) + tuple(x.shape[1:])
+            new = x.new_zeros(shape) if isinstance(x, torch.Tensor) else np.zeros(shape, dtype=x.dtype)
+            new[at:at + nb_old] = x
+            return new
+
+        if self._sums is not None:
+            self._sums = grow(self._sums)
+        for n in ("map_s", "map_s_n", "map_t", "map_t_n", "emap", "emap_n"):
+            if getattr(self, n, None) is not None:
+                setattr(self, n, grow(getattr(self, n)))
+        self.host = {n: grow(h) for n, h in self.host.items()}
+        self.videos = [0.0] * at + self.videos + [0.0] * (nb - at - nb_old)
+        self.lay = lay
+        self._map_shapes = (nb,) + self._map_shapes[1:]
+
     def sums(self) -> torch.Tensor:
         """The per-(branch, part, head) sums on the device: one tensor, so each call adds with one
         index_add. Allocated on first use: calls whose sums are computed in groups add on the host."""

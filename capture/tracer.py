@@ -294,6 +294,8 @@ class Tracer:
     def _call(self, call_original, args, kwargs):
         record = self._record = _call_record(self._pipe_cls, args, kwargs)
         validate_call(self.pipe, self.family, record)  # before anything is generated or stored
+        h, w = record.get("height"), record.get("width")
+        self.family.pixel_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
         n_steps = record.get("num_inference_steps")
         if isinstance(n_steps, int):  # bad step windows fail before anything is generated or stored
             for spec in self.specs:
@@ -400,6 +402,9 @@ class Tracer:
             extra = {"seconds": round(time.perf_counter() - t0, 3), "geometry": asdict(self.geometry) if self.geometry else None}
             if self._extra_calls:
                 extra["uncaptured_calls_per_step"] = self._extra_calls
+            if self._cfg_inferred:
+                extra["branches_inferred"] = ("two denoiser calls per step on the same latents: CFG's conditional "
+                                              "(first) and unconditional passes")
             if self.kinds_inferred:
                 extra["kinds_inferred"] = {n: {"kind": k, "reason": GENERIC_REASONS.get(r) if r else None}
                                            for n, (k, r) in self.kinds_inferred.items()}
@@ -452,7 +457,11 @@ class Tracer:
         self._side_log: dict[int, set[str]] = {}  # step -> layers a side pass perturbed
         self._step_t: float | None = None  # timestep of the current step (steps from the denoiser's input)
         self._others_warned = False
-        self._extra_calls = 0  # most denoiser calls per step beyond the captured one (main_call_only)
+        self._extra_calls = 0  # most denoiser calls per step beyond the captured one(s)
+        self._extra_warned = False
+        self._first_call = None  # (latent, timestep) of a generic run's first call (_two_pass_cfg)
+        self._cfg_total: int | None = None  # CFG branches per step when inferred, not declared
+        self._cfg_inferred = False
         self._item_qk: dict = {}  # (layer, branch, video) -> (q, k) of per-item calls, for M
         self._deferred.discard()  # calls of a failed run's last step
 
@@ -469,28 +478,75 @@ class Tracer:
             if self._step_t is not None and t != self._step_t:
                 self._end_step(self.step, self._step_t)
             self._step_t = t
+        idx = self._calls_in_step
+        self._calls_in_step += 1
         if self.family.main_call_only and not self.family.separate_cfg_calls:
             # the pipeline's own guidance passes (LTX-2: STG, modality isolation) follow the step's
             # batched CFG call; they are run as the model makes them, not captured
-            idx = self._calls_in_step
-            self._calls_in_step += 1
             self._call_branch = (0, 0) if idx == 0 else None
             if idx:
                 self._extra_calls = max(self._extra_calls, idx)
                 return
-        self.geometry = self.family.geometry(args, kwargs)
-        if self.family.infers_kinds and self._branches is None and self._calls_in_step == 0:
+        geo = self.family.geometry(args, kwargs)
+        if self.family.infers_kinds and self._branches is None and idx == 0:
             # one denoiser call per CFG branch when a call holds one item per video while CFG is on
-            self.family.separate_cfg_calls = (self.geometry.batch == self._n_videos
+            self.family.separate_cfg_calls = (geo.batch == self._n_videos
                                               and self.family.cfg_branches(self.pipe, self._record) == 2)
+            self._cfg_total = None
+            if not self.family.separate_cfg_calls and geo.batch == self._n_videos:
+                # kept to recognize CFG run as two calls by a pipeline that does not say it does
+                self._first_call = (self.family.latent(args, kwargs).clone(), self.family.timestep(args, kwargs))
         if self.family.separate_cfg_calls:
             # e.g. Wan: the cond call, then the uncond call, each a batch of its own
-            total = self.family.cfg_branches(self.pipe, self._record)
-            idx = self._calls_in_step
-            self._calls_in_step += 1
+            total = self._cfg_total or self.family.cfg_branches(self.pipe, self._record)
             self._call_branch = (total - 1 - idx, total) if idx < total else None
-            if self._call_branch is None:
-                log.warning("denoiser call %d in step %d has no CFG branch; not captured", idx, self.step)
+        elif idx == 0:
+            total, self._call_branch = 1, (0, 0)
+        elif idx == 1 and self._two_pass_cfg(args, kwargs):
+            total, self._call_branch = 2, (0, 2)
+        else:
+            total, self._call_branch = 1, None
+        if self._call_branch is None:
+            # never pooled with the captured call(s): a guidance pass or a condition of its own
+            self._extra_calls = max(self._extra_calls, idx + 1 - total)
+            if not self._extra_warned:
+                self._extra_warned = True
+                log.warning("%s called its denoiser %d times in step %d; call %d is not a CFG branch attnlens can "
+                            "place, so it runs uncaptured (as every further call does; the run records "
+                            "uncaptured_calls_per_step)", type(self.pipe).__name__, idx + 1, self.step, idx + 1)
+            return
+        self.geometry = geo
+
+    def _two_pass_cfg(self, args, kwargs) -> bool:
+        """At the second denoiser call of a generic-family run's first step: whether the pipeline
+        runs CFG as two calls without saying so (no ``do_classifier_free_guidance``; Kandinsky 5):
+        the same latents at the same timestep twice, with a guidance scale above 1 if it has one.
+        If so, the first call's sums become branch ``cond`` (diffusers' separate-pass pipelines
+        make the conditional call first) and this call is ``uncond``; the run records the inference."""
+        first, self._first_call = self._first_call, None
+        if first is None or self.step != 0 or self._branches is not None:
+            return False
+        x, t = self.family.latent(args, kwargs), self.family.timestep(args, kwargs)
+        if not (isinstance(x, torch.Tensor) and x.shape == first[0].shape and t == first[1] and torch.equal(x, first[0])):
+            return False
+        g = self._record.get("guidance_scale")
+        if not isinstance(g, (int, float)):
+            try:
+                g = getattr(self.pipe, "guidance_scale", None)
+            except AttributeError:  # a property over state the call has not set
+                g = None
+        if isinstance(g, (int, float)) and g <= 1:
+            return False
+        self._deferred.flush()  # the first call's deferred sums reach its accumulators first
+        for acc in self._acc.values():
+            acc.widen(replace(acc.lay, n_branch=2, branch_base=1), at=1)
+        self._layouts = {n: replace(lay, n_branch=2, branch_base=1) for n, lay in self._layouts.items()}
+        self._layout_cache.clear()
+        self._perturbed = {k: {b + 1 for b in v} for k, v in self._perturbed.items()}
+        self.family.separate_cfg_calls, self._cfg_total, self._cfg_inferred = True, 2, True
+        log.info("%s: two denoiser calls per step on the same latents, recorded as CFG branches cond (the first) "
+                 "and uncond", type(self.pipe).__name__)
+        return True
 
     def _end_step(self, i: int, timestep) -> None:
         t = float(timestep.item() if hasattr(timestep, "item") else timestep)
@@ -507,6 +563,7 @@ class Tracer:
         self._acc.clear()
         self._perturbed.clear()
         self._calls_in_step = 0
+        self._first_call = None
         self.step = i + 1
         if self.on_step is not None:
             self.on_step(i, t)

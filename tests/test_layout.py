@@ -206,3 +206,48 @@ def test_squared_sums_per_group_and_head_in_every_memory_layout(memory, shape):
         got = sq_sums(x, groups)
         assert got.dtype == torch.float32 and got.shape == (groups, H)
         torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("via", ["device", "host"])
+def test_widened_accumulator_equals_one_laid_out_for_both_branches(via):
+    """A run that learns at a step's second call that the first was the cond branch of two
+    (capture.tracer's two-pass inference): the widened accumulator, after the uncond call, holds
+    exactly what an accumulator made for two branches from the start holds after both calls."""
+    from dataclasses import replace
+
+    from capture import deferred
+
+    geo = Geometry(batch=1, frames=2, height=4, width=4)  # one video per call: one call per branch
+    g = torch.Generator().manual_seed(7)
+    calls = []
+    for _ in range(2):
+        q, k, v = (torch.randn(2, 3, 16, 4, generator=g) * 1.5 for _ in range(3))
+        calls.append((q, k, v, F.scaled_dot_product_attention(q, k, v, scale=0.5)))
+
+    def add(acc, lay, call):
+        q, k, v, out = call
+        if via == "host":  # the deferred path: sums arrive as host arrays at the step's end
+            d = deferred.DeferredStats()
+            d.add(acc, lay, q, k, v, out, 0.5, 1, True)
+            d.flush()
+        else:
+            accumulate(acc, q, k, v, None, 0.5, out, maps=True, lay=lay)
+
+    one = make_layout("spatial", 2, 16, 16, geo, 1, 2)
+    assert one.n_branch == 1
+    acc = Accumulator(one, 3, torch.device("cpu"))
+    add(acc, one, calls[0])  # taken for the only branch
+    acc.widen(replace(one, n_branch=2, branch_base=1), at=1)
+    add(acc, make_layout("spatial", 2, 16, 16, geo, 1, 2, total_branches=2, branch_base=0), calls[1])
+
+    both = Accumulator(make_layout("spatial", 2, 16, 16, geo, 1, 2, total_branches=2, branch_base=1), 3,
+                       torch.device("cpu"))
+    for base, call in ((1, calls[0]), (0, calls[1])):
+        add(both, make_layout("spatial", 2, 16, 16, geo, 1, 2, total_branches=2, branch_base=base), call)
+    got, want = acc.result(), both.result()
+    assert set(got) == set(want) and acc.videos == both.videos == [1.0, 1.0]
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    a, h = explicit(calls[0][0], calls[0][1], 0.5)  # the first call's own numbers sit in branch 1 (cond)
+    torch.testing.assert_close(got[dims.ENTROPY][1, PART_INDEX["all"]].double(), h.mean(dim=(0, 2)), rtol=1e-5,
+                               atol=1e-6)

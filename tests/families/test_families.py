@@ -534,3 +534,93 @@ def test_an_image_pipeline_is_named_as_one(tmp_path):
             pipe("a cat", height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert open_run(tr.run_dirs[-1]).attrs["status"] == dims.FAILED
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+
+
+def _tiny_kandinsky5():
+    """Kandinsky 5's text-to-video pipeline with random weights (the dummy sizes of diffusers' own
+    pipeline test), no text encoders: its calls take prompt embeddings, as after encode_prompt."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline,
+                           Kandinsky5Transformer3DModel)
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, spatial_compression_ratio=8,
+                                    temporal_compression_ratio=4, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                                    layers_per_block=1, norm_num_groups=4)
+    den = Kandinsky5Transformer3DModel(in_visual_dim=4, in_text_dim=16, in_text_dim2=32, time_dim=32, out_visual_dim=4,
+                                       patch_size=(1, 2, 2), model_dim=48, ff_dim=128, num_text_blocks=1,
+                                       num_visual_blocks=2, axes_dims=(8, 8, 8), visual_cond=False)
+    pipe = Kandinsky5T2VPipeline(transformer=den.eval(), vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                 text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    embeds = {}
+    for side in ("", "negative_"):
+        embeds |= {f"{side}prompt_embeds_qwen": torch.randn(1, 4, 16, generator=g),
+                   f"{side}prompt_embeds_clip": torch.randn(1, 32, generator=g),
+                   f"{side}prompt_cu_seqlens": torch.tensor([0, 4], dtype=torch.int32)}
+    call = dict(embeds, num_inference_steps=2, height=32, width=64, num_frames=5, output_type="np")
+    return pipe, call
+
+
+def _k5(pipe, call, **kw):
+    return pipe(generator=torch.Generator().manual_seed(0), **call, **kw).frames
+
+
+def test_generic_family_places_cfg_run_as_two_calls(tmp_path, caplog):
+    """Kandinsky 5 runs CFG as two denoiser calls per step (cond, then uncond) and says so nowhere
+    (no do_classifier_free_guidance): the generic family sees the same latents twice in the first
+    step and records the calls as the branches cond and uncond, each exact against the explicit
+    softmax of its own SDPA calls; its channels-last latents give the right video geometry, so
+    the kinds are inferred (joint, cross; the text encoder blocks' self-attention is other)."""
+    pipe, call = _tiny_kandinsky5()
+    family = family_of(pipe)
+    assert isinstance(family, GenericFamily)
+    ref = _k5(pipe, call, guidance_scale=5.0)
+    tr = trace(pipe, root=tmp_path, layers="all")
+    seen = record_step0(tr)
+    with tr, caplog.at_level("WARNING"):
+        out = _k5(pipe, call, guidance_scale=5.0)
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    assert ds["branch"].values.tolist() == ["uncond", "cond"]
+    assert "CFG" in ds.attrs["branches_inferred"] and "uncaptured_calls_per_step" not in ds.attrs
+    geo = ds.attrs["geometry"]  # latents (1, 2, 4, 8, 4): 5 frames in 2 latent ones, 32x64 / 8, 4 channels last
+    assert (geo["frames"], geo["height"], geo["width"]) == (2, 4, 8)
+    kinds = {n: v["kind"] for n, v in ds.attrs["kinds_inferred"].items()}
+    assert kinds == {"text_transformer_blocks.0.self_attention": "other",
+                     "visual_transformer_blocks.0.self_attention": "joint",
+                     "visual_transformer_blocks.0.cross_attention": "cross",
+                     "visual_transformer_blocks.1.self_attention": "joint",
+                     "visual_transformer_blocks.1.cross_attention": "cross"}
+    assert tr.family.separate_cfg_calls and check_run(ds, seen, tr.family) < 1e-5
+    cond, uncond = (ds[dims.ENTROPY].sel(branch=b, part="all").values for b in ("cond", "uncond"))
+    assert np.isfinite(cond).all() and np.isfinite(uncond).all() and not np.allclose(cond, uncond)
+    assert not [r for r in caplog.records if "uncaptured" in r.getMessage()]
+
+    # without guidance the pipeline makes one call per step: one branch, no inference recorded
+    with trace(pipe, root=tmp_path, layers="all") as tr1:
+        _k5(pipe, call, guidance_scale=1.0)
+    ds1 = tr1.dataset()
+    assert ds1["branch"].values.tolist() == ["cond"] and "branches_inferred" not in ds1.attrs
+    assert not tr1.family.separate_cfg_calls
+
+
+def test_a_second_call_that_is_no_branch_is_not_pooled(tmp_path, monkeypatch, caplog):
+    """A second denoiser call in a step that attnlens cannot place as a CFG branch (here: the
+    inference switched off) runs uncaptured: the step's statistics are the first call's alone,
+    equal to a run with guidance off on the same prompt, and the run says how many calls per step
+    it left out; one warning, not one per step."""
+    from capture.tracer import Tracer
+
+    pipe, call = _tiny_kandinsky5()
+    with trace(pipe, root=tmp_path, layers="all") as single:
+        _k5(pipe, call, guidance_scale=1.0)
+    monkeypatch.setattr(Tracer, "_two_pass_cfg", lambda self, args, kwargs: False)
+    with caplog.at_level("WARNING"), trace(pipe, root=tmp_path, layers="all") as tr:
+        _k5(pipe, call, guidance_scale=5.0)
+    ds, ds1 = tr.dataset(), single.dataset()
+    assert ds["branch"].values.tolist() == ["cond"] and ds.attrs["uncaptured_calls_per_step"] == 1
+    # the first call of each step is the conditional one; step 0 sees the same latents either way
+    np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=0).values, ds1[dims.ENTROPY].isel(step=0).values)
+    warned = [r for r in caplog.records if "uncaptured" in r.getMessage()]
+    assert len(warned) == 1 and "called its denoiser 2 times in step 0" in warned[0].getMessage()

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+# axes of a denoiser's 5-D latent input: diffusers' UNets and most transformers, CogVideoX-style,
+# and channels last (Kandinsky 5)
+LATENT_LAYOUTS = ("BCFHW", "BFCHW", "BFHWC")
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -108,7 +112,8 @@ class Family:
         """One video's latents (batch 1) -> the pipeline's decoded video tensor, as its own decode
         step makes it (only for families with ``decode_per_video``)."""
         raise NotImplementedError(f"the {self.name} family has no per-video decode")
-    latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input ("BFCHW" for CogVideoX-style)
+    latent_layout = "BCFHW"  # axes of the denoiser's 5-D latent input (one of LATENT_LAYOUTS)
+    pixel_hw: tuple[int, int] | None = None  # the pipeline call's (height, width), set by the tracer
     vae_scale, time_scale = 8, 1
 
     def __init__(self, denoiser=None):
@@ -117,9 +122,10 @@ class Family:
 
     # -- architecture ---------------------------------------------------------------------------
     def configure(self, denoiser) -> None:
-        """Read what geometry needs from the denoiser's config (patch sizes)."""
-        self.patch, self.patch_t = config_patch(denoiser.config)
-        self.in_channels = getattr(denoiser.config, "in_channels", None)
+        """Read what geometry needs from the denoiser's config (patch sizes, latent channels)."""
+        cfg = denoiser.config
+        self.patch, self.patch_t = config_patch(cfg)
+        self.in_channels = getattr(cfg, "in_channels", None) or getattr(cfg, "in_visual_dim", None)  # Kandinsky 5
 
     def denoiser(self, pipe):
         return unwrap_compiled(getattr(pipe, self.denoiser_attr))
@@ -203,10 +209,12 @@ class Family:
         if x.dim() == 5:
             layout = self.latent_layout
             ch = getattr(self, "in_channels", None)
-            if ch is not None and x.shape[1] != ch and x.shape[2] == ch:
-                layout = "BFCHW"
-            elif ch is not None and x.shape[1] == ch and x.shape[2] != ch:
-                layout = "BCFHW"
+            fits = [lay for lay in LATENT_LAYOUTS if x.shape[lay.index("C")] == ch]
+            if fits and layout not in fits:  # the channel count says where the channels are
+                hw = self.pixel_hw  # and where it fits two axes (a tiny latent), the frame's aspect
+                fits = [lay for lay in fits if hw is None
+                        or x.shape[lay.index("H")] * hw[1] == x.shape[lay.index("W")] * hw[0]] or fits
+                layout = fits[0]
             b, f, h, w = (x.shape[layout.index(a)] for a in "BFHW")
             return Geometry(batch=b, frames=f, height=h, width=w, patch=self.patch, patch_t=self.patch_t)
         f, h, w = (kwargs.get(k) for k in ("num_frames", "height", "width"))
