@@ -624,3 +624,37 @@ def test_a_second_call_that_is_no_branch_is_not_pooled(tmp_path, monkeypatch, ca
     np.testing.assert_array_equal(ds[dims.ENTROPY].isel(step=0).values, ds1[dims.ENTROPY].isel(step=0).values)
     warned = [r for r in caplog.records if "uncaptured" in r.getMessage()]
     assert len(warned) == 1 and "called its denoiser 2 times in step 0" in warned[0].getMessage()
+
+
+def test_generic_family_reads_cfg_branches_from_a_guider(tmp_path):
+    """MotifVideo runs CFG through a diffusers guider (one transformer call per condition) and has
+    no family: the generic family takes the branches from the guider's conditions (declared, not
+    inferred), each exact against the explicit softmax of its own calls."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, MotifVideoPipeline
+    from diffusers.guiders import AdaptiveProjectedGuidance
+    from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
+
+    torch.manual_seed(0)  # the dummy sizes of diffusers' own MotifVideo pipeline test
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    den = MotifVideoTransformer3DModel(in_channels=33, out_channels=16, num_attention_heads=2, attention_head_dim=12,
+                                       num_layers=1, num_single_layers=1, mlp_ratio=4.0, patch_size=1, patch_size_t=1,
+                                       qk_norm="rms_norm", text_embed_dim=32, rope_axes_dim=(4, 4, 4))
+    pipe = MotifVideoPipeline(transformer=den, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                              text_encoder=None, tokenizer=None, guider=AdaptiveProjectedGuidance())
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    call = dict(prompt_embeds=torch.randn(1, 6, 32, generator=g), prompt_attention_mask=torch.ones(1, 6, dtype=torch.bool),
+                negative_prompt_embeds=torch.randn(1, 6, 32, generator=g),
+                negative_prompt_attention_mask=torch.ones(1, 6, dtype=torch.bool), num_inference_steps=2, height=16,
+                width=16, num_frames=9, output_type="np")
+    ref = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    tr = trace(pipe, root=tmp_path, layers="all")
+    assert isinstance(tr.family, GenericFamily)
+    seen = record_step0(tr)
+    with tr:
+        out = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    assert ds["branch"].values.tolist() == ["uncond", "cond"] and "branches_inferred" not in ds.attrs
+    assert tr.family.separate_cfg_calls and check_run(ds, seen, tr.family) < 1e-5

@@ -244,7 +244,7 @@ class Family:
             v = getattr(pipe, attr, None)
             if isinstance(v, bool):
                 return 2 if v else 1
-        return 1
+        return guider_branches(getattr(pipe, "guider", None))
 
     def batch_slice(self, args: tuple, kwargs: dict, lo: int, batch: int) -> tuple[tuple, dict]:
         """The denoiser inputs of batch items ``lo:`` of a call with ``batch`` items: every tensor
@@ -268,6 +268,15 @@ class Family:
     def probe_inputs(self, denoiser, frames: int, height: int, width: int, text_tokens: int):
         """(args, kwargs) for one denoiser forward at this video size (layer inventory probe)."""
         raise NotImplementedError(f"the {self.name} family has no probe inputs; run a capture to see token counts")
+
+
+def guider_branches(guider) -> int:
+    """Branches per step of a diffusers guider (ClassifierFreeGuidance: 2 while enabled and
+    guidance_scale > 1); 1 without one. The one place that reads a guider's state."""
+    if guider is None:
+        return 1
+    enabled = getattr(guider, "_enabled", True)
+    return int(getattr(guider, "num_conditions", 1)) if enabled else 1
 
 
 def output_sample(out) -> torch.Tensor:

@@ -6,6 +6,7 @@ transformer's timestep."""
 
 from __future__ import annotations
 
+from .base import guider_branches
 from .hunyuan import HunyuanVideoFamily
 
 
@@ -20,11 +21,3 @@ class HunyuanVideo15Family(HunyuanVideoFamily):
     def cfg_branches(self, pipe, record=None):
         return guider_branches(getattr(pipe, "guider", None))
 
-
-def guider_branches(guider) -> int:
-    """Branches per step of a diffusers guider (ClassifierFreeGuidance: 2 while enabled and
-    guidance_scale > 1). The one place that reads a guider's state."""
-    if guider is None:
-        return 1
-    enabled = getattr(guider, "_enabled", True)
-    return int(getattr(guider, "num_conditions", 1)) if enabled else 1
