@@ -536,7 +536,7 @@ def test_an_image_pipeline_is_named_as_one(tmp_path):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
 
 
-def _tiny_kandinsky5():
+def _tiny_kandinsky5(**config):
     """Kandinsky 5's text-to-video pipeline with random weights (the dummy sizes of diffusers' own
     pipeline test), no text encoders: its calls take prompt embeddings, as after encode_prompt."""
     from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline,
@@ -548,7 +548,11 @@ def _tiny_kandinsky5():
                                     layers_per_block=1, norm_num_groups=4)
     den = Kandinsky5Transformer3DModel(in_visual_dim=4, in_text_dim=16, in_text_dim2=32, time_dim=32, out_visual_dim=4,
                                        patch_size=(1, 2, 2), model_dim=48, ff_dim=128, num_text_blocks=1,
-                                       num_visual_blocks=2, axes_dims=(8, 8, 8), visual_cond=False)
+                                       num_visual_blocks=2, axes_dims=(8, 8, 8), visual_cond=False, **config)
+    with torch.no_grad():  # its modulations start at zero, which would gate every attention output off
+        for p in den.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
     pipe = Kandinsky5T2VPipeline(transformer=den.eval(), vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
                                  text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     pipe.set_progress_bar_config(disable=True)
@@ -566,12 +570,62 @@ def _k5(pipe, call, **kw):
     return pipe(generator=torch.Generator().manual_seed(0), **call, **kw).frames
 
 
-def test_generic_family_places_cfg_run_as_two_calls(tmp_path, caplog):
-    """Kandinsky 5 runs CFG as two denoiser calls per step (cond, then uncond) and says so nowhere
-    (no do_classifier_free_guidance): the generic family sees the same latents twice in the first
-    step and records the calls as the branches cond and uncond, each exact against the explicit
-    softmax of its own SDPA calls; its channels-last latents give the right video geometry, so
-    the kinds are inferred (joint, cross; the text encoder blocks' self-attention is other)."""
+K5_KINDS = {"text_transformer_blocks.0.self_attention": "other", "visual_transformer_blocks.0.self_attention": "joint",
+            "visual_transformer_blocks.0.cross_attention": "cross", "visual_transformer_blocks.1.self_attention": "joint",
+            "visual_transformer_blocks.1.cross_attention": "cross"}
+
+
+def test_kandinsky5_family_is_exact_per_branch(tmp_path):
+    """The kandinsky5 family: kinds from the architecture, channels-last latents, one transformer
+    call per CFG branch (cond first) declared from the guidance scale; every call exact against
+    the explicit softmax, the video bit-identical. With sparse (NABLA) attention the visual
+    layers are other: their tokens are not in raster order, so no maps are laid out from them."""
+    from capture.models.families import Kandinsky5Family
+
+    pipe, call = _tiny_kandinsky5()
+    family = family_of(pipe)
+    assert isinstance(family, Kandinsky5Family)
+    assert {l.name: l.kind for l in inventory(pipe, family)} == K5_KINDS
+    ref = _k5(pipe, call, guidance_scale=5.0)
+    tr = trace(pipe, root=tmp_path, layers="all")
+    seen = record_step0(tr)
+    with tr:
+        out = _k5(pipe, call, guidance_scale=5.0)
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    assert ds["branch"].values.tolist() == ["uncond", "cond"] and "branches_inferred" not in ds.attrs
+    geo = ds.attrs["geometry"]  # latents (1, 2, 4, 8, 4): 5 frames in 2 latent ones, 32x64 / 8, 4 channels last
+    assert (geo["frames"], geo["height"], geo["width"]) == (2, 4, 8)
+    assert check_run(ds, seen, tr.family) < 1e-5
+    m = ds[dims.MAP_SPATIAL].sel(branch="cond").isel(step=0, layer=1).values[:8, :8]  # a joint layer: 2x4 cells
+    np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-5)
+    with trace(pipe, root=tmp_path, layers="all") as tr1:
+        _k5(pipe, call, guidance_scale=1.0)
+    assert tr1.dataset()["branch"].values.tolist() == ["cond"]
+
+    # U on one layer of the unconditional call at step 1: flagged there only; the video changes
+    target = "visual_transformer_blocks.0.self_attention"
+    with trace(pipe, root=tmp_path, layers="all", perturb=[f"U@{target}:steps=1-1:branch=uncond"]) as tp:
+        pert = _k5(pipe, call, guidance_scale=5.0)
+    dp = tp.dataset()
+    flags = dp[dims.PERTURBED].values  # (step, layer, branch)
+    assert flags.sum() == 1 and flags[1, dp[dims.LAYER_NAME].values.tolist().index(target), 0]
+    assert not np.array_equal(pert, ref)
+    np.testing.assert_array_equal(dp[dims.ENTROPY].sel(branch="cond").values, ds[dims.ENTROPY].sel(branch="cond").values)
+
+    sparse, _ = _tiny_kandinsky5(attention_type="nabla")
+    assert {l.kind for l in inventory(sparse, family_of(sparse))} == {"other"}
+
+
+def test_generic_family_places_cfg_run_as_two_calls(tmp_path, monkeypatch, caplog):
+    """Kandinsky 5 taken as unknown runs CFG as two denoiser calls per step (cond, then uncond)
+    and says so nowhere (no do_classifier_free_guidance): the generic family sees the same latents
+    twice in the first step and records the calls as the branches cond and uncond, each exact
+    against the explicit softmax of its own SDPA calls; its channels-last latents give the right
+    video geometry, so the kinds are inferred as the family declares them."""
+    from capture.models import families
+
+    monkeypatch.delitem(families.FAMILIES, "Kandinsky5Transformer3DModel")
     pipe, call = _tiny_kandinsky5()
     family = family_of(pipe)
     assert isinstance(family, GenericFamily)
@@ -586,12 +640,7 @@ def test_generic_family_places_cfg_run_as_two_calls(tmp_path, caplog):
     assert "CFG" in ds.attrs["branches_inferred"] and "uncaptured_calls_per_step" not in ds.attrs
     geo = ds.attrs["geometry"]  # latents (1, 2, 4, 8, 4): 5 frames in 2 latent ones, 32x64 / 8, 4 channels last
     assert (geo["frames"], geo["height"], geo["width"]) == (2, 4, 8)
-    kinds = {n: v["kind"] for n, v in ds.attrs["kinds_inferred"].items()}
-    assert kinds == {"text_transformer_blocks.0.self_attention": "other",
-                     "visual_transformer_blocks.0.self_attention": "joint",
-                     "visual_transformer_blocks.0.cross_attention": "cross",
-                     "visual_transformer_blocks.1.self_attention": "joint",
-                     "visual_transformer_blocks.1.cross_attention": "cross"}
+    assert {n: v["kind"] for n, v in ds.attrs["kinds_inferred"].items()} == K5_KINDS
     assert tr.family.separate_cfg_calls and check_run(ds, seen, tr.family) < 1e-5
     cond, uncond = (ds[dims.ENTROPY].sel(branch=b, part="all").values for b in ("cond", "uncond"))
     assert np.isfinite(cond).all() and np.isfinite(uncond).all() and not np.allclose(cond, uncond)
@@ -606,12 +655,14 @@ def test_generic_family_places_cfg_run_as_two_calls(tmp_path, caplog):
 
 
 def test_a_second_call_that_is_no_branch_is_not_pooled(tmp_path, monkeypatch, caplog):
-    """A second denoiser call in a step that attnlens cannot place as a CFG branch (here: the
-    inference switched off) runs uncaptured: the step's statistics are the first call's alone,
-    equal to a run with guidance off on the same prompt, and the run says how many calls per step
-    it left out; one warning, not one per step."""
+    """A second denoiser call in a step that attnlens cannot place as a CFG branch (here: Kandinsky 5
+    taken as unknown, with the inference switched off) runs uncaptured: the step's statistics are
+    the first call's alone, equal to a run with guidance off on the same prompt, and the run says
+    how many calls per step it left out; one warning, not one per step."""
+    from capture.models import families
     from capture.tracer import Tracer
 
+    monkeypatch.delitem(families.FAMILIES, "Kandinsky5Transformer3DModel")
     pipe, call = _tiny_kandinsky5()
     with trace(pipe, root=tmp_path, layers="all") as single:
         _k5(pipe, call, guidance_scale=1.0)

@@ -16,6 +16,7 @@ from .cogvideox import CogVideoXFamily
 from .generic import GenericFamily, infer_kind
 from .hunyuan import HunyuanVideoFamily
 from .hunyuan15 import HunyuanVideo15Family
+from .kandinsky5 import Kandinsky5Family
 from .latte import LatteFamily
 from .ltx import LTXFamily
 from .ltx2 import LTX2Family
@@ -41,6 +42,7 @@ FAMILIES: dict[str, type[Family]] = {
     "UNetSpatioTemporalConditionModel": SVDFamily,
     "HunyuanVideo15Transformer3DModel": HunyuanVideo15Family,
     "LTX2VideoTransformer3DModel": LTX2Family,
+    "Kandinsky5Transformer3DModel": Kandinsky5Family,
 }
 
 DENOISER_ATTRS = ("unet", "transformer", "prior")
@@ -74,5 +76,5 @@ def family_of(pipe_or_denoiser) -> Family:
 __all__ = ["Family", "Geometry", "FAMILIES", "family_of", "denoiser_of", "output_sample", "with_sample",
            "AnimateDiffFamily", "CogVideoXFamily", "WanFamily", "UNet3DFamily", "LatteFamily", "LTXFamily", "HunyuanVideoFamily", "SkyReelsV2Family",
            "AllegroFamily", "MochiFamily", "SVDFamily", "HunyuanVideo15Family",
-           "LTX2Family", "GenericFamily", "infer_kind", "block_rank",
+           "LTX2Family", "Kandinsky5Family", "GenericFamily", "infer_kind", "block_rank",
            "is_attention"]
