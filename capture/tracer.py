@@ -184,10 +184,16 @@ class Tracer:
             capturable = [l for l in self.inventory if not l.not_capturable]
             if tuple(self.config.layers) != (DEFAULT_SELECTION,) or not capturable:
                 raise
-            # the default (self-attention) has no attention map here (SanaVideo): capture the rest
-            log.warning("no self-attention layer of this model has an attention map (%s); capturing the %d "
-                        "layers that have one", next(l.not_capturable for l in self.inventory if l.not_capturable),
-                        len(capturable))
+            # the default (self-attention) has no attention map here (SanaVideo), or no layer is of a
+            # self-attention kind (Kandinsky 5 with sparse attention: all other): capture the rest
+            why = next((l.not_capturable for l in self.inventory if l.not_capturable), None)
+            if why is not None:
+                log.warning("no self-attention layer of this model has an attention map (%s); capturing the %d "
+                            "layers that have one", why, len(capturable))
+            else:
+                kinds = sorted({l.kind for l in capturable})
+                log.warning("no layer of this model is of a self-attention kind (spatial, temporal, joint; its "
+                            "layers are %s); capturing all %d", ", ".join(kinds), len(capturable))
             self.layers = capturable
         self._ptb_layers = self._layer_specs(self.specs)
         self._side_layers = self._layer_specs(self.side_specs)

@@ -575,7 +575,7 @@ K5_KINDS = {"text_transformer_blocks.0.self_attention": "other", "visual_transfo
             "visual_transformer_blocks.1.cross_attention": "cross"}
 
 
-def test_kandinsky5_family_is_exact_per_branch(tmp_path):
+def test_kandinsky5_family_is_exact_per_branch(tmp_path, caplog):
     """The kandinsky5 family: kinds from the architecture, channels-last latents, one transformer
     call per CFG branch (cond first) declared from the guidance scale; every call exact against
     the explicit softmax, the video bit-identical. With sparse (NABLA) attention the visual
@@ -615,6 +615,9 @@ def test_kandinsky5_family_is_exact_per_branch(tmp_path):
 
     sparse, _ = _tiny_kandinsky5(attention_type="nabla")
     assert {l.kind for l in inventory(sparse, family_of(sparse))} == {"other"}
+    with caplog.at_level("WARNING"):  # the default selection (self-attention) falls back to every layer
+        assert [l.name for l in trace(sparse, root=tmp_path).layers] == list(K5_KINDS)
+    assert "no layer of this model is of a self-attention kind" in caplog.text
 
 
 def test_generic_family_places_cfg_run_as_two_calls(tmp_path, monkeypatch, caplog):
