@@ -197,12 +197,15 @@ class TraceRoot:
 
     def step_match(self, run_a: str, run_b: str) -> dict:
         """How two runs' steps pair up for a difference. By timestep where both runs recorded one
-        at every step: runs of different step counts, or captured every k-th step, reach the same
+        at every step, each at one step only: runs of different step counts, or captured every k-th step, reach the same
         noise level at different step indices (and share only some timesteps, or none); else by
         captured step index. Returns by (the column matched), steps_a, steps_b, common (how many
         steps of run a have a partner)."""
         sa, sb = self.steps(run_a), self.steps(run_b)
-        by = dims.TIMESTEP if (sa[dims.TIMESTEP].notna().all() and sb[dims.TIMESTEP].notna().all()) else dims.STEP
+        # a timestep names a step only once per run (a chunked pipeline, Helios, starts its
+        # schedule again for every chunk of frames: those runs pair by step)
+        ts = [s[dims.TIMESTEP] for s in (sa, sb)]
+        by = dims.TIMESTEP if all(t.notna().all() and t.is_unique for t in ts) else dims.STEP
         common = int(sa[by].isin(set(sb[by])).sum())
         return {"by": by, "steps_a": len(sa), "steps_b": len(sb), "common": common}
 

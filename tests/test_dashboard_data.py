@@ -235,6 +235,15 @@ def test_layer_step_diff_pairs_steps_by_timestep(tmp_path):
     np.testing.assert_allclose(got.sort_index().to_numpy(), ref.sort_index().to_numpy(), rtol=1e-5, atol=1e-6)
     assert tr.step_match(b, a)["common"] == 5 and len(tr.layer_step_diff(b, a, dims.ENTROPY_NORM)) == len(got)
     assert tr.step_match(a, c)["common"] == 0 and tr.layer_step_diff(a, c, dims.ENTROPY_NORM).empty
+    # a chunked pipeline's run goes through its schedule once per chunk: its steps pair by index,
+    # never one step with several of the other run's
+    e = write_run(tmp_path, np.random.default_rng(3), steps=4, run_id="chunks", timesteps=[990, 500, 990, 500], **kw)
+    f = write_run(tmp_path, np.random.default_rng(4), steps=4, run_id="chunks2", timesteps=[990, 500, 990, 500], **kw)
+    tr = TraceRoot(tmp_path)
+    assert tr.step_match(e, f) == {"by": dims.STEP, "steps_a": 4, "steps_b": 4, "common": 4}
+    d = tr.layer_step_diff(e, f, dims.ENTROPY_NORM)
+    assert len(d) == 4 * len(layers) and not d.duplicated([dims.LAYER_NAME, dims.STEP]).any()
+    assert tr.step_match(e, a)["by"] == dims.STEP
 
 
 @pytest.mark.parametrize("name", ["copy of run (1)", "it's a run", "run[1]*", "été"])
