@@ -131,18 +131,18 @@ def write_run(root, rng: np.random.Generator, *, layers: list[dict], steps: int 
                 if lay["kind"] == "cross":  # no key grid: text tokens
                     r[dims.MAP_SPATIAL] = None
                     r[dims.MAP_TEMPORAL] = np.full((nb, frames, frames), np.nan, dtype="float32")
-                elif lay["kind"] == "spatial":
-                    yy, xx = np.divmod(np.arange(g2), gx)
-                    d2 = (yy[:, None] - yy[None]) ** 2 + (xx[:, None] - xx[None]) ** 2
-                    logits = -sharp * np.sqrt(d2)[None] + rng.normal(0, 0.6, (nb, g2, g2))
-                    r[dims.MAP_SPATIAL] = _softmax(logits).astype("float32")
-                    f = frames
-                    r[dims.MAP_TEMPORAL] = np.full((nb, f, f), 1.0 / f, dtype="float32")
-                else:
+                else:  # spatial: cell maps; temporal: frame maps; joint (across both): both
                     r[dims.MAP_SPATIAL] = None
-                    idx = np.arange(frames)
-                    logits = -sharp * np.abs(idx[:, None] - idx[None])[None] + rng.normal(0, 0.6, (nb, frames, frames))
-                    r[dims.MAP_TEMPORAL] = _softmax(logits).astype("float32")
+                    r[dims.MAP_TEMPORAL] = np.full((nb, frames, frames), 1.0 / frames, dtype="float32")
+                    if lay["kind"] in ("spatial", "joint"):
+                        yy, xx = np.divmod(np.arange(g2), gx)
+                        d2 = (yy[:, None] - yy[None]) ** 2 + (xx[:, None] - xx[None]) ** 2
+                        logits = -sharp * np.sqrt(d2)[None] + rng.normal(0, 0.6, (nb, g2, g2))
+                        r[dims.MAP_SPATIAL] = _softmax(logits).astype("float32")
+                    if lay["kind"] in ("temporal", "joint"):
+                        idx = np.arange(frames)
+                        logits = -sharp * np.abs(idx[:, None] - idx[None])[None] + rng.normal(0, 0.6, (nb, frames, frames))
+                        r[dims.MAP_TEMPORAL] = _softmax(logits).astype("float32")
                 field = rng.normal(0, 0.1, (nb, frames, g2)) + np.linspace(-0.1, 0.1, g2)
                 r[dims.ENTROPY_MAP] = (np.clip(en.mean(-1)[:, None, None] + field, 0.01, 0.99) * log_keys).astype("float32")
             elif not maps:

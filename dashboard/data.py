@@ -40,7 +40,7 @@ class RunUnavailable(Exception):
 @dataclass
 class MapData:
     """One stored attention map: ``kind`` 'spatial' (query/key cells of a gy x gx grid) or
-    'temporal' (query/key frames); rows sum to 1."""
+    'temporal' (query/key frames), a joint layer's too; rows sum to 1."""
     kind: str
     values: np.ndarray  # (q, k)
     gy: int
@@ -280,9 +280,16 @@ class TraceRoot:
             raise RunUnavailable(f"run {run_id} has maps only every {meta['maps_every']} steps; step {step} has none")
         return meta, int(where[0]), int(layer), meta["branches"].index(branch)
 
-    def attention_map(self, run_id: str, step: int, layer: int, branch: str = "cond") -> MapData:
+    def attention_map(self, run_id: str, step: int, layer: int, branch: str = "cond", axis: str | None = None) -> MapData:
+        """The stored map of a spatial or temporal layer; of a joint layer (attention across
+        frames and positions at once) its map pooled over frames (``axis`` 'spatial', the
+        default: cell to cell) or over positions ('temporal': frame to frame)."""
         meta, i, li, bi = self._index(run_id, step, layer, branch)
         kind = meta["kinds"][li]
+        if kind == "joint":
+            kind = axis or "spatial"
+            if kind not in ("spatial", "temporal"):
+                raise ValueError(f"axis must be 'spatial' or 'temporal', not {axis!r}")
         gy, gx = int(meta["gy"][li]), int(meta["gx"][li])
         if kind == "temporal":
             m = np.asarray(meta["maps"][dims.MAP_TEMPORAL][i, li, bi])

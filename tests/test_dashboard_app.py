@@ -267,6 +267,37 @@ def test_maps_view_of_a_run_with_maps_every_kth_step(tmp_path, monkeypatch):
         tr.attention_map(rid, 3, int(spatial[dims.LAYER]), "cond")
 
 
+def test_maps_view_of_a_joint_layer(tmp_path, monkeypatch):
+    """A transformer's joint layer (CogVideoX, Wan, Kandinsky 5: no spatial or temporal layers at
+    all) is shown: its cell-to-cell map by default, its frame-to-frame map on the radio's choice,
+    each the one stored."""
+    from capture import synthetic as S
+    from dashboard import cache
+
+    layers = [dict(name="transformer_blocks.0.attn1", kind="joint", block="block.0", n_query=96, n_key=96, heads=2,
+                   gy=4, gx=6)]
+    rid = S.write_run(tmp_path, np.random.default_rng(6), layers=layers, steps=3, frames=4, grid=8,
+                      run_id="20260102-000000-jjjjjj")
+    monkeypatch.setenv("ATTNLENS_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    cache.reload()
+    tr = TraceRoot(tmp_path)
+    at = AppTest.from_string("from dashboard.views import maps\nmaps.render()", default_timeout=90)
+    at.query_params["mp_run"] = rid
+    at.run()
+    _ok(at)
+    fig = _figs(at)[0]
+    assert "(spatial)" in _title(fig)
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), tr.attention_map(rid, 0, 0, "cond").values, rtol=1e-6)
+    at.radio(key="mp_axis").set_value("temporal").run()
+    _ok(at)
+    fig = _figs(at)[0]
+    assert "(temporal)" in _title(fig)
+    m = tr.attention_map(rid, 0, 0, "cond", axis="temporal")
+    np.testing.assert_allclose(_arr(fig["data"][0]["z"]), m.values, rtol=1e-6)
+    assert m.values.shape == (4, 4)
+
+
 def test_compare_view(app, root):
     _, ids = root
     at = app("compare", cmp_a=ids["a"], cmp_b=ids["b"])

@@ -276,3 +276,28 @@ def test_pivot_groups_kinds_in_model_order(root):
         idx = [layers.loc[n, dims.LAYER] for n in p.index if layers.loc[n, "kind"] == k]
         assert idx == sorted(idx)
     assert list(p.columns) == [0, 1, 2, 3]
+
+
+def test_joint_layer_maps_over_frames_and_over_positions(tmp_path):
+    """A joint layer (attention across frames and positions at once: CogVideoX, Wan, Kandinsky 5)
+    stores a cell-to-cell map pooled over frames and a frame-to-frame map pooled over positions:
+    both are read, each as stored, and an unknown axis is refused."""
+    from capture.synthetic import write_run
+
+    layers = [dict(name="transformer_blocks.0.attn1", kind="joint", block="block.0", n_query=96, n_key=96, heads=2,
+                   gy=4, gx=6),
+              dict(name="transformer_blocks.0.attn2", kind="cross", block="block.0", n_query=96, n_key=16, heads=2,
+                   gy=4, gx=6)]
+    rid = write_run(tmp_path, np.random.default_rng(5), layers=layers, steps=3, frames=4, grid=8, run_id="joint")
+    tr, ds = TraceRoot(tmp_path), open_run(tmp_path / "runs" / "joint")
+    s = tr.attention_map(rid, 1, 0, "cond")  # spatial by default
+    ref_s = ds[dims.MAP_SPATIAL].sel(branch="cond").isel(step=1, layer=0).values[:24, :24]
+    assert s.kind == "spatial" and (s.gy, s.gx) == (4, 6) and np.array_equal(s.values, ref_s)
+    t = tr.attention_map(rid, 1, 0, "cond", axis="temporal")
+    ref_t = ds[dims.MAP_TEMPORAL].sel(branch="cond").isel(step=1, layer=0).values
+    assert t.kind == "temporal" and np.array_equal(t.values, ref_t) and t.values.shape == (4, 4)
+    np.testing.assert_allclose(np.concatenate([s.values.sum(1), t.values.sum(1)]), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="axis"):
+        tr.attention_map(rid, 1, 0, "cond", axis="diagonal")
+    with pytest.raises(RunUnavailable, match="cross layer"):
+        tr.attention_map(rid, 1, 1, "cond")

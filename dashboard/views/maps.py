@@ -11,6 +11,8 @@ from .. import cache, figures, rules, state
 from .common import complete_runs, guard, pick_run, root, show
 
 DEFAULT_PARAM = {"absolute": 0.05, "quantile": 0.9, "mean_std": 1.0}
+MAP_KINDS = ("spatial", "temporal", "joint")  # the kinds whose query-key maps are stored
+AXES = {"spatial": "spatial: cell → cell, over frames", "temporal": "temporal: frame → frame, over positions"}
 
 
 def render() -> None:
@@ -26,9 +28,9 @@ def _body() -> None:
         return
     path = str(tr.root)
     layers = cache.layers(path, run_id)
-    layers = layers[layers["kind"].isin(["spatial", "temporal"])]
+    layers = layers[layers["kind"].isin(MAP_KINDS)]
     if layers.empty:
-        st.info("This run has no spatial or temporal layers with stored maps.")
+        st.info("This run has no spatial, temporal or joint layers with stored maps.")
         return
     steps = cache.map_steps(path, run_id)  # every captured step, or every K-th (capture's maps_every)
     names = list(layers["layer_name"])
@@ -49,18 +51,24 @@ def _body() -> None:
     param = c5.number_input({"absolute": "t", "quantile": "q", "mean_std": "k"}[rule],
                             step=0.01 if rule != "mean_std" else 0.25, key=pkey,
                             min_value=0.0, max_value=1.0 if rule == "quantile" else None)
-    state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule", pkey)
+    axis = None
+    if layers.set_index("layer_name").loc[name, "kind"] == "joint":  # attends across frames and positions
+        axis = st.radio("joint map", list(AXES), format_func=AXES.get, horizontal=True,
+                        key=state.init("mp_axis", "spatial", options=list(AXES)),
+                        help="A joint layer's stored map pooled over the frames (query cell to key cell) "
+                             "or over the positions (query frame to key frame).")
+    state.sync("mp_run", "mp_layer", "mp_step", "mp_branch", "mp_rule", pkey, "mp_axis")
     if len(steps) > 1 and steps[1] - steps[0] > 1:  # captured with maps_every K > 1
         shown = ", ".join(map(str, steps[:12])) + (", …" if len(steps) > 12 else "")
         st.caption(f"This run stored maps every {steps[1] - steps[0]} steps (statistics at every step): "
                    f"steps {shown}.")
     st.caption(f"Threshold rule **{rule}**: {rules.THRESHOLDS[rule]}.")
     layer = int(layers.set_index("layer_name").loc[name, "layer"])
-    m = tr.attention_map(run_id, step, layer, branch)
-    title = f"{name} · step {step} · {branch} · run {run_id}"
+    m = tr.attention_map(run_id, step, layer, branch, axis=axis)
+    title = f"{name}{f' ({axis})' if axis else ''} · step {step} · {branch} · run {run_id}"
     data = pd.DataFrame(m.values).rename_axis("query").reset_index().melt(id_vars="query", var_name="key",
                                                                           value_name="weight")
-    where = (str(tr.root), run_id, step, layer, branch)
+    where = (str(tr.root), run_id, step, layer, branch, axis)
     show(cache.figure(("map_pair", *where, rule, param, title), lambda: figures.map_pair(m, rule=rule, param=param,
                                                                                           title=title)),
          data, f"map {title}", "map_pair")
