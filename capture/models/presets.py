@@ -256,6 +256,10 @@ PRESETS: dict[str, Preset] = {
         Preset("ltx-2", "LTX-2 audio-video 19B", _from_pretrained("LTX2Pipeline", "Lightricks/LTX-2"),
                dict(height=512, width=768, frames=121, steps=40, guidance=4.0), call_kwargs={"frame_rate": 24.0},
                family="ltx2"),
+        Preset("tiny-kandinsky5", "tiny random Kandinsky 5: joint visual self-attention, cross-attention to the text, "
+               "text blocks (other); channels-last latents; one call per CFG branch; frames = 4k+1",
+               _tiny("tiny_kandinsky5"), dict(height=64, width=64, frames=9, steps=8, guidance=5.0),
+               call_kwargs={"max_sequence_length": 32}, tiny=True, family="kandinsky5"),
         Preset("kandinsky5-t2v-lite", "Kandinsky 5.0 T2V Lite 2B, SFT, 5 s (dense attention)",
                _from_pretrained("Kandinsky5T2VPipeline", "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers"),
                dict(height=512, width=768, frames=121, steps=50, guidance=5.0), family="kandinsky5"),

@@ -353,12 +353,26 @@ CHAT_TEMPLATE = ("{% for m in messages %}{% if m['content'] is string %}{{ m['co
                  "{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}{% endfor %}")
 
 
+def _qwen_text(seed: int, layers: int):
+    """A tiny Qwen2.5-VL text model on the byte vocabulary (HunyuanVideo 1.5's and Kandinsky 5's
+    text encoder)."""
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    _seeded(seed, 3)
+    return Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM, intermediate_size=64,
+                                                    num_hidden_layers=layers, num_attention_heads=2,
+                                                    num_key_value_heads=1, max_position_embeddings=256,
+                                                    pad_token_id=513, bos_token_id=512, eos_token_id=513,
+                                                    rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                                     "mrope_section": [2, 3, 3]}))
+
+
 def tiny_hunyuan15(seed: int = 0):
     """HunyuanVideo 1.5: [video; text] joint attention with the text padding mask in every block, a
     text refiner, a guider running CFG as one call per branch; no callback_on_step_end."""
     from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
                            HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
-    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+    from transformers import ByT5Tokenizer
 
     _seeded(seed, 1)
     transformer = HunyuanVideo15Transformer3DModel(in_channels=9, out_channels=4, num_attention_heads=2,
@@ -369,13 +383,7 @@ def tiny_hunyuan15(seed: int = 0):
     _seeded(seed, 2)
     vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16),
                                       layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=4)
-    _seeded(seed, 3)
-    qwen = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(vocab_size=VOCAB_SIZE, hidden_size=TEXT_DIM,
-                                                    intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                                                    num_key_value_heads=1, max_position_embeddings=256,
-                                                    pad_token_id=513, bos_token_id=512, eos_token_id=513,
-                                                    rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                                     "mrope_section": [2, 3, 3]}))
+    qwen = _qwen_text(seed, layers=3)
     tokenizer = byte_clip_tokenizer(64)
     tokenizer.chat_template = CHAT_TEMPLATE
     byt5 = _t5(seed)
@@ -442,3 +450,35 @@ def tiny_ltx2(seed: int = 0):
                         text_encoder=text_encoder, tokenizer=byte_clip_tokenizer(TEXT_TOKENS), connectors=connectors,
                         transformer=transformer, vocoder=vocoder)
     return _done(pipe, transformer, vae, audio_vae, text_encoder, connectors, vocoder)
+
+
+def tiny_kandinsky5(seed: int = 0, **config):
+    """Kandinsky 5: visual self-attention over the video tokens (joint), cross-attention to the
+    Qwen2.5-VL text, text blocks of its own; channels-last latents; one transformer call per CFG
+    branch. Its modulations start at zero (which gates every attention output off), so they are
+    drawn at random too: a perturbation then changes the video, as in a trained model. ``config``:
+    more transformer settings (``attention_type="nabla"``: sparse attention)."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline,
+                           Kandinsky5Transformer3DModel)
+
+    _seeded(seed, 1)
+    transformer = Kandinsky5Transformer3DModel(in_visual_dim=4, in_text_dim=TEXT_DIM, in_text_dim2=TEXT_DIM, time_dim=32,
+                                               out_visual_dim=4, patch_size=(1, 2, 2), model_dim=48, ff_dim=128,
+                                               num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 8, 8),
+                                               visual_cond=False, **config)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    _seeded(seed, 2)
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, spatial_compression_ratio=8,
+                                    temporal_compression_ratio=4, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                                    layers_per_block=1, norm_num_groups=4)
+    qwen = _qwen_text(seed, layers=2)
+    clip = _clip_text(seed, offset=4)
+    pipe = Kandinsky5T2VPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+                                 text_encoder=qwen, tokenizer=byte_clip_tokenizer(64), text_encoder_2=clip,
+                                 tokenizer_2=byte_clip_tokenizer(77))
+    # the byte tokenizer has no system prompt to crop
+    pipe.prompt_template, pipe.prompt_template_encode_start_idx = "{}", 0
+    return _done(pipe, transformer, vae, qwen, clip)

@@ -41,6 +41,7 @@ FAMILIES = {
     "tiny-svd": ("svd", {"spatial": 4, "cross": 8, "temporal": 4}, {}),
     "tiny-hunyuan15": ("hunyuan15", {"joint": 2, "other": 1}, {}),
     "tiny-ltx2": ("ltx2", {"joint": 2, "cross": 4, "other": 6}, {}),
+    "tiny-kandinsky5": ("kandinsky5", {"joint": 2, "cross": 2, "other": 1}, {}),
 }
 SELF = ("spatial", "temporal", "joint")
 # presets whose pipelines pass a text padding mask into attention
@@ -537,29 +538,15 @@ def test_an_image_pipeline_is_named_as_one(tmp_path):
 
 
 def _tiny_kandinsky5(**config):
-    """Kandinsky 5's text-to-video pipeline with random weights (the dummy sizes of diffusers' own
-    pipeline test), no text encoders: its calls take prompt embeddings, as after encode_prompt."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline,
-                           Kandinsky5Transformer3DModel)
+    """The tiny-kandinsky5 pipeline (diffusers' Kandinsky5T2VPipeline, random weights) and a call
+    that gives it prompt embeddings directly (as after encode_prompt): 5 frames at 32x64."""
+    from capture.models.tiny_video import tiny_kandinsky5
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, spatial_compression_ratio=8,
-                                    temporal_compression_ratio=4, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                                    layers_per_block=1, norm_num_groups=4)
-    den = Kandinsky5Transformer3DModel(in_visual_dim=4, in_text_dim=16, in_text_dim2=32, time_dim=32, out_visual_dim=4,
-                                       patch_size=(1, 2, 2), model_dim=48, ff_dim=128, num_text_blocks=1,
-                                       num_visual_blocks=2, axes_dims=(8, 8, 8), visual_cond=False, **config)
-    with torch.no_grad():  # its modulations start at zero, which would gate every attention output off
-        for p in den.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.2)
-    pipe = Kandinsky5T2VPipeline(transformer=den.eval(), vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-                                 text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_kandinsky5(0, **config)
     g = torch.Generator().manual_seed(1)
     embeds = {}
     for side in ("", "negative_"):
-        embeds |= {f"{side}prompt_embeds_qwen": torch.randn(1, 4, 16, generator=g),
+        embeds |= {f"{side}prompt_embeds_qwen": torch.randn(1, 4, 32, generator=g),
                    f"{side}prompt_embeds_clip": torch.randn(1, 32, generator=g),
                    f"{side}prompt_cu_seqlens": torch.tensor([0, 4], dtype=torch.int32)}
     call = dict(embeds, num_inference_steps=2, height=32, width=64, num_frames=5, output_type="np")
