@@ -57,6 +57,7 @@ class SDPACall:
     args: tuple
     kwargs: dict
     index: int = 0  # which SDPA call of the module's current forward (0 = first)
+    forward: tuple | None = None  # (module, args, kwargs) of the attention module's forward making the call
 
     def __post_init__(self):
         bound = dict(_SDPA_DEFAULTS)
@@ -119,8 +120,9 @@ class _Interception:
     """One forward's SDPA calls: numbered in order and handed to the handler; ``by_mode`` counts
     those the attribute route did not see. The handler's own SDPA calls go to torch."""
 
-    def __init__(self, handler: Callable[[SDPACall], torch.Tensor]):
+    def __init__(self, handler: Callable[[SDPACall], torch.Tensor], forward: tuple | None = None):
         self.handler = handler
+        self.forward = forward  # (module, args, kwargs) of the intercepted forward
         self.calls = 0
         self.by_mode = 0
         self.busy = False  # inside the handler
@@ -129,7 +131,7 @@ class _Interception:
         self.calls += 1
         self.busy = True
         try:
-            return self.handler(SDPACall(_TORCH_SDPA, args, kwargs or {}, self.calls - 1))
+            return self.handler(SDPACall(_TORCH_SDPA, args, kwargs or {}, self.calls - 1, self.forward))
         finally:
             self.busy = False
 
@@ -232,7 +234,7 @@ class AttentionLayerHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         if self.attribute_only is None:
             self.attribute_only = known_route(module, self.fn_ref.original_forward)
-        icp = _Interception(lambda call: self.handler(self.name, call))
+        icp = _Interception(lambda call: self.handler(self.name, call), (module, args, kwargs))
         if self.attribute_only:  # every forward of every captured layer: no context-manager objects
             outer = _route_on(icp)
             try:

@@ -28,6 +28,7 @@ from .layout import Accumulator, Layout, accumulate, make_layout
 from .layout import results as layout_results
 from .models.families import Geometry, family_of, infer_kind
 from .models.families.generic import OTHER_REASONS as GENERIC_REASONS
+from .models.families.generic import video_first
 from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
 from .stats import DEFAULT_CHUNK_BYTES
 from .store import RunWriter, open_run
@@ -212,6 +213,7 @@ class Tracer:
             self._subs.setdefault(l.module, {})[l.call] = l
         # kinds read at run time (generic family): layer name -> (kind, reason for "other" or None)
         self.kinds_inferred: dict[str, tuple[str, str | None]] = {}
+        self._text_first_of: dict[str, bool] = {}  # joint layers whose text order a generic run inferred
         self._multi_warned: set[str] = set()
         # small calls' statistics, computed together per shape at the end of each step
         self._deferred = deferred.DeferredStats(self.config.chunk_bytes)
@@ -618,7 +620,8 @@ class Tracer:
             layer = self._by_name[name]
             kind = self._kind_for_call(layer, call)
             lay = make_layout(kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
-                              total_branches=total, branch_base=base, text_first=self._text_first())
+                              total_branches=total, branch_base=base,
+                              text_first=self._text_first_of.get(name, self._text_first()))
             if item is not None:
                 lay = replace(lay, item_video=item % max(1, self._n_videos))
             self._layout_cache[key] = lay
@@ -651,6 +654,12 @@ class Tracer:
             hint = any(w in layer.name.lower() for w in ("temporal", "temp_", "motion"))
             got = infer_kind(B, nq, call.k.shape[-2], self.geometry, cross_module=layer.kind == "cross",
                              text_first=self.family.text_first, temporal_hint=hint)
+            if got[1] == "text_order":  # a joint [video; text] sequence in an order the module shows
+                first = video_first(call.forward, call.v)
+                if first is not None:
+                    self._text_first_of[layer.name] = not first
+                    got = infer_kind(B, nq, call.k.shape[-2], self.geometry, cross_module=layer.kind == "cross",
+                                     text_first=not first, temporal_hint=hint)
             self.kinds_inferred[layer.name] = got
         return got[0]
 
@@ -784,7 +793,7 @@ class Tracer:
             k, v = call.kv_for_heads()
             for spec in specs:
                 out = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, out, text,
-                                       text_first=self._text_first())
+                                       text_first=self._text_first_of.get(name, self._text_first()))
         self._side_log[self.step].add(name)
         return out
 

@@ -26,14 +26,15 @@ def explicit_stats(q, k, mask, scale, n_branch, rows=slice(None)):
             torch.stack([hn[b * per:(b + 1) * per].transpose(0, 1).flatten(1).nanmean(1) for b in range(n_branch)]))
 
 
-def check_call(ds, names, layer, q, k, mask, scale, branches, family):
-    """The stored step-0 statistics of ``layer`` in ``branches`` against the explicit softmax."""
+def check_call(ds, names, layer, q, k, mask, scale, branches, family, text_first_of=None):
+    """The stored step-0 statistics of ``layer`` in ``branches`` against the explicit softmax.
+    text_first_of: layer -> whether its text tokens come first, where a run inferred it."""
     kind = str(ds[dims.LAYER_KIND].values[names.index(layer)])
     rows = slice(None)
     if kind == "joint":  # statistics of the video rows; text tokens sit in front or behind
         geo = ds.attrs["geometry"]
         n_vid = (geo["frames"] // geo["patch_t"]) * (geo["height"] // geo["patch"]) * (geo["width"] // geo["patch"])
-        text_first = family.text_first is not False
+        text_first = (text_first_of or {}).get(layer, family.text_first is not False)
         rows = slice(q.shape[-2] - n_vid, None) if text_first else slice(0, n_vid)
     h, hn = explicit_stats(q, k, mask, scale, len(branches), rows)
     sel = dict(step=0, layer=names.index(layer), branch=branches)
@@ -65,7 +66,7 @@ def record_step0(tr) -> dict:
     return seen
 
 
-def check_run(ds, seen: dict, family) -> float:
+def check_run(ds, seen: dict, family, text_first_of=None) -> float:
     """Every recorded call against the stored step-0 statistics; the largest relative error."""
     names = ds[dims.LAYER_NAME].values.tolist()
     nb = ds.sizes["branch"]
@@ -77,5 +78,5 @@ def check_run(ds, seen: dict, family) -> float:
             # separate calls come cond first; branches are stored (uncond, cond); per-item calls
             # follow the batch ([uncond; cond], one video here)
             branches = [nb - 1 - i] if separate else [i] if per_item else list(range(nb))
-            worst = max(worst, check_call(ds, names, layer, q, k, mask, scale, branches, family))
+            worst = max(worst, check_call(ds, names, layer, q, k, mask, scale, branches, family, text_first_of))
     return worst

@@ -670,7 +670,9 @@ def test_a_second_call_that_is_no_branch_is_not_pooled(tmp_path, monkeypatch, ca
 def test_generic_family_reads_cfg_branches_from_a_guider(tmp_path):
     """MotifVideo runs CFG through a diffusers guider (one transformer call per condition) and has
     no family: the generic family takes the branches from the guider's conditions (declared, not
-    inferred), each exact against the explicit softmax of its own calls."""
+    inferred), each exact against the explicit softmax of its own calls. Its joint [video; text]
+    layers (dual- and single-stream) are joint, with the video first as the module's own value
+    projection shows, so their statistics are those of the video rows."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, MotifVideoPipeline
     from diffusers.guiders import AdaptiveProjectedGuidance
     from diffusers.models.transformers.transformer_motif_video import MotifVideoTransformer3DModel
@@ -698,4 +700,47 @@ def test_generic_family_reads_cfg_branches_from_a_guider(tmp_path):
     assert np.array_equal(ref, out) and _no_hooks(pipe)
     ds = tr.dataset()
     assert ds["branch"].values.tolist() == ["uncond", "cond"] and "branches_inferred" not in ds.attrs
-    assert tr.family.separate_cfg_calls and check_run(ds, seen, tr.family) < 1e-5
+    assert {n: v["kind"] for n, v in ds.attrs["kinds_inferred"].items()} == {
+        "transformer_blocks.0.attn": "joint", "single_transformer_blocks.0.attn": "joint"}
+    assert tr._text_first_of == {"transformer_blocks.0.attn": False, "single_transformer_blocks.0.attn": False}
+    assert tr.family.separate_cfg_calls and check_run(ds, seen, tr.family, tr._text_first_of) < 1e-5
+    with pytest.raises(AssertionError):  # the other order's rows are not what was recorded
+        check_run(ds, seen, tr.family, {n: True for n in tr._text_first_of})
+
+
+def test_generic_family_finds_text_in_front_of_the_video(tmp_path):
+    """EasyAnimate (no family) puts the text in front of the video in its joint layers: the
+    generic family reads that order from the module's value projection, so the layers are joint
+    and their statistics those of the video rows, exact against the explicit softmax."""
+    from diffusers import (AutoencoderKLMagvit, EasyAnimatePipeline, EasyAnimateTransformer3DModel,
+                           FlowMatchEulerDiscreteScheduler)
+
+    torch.manual_seed(0)  # diffusers' own dummy sizes, with head size 16 (its rotary embedding needs even thirds)
+    den = EasyAnimateTransformer3DModel(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
+                                        time_embed_dim=2, text_embed_dim=16, num_layers=2, sample_width=16,
+                                        sample_height=16, patch_size=2)
+    vae = AutoencoderKLMagvit(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                              down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+                              up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+                              block_out_channels=(8, 8, 8, 8), spatial_group_norm=False)
+    pipe = EasyAnimatePipeline(transformer=den, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=None,
+                               tokenizer=None)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    ones = torch.ones(1, 6, dtype=torch.long)
+    call = dict(prompt_embeds=torch.randn(1, 6, 16, generator=g), prompt_attention_mask=ones,
+                negative_prompt_embeds=torch.randn(1, 6, 16, generator=g), negative_prompt_attention_mask=ones,
+                num_inference_steps=2, guidance_scale=6.0, height=32, width=32, num_frames=5, output_type="np")
+    ref = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    tr = trace(pipe, root=tmp_path, layers="all")
+    seen = record_step0(tr)
+    with tr:
+        out = pipe(generator=torch.Generator().manual_seed(0), **call).frames
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    names = ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
+    assert {n: v["kind"] for n, v in ds.attrs["kinds_inferred"].items()} == dict.fromkeys(names, "joint")
+    assert tr._text_first_of == dict.fromkeys(names, True)
+    assert check_run(ds, seen, tr.family, tr._text_first_of) < 1e-5
+    with pytest.raises(AssertionError):
+        check_run(ds, seen, tr.family, dict.fromkeys(names, False))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Family, Geometry
 
 # why a layer's kind could not be inferred, shown in the run's one warning
@@ -65,6 +67,36 @@ def infer_kind(batch: int, nq: int, nk: int, geo: Geometry, *, cross_module: boo
             return "other", "text_order"
         return "joint", None
     return "other", "tokens"
+
+
+def video_first(forward: tuple | None, v: torch.Tensor) -> bool | None:
+    """Where the video tokens sit in a joint sequence of video and text tokens: True if first,
+    False if last, None if this cannot tell. ``forward``: (attention module, args, kwargs) of the
+    forward that made the SDPA call; ``v`` (B, H, N, D) its values. The module's own value
+    projection of its video input (``to_v(hidden_states)``; values get no norm or rotary embedding
+    in diffusers' processors) is compared with the first and with the last rows of ``v``."""
+    if forward is None:
+        return None
+    module, args, kwargs = forward
+    hs = kwargs.get("hidden_states", args[0] if args else None)
+    text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+    to_v = getattr(module, "to_v", None)
+    if not (isinstance(hs, torch.Tensor) and isinstance(text, torch.Tensor) and callable(to_v) and hs.dim() == 3):
+        return None
+    B, H, N, _ = v.shape
+    n = hs.shape[1]
+    if hs.shape[0] != B or not 0 < n < N:
+        return None
+    with torch.no_grad():
+        mine = to_v(hs)
+    if mine.shape[-1] % H:
+        return None
+    mine = mine.view(B, n, H, -1).transpose(1, 2).to(v.dtype)
+    if mine.shape != v[:, :, :n].shape:
+        return None
+    tol = dict(rtol=1e-3, atol=1e-5) if v.dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    head, tail = torch.allclose(v[:, :, :n], mine, **tol), torch.allclose(v[:, :, N - n:], mine, **tol)
+    return head if head != tail else None
 
 
 class GenericFamily(Family):
