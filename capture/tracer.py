@@ -27,6 +27,7 @@ from .layers import DEFAULT_SELECTION, LayerInfo, LayerSelectionError, inventory
 from .layout import Accumulator, Layout, accumulate, make_layout
 from .layout import results as layout_results
 from .models.families import Geometry, family_of, infer_kind
+from .models.families.base import guidance_scale
 from .models.families.generic import OTHER_REASONS as GENERIC_REASONS
 from .models.families.generic import video_first
 from .perturb import PerturbSpec, PerturbSpecError, perturbed_output
@@ -537,13 +538,8 @@ class Tracer:
         x, t = self.family.latent(args, kwargs), self.family.timestep(args, kwargs)
         if not (isinstance(x, torch.Tensor) and x.shape == first[0].shape and t == first[1] and torch.equal(x, first[0])):
             return False
-        g = self._record.get("guidance_scale")
-        if not isinstance(g, (int, float)):
-            try:
-                g = getattr(self.pipe, "guidance_scale", None)
-            except AttributeError:  # a property over state the call has not set
-                g = None
-        if isinstance(g, (int, float)) and g <= 1:
+        g = guidance_scale(self.pipe, self._record)
+        if g is not None and g <= 1:
             return False
         self._deferred.flush()  # the first call's deferred sums reach its accumulators first
         for acc in self._acc.values():

@@ -270,6 +270,18 @@ class Family:
         raise NotImplementedError(f"the {self.name} family has no probe inputs; run a capture to see token counts")
 
 
+def guidance_scale(pipe, record: dict | None) -> float | None:
+    """The CFG scale of the pipeline call: the call's ``guidance_scale`` argument, else the
+    pipeline's public ``guidance_scale`` property; None if neither gives a number."""
+    g = (record or {}).get("guidance_scale")
+    if not isinstance(g, (int, float)):
+        try:
+            g = getattr(pipe, "guidance_scale", None)
+        except AttributeError:  # a property over state the call has not set yet
+            g = None
+    return float(g) if isinstance(g, (int, float)) else None
+
+
 def guider_branches(guider) -> int:
     """Branches per step of a diffusers guider (ClassifierFreeGuidance: 2 while enabled and
     guidance_scale > 1); 1 without one. The one place that reads a guider's state."""

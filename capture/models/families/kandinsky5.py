@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Family
+from .base import Family, guidance_scale
 
 
 class Kandinsky5Family(Family):
@@ -40,10 +40,5 @@ class Kandinsky5Family(Family):
 
     def cfg_branches(self, pipe, record=None):
         # Kandinsky5T2VPipeline makes the unconditional call while guidance_scale > 1
-        g = (record or {}).get("guidance_scale")
-        if not isinstance(g, (int, float)):
-            try:
-                g = getattr(pipe, "guidance_scale", None)
-            except AttributeError:  # a property over state the call has not set yet
-                g = None
-        return 2 if isinstance(g, (int, float)) and g > 1 else 1
+        g = guidance_scale(pipe, record)
+        return 2 if g is not None and g > 1 else 1
