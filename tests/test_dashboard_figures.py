@@ -127,3 +127,15 @@ def test_empty_inputs_give_a_message():
                 figures.ranking_figure(empty, [], label="x", title="t"),
                 figures.entropy_grid(np.zeros((0, 2, 2)), title="t")):
         assert fig.layout.annotations and "no" in fig.layout.annotations[0].text
+
+
+def test_short_names_of_every_block_kind():
+    """Axis labels: each common block prefix shortened, the longer one first (SVD's temporal
+    transformer blocks are tt, not temporal_t); names without those prefixes are kept."""
+    from capture.naming import short_name
+
+    assert short_name("down_blocks.1.attentions.0.transformer_blocks.0.attn1") == "d1.a0.t0.attn1"
+    assert short_name("up_blocks.2.motion_modules.1.transformer_blocks.0.attn1") == "u2.m1.t0.attn1"
+    assert short_name("mid_block.attentions.0.temporal_transformer_blocks.0.attn1") == "mid.a0.tt0.attn1"
+    assert short_name("transformer_blocks.3.attn1") == "t3.attn1"
+    assert short_name("blocks.0.attn2.text") == "blocks.0.attn2.text"
