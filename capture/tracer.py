@@ -305,7 +305,7 @@ class Tracer:
         validate_call(self.pipe, self.family, record)  # before anything is generated or stored
         h, w = record.get("height"), record.get("width")
         self.family.pixel_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else None
-        n_steps = record.get("num_inference_steps")
+        n_steps = self.family.denoising_steps(self.pipe, record)
         if isinstance(n_steps, int):  # bad step windows fail before anything is generated or stored
             for spec in self.specs:
                 if spec.steps and spec.steps[0] >= n_steps:
@@ -374,7 +374,9 @@ class Tracer:
             user_cb = kwargs.get("callback_on_step_end")
 
             def step_end(pipe, i, t, cb_kwargs):
-                self._end_step(int(i), t)
+                # steps are counted here: a pipeline that runs its schedule more than once per call
+                # (FreeInit's iterations, Helios' chunks of frames) starts its own i again at 0
+                self._end_step(self.step, t)
                 if user_cb is not None:
                     return user_cb(pipe, i, t, cb_kwargs)
                 return cb_kwargs
@@ -553,7 +555,7 @@ class Tracer:
         return True
 
     def _end_step(self, i: int, timestep) -> None:
-        t = float(timestep.item() if hasattr(timestep, "item") else timestep)
+        t = step_timestep(timestep)
         if not self._others_warned and self.kinds_inferred:
             self._others_warned = True
             others = [n for n, (k, _) in self.kinds_inferred.items() if k == "other"]
@@ -846,6 +848,14 @@ class Tracer:
                               text_first=lay.text_first)
             self._layout_cache[key] = got
         return got
+
+
+def step_timestep(timestep) -> float:
+    """A step's timestep as one number. Diffusion forcing (SkyReels-V2 DF) gives one per latent
+    frame: their mean (equal to each of them while the frames share a noise level)."""
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.float().mean().item()) if timestep.numel() > 1 else float(timestep.item())
+    return float(timestep)
 
 
 class CallError(ValueError):

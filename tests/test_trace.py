@@ -196,6 +196,42 @@ def test_bad_step_window_fails_before_generation(anim_pipe, root):
     assert not (root / "runs").exists() or not any((root / "runs").iterdir())
 
 
+def test_free_init_passes_are_steps_of_their_own(anim_pipe, root):
+    """AnimateDiff with FreeInit runs its schedule once per iteration, and its callback's step
+    index starts again at 0 each time: the run numbers its steps 0..5 itself (no step twice), a
+    perturbation window in the second iteration is accepted and applied there alone, and the
+    video stays bit-identical to FreeInit without capture."""
+    anim_pipe.enable_free_init(num_iters=2, use_fast_sampling=False)
+    try:
+        ref = gen(anim_pipe, ANIM_CALL)
+        with trace(anim_pipe, root=root) as tr:
+            out = gen(anim_pipe, ANIM_CALL)
+        target = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1"
+        with trace(anim_pipe, root=root, perturb=[f"U@{target}:steps=4-4"]) as ptb:
+            gen(anim_pipe, ANIM_CALL)
+        with trace(anim_pipe, root=root, perturb=[f"U@{target}:steps=6-6"]):
+            with pytest.raises(PerturbSpecError, match=r"after the last step \(5\)"):
+                gen(anim_pipe, ANIM_CALL)
+    finally:
+        anim_pipe.disable_free_init()
+    assert np.array_equal(ref, out)
+    ds = tr.dataset()
+    assert ds["step"].values.tolist() == list(range(6))
+    t = ds[dims.TIMESTEP].values
+    assert np.array_equal(t[:3], t[3:]) and len(set(t[:3])) == 3  # the schedule twice
+    flags = ptb.dataset()[dims.PERTURBED].values.any(axis=(1, 2))
+    assert flags.tolist() == [False] * 4 + [True, False]
+
+
+def test_a_per_frame_timestep_is_recorded_as_one_number():
+    """Diffusion forcing (SkyReels-V2 DF) hands the step callback one timestep per latent frame."""
+    from capture.tracer import step_timestep
+
+    assert step_timestep(torch.tensor([999.0, 999.0, 999.0])) == 999.0
+    assert step_timestep(torch.tensor([900.0, 600.0])) == 750.0
+    assert step_timestep(torch.tensor(500)) == 500.0 and step_timestep(3) == 3.0
+
+
 def test_layer_selection_errors_name_near_misses(anim_pipe, root):
     with pytest.raises(LayerSelectionError, match="closest: down_blocks"):
         trace(anim_pipe, root=root, layers="down_block.0.attentions.*")

@@ -744,3 +744,24 @@ def test_generic_family_finds_text_in_front_of_the_video(tmp_path):
     assert check_run(ds, seen, tr.family, tr._text_first_of) < 1e-5
     with pytest.raises(AssertionError):
         check_run(ds, seen, tr.family, dict.fromkeys(names, False))
+
+
+def test_diffusion_forcing_pipeline(tmp_path):
+    """SkyReels-V2's diffusion-forcing pipeline (the skyreels family's transformer) gives the step
+    callback one timestep per latent frame: the run completes, bit-identical, one number per step,
+    both CFG branches captured."""
+    from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+    base, _, _ = load_pipeline("tiny-skyreels")
+    pipe = SkyReelsV2DiffusionForcingPipeline(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_frames=9, height=32, width=32, num_inference_steps=3, guidance_scale=5.0, output_type="np",
+                max_sequence_length=16)
+    ref = gen(pipe, call)
+    with trace(pipe, root=tmp_path) as tr:
+        out = gen(pipe, call)
+    assert np.array_equal(ref, out) and _no_hooks(pipe)
+    ds = tr.dataset()
+    assert ds["step"].values.tolist() == [0, 1, 2] and np.isfinite(ds[dims.TIMESTEP].values).all()
+    assert ds["branch"].values.tolist() == ["uncond", "cond"]
+    assert np.isfinite(ds[dims.ENTROPY].sel(part="all").values[..., :1]).all()

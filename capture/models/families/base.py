@@ -237,6 +237,13 @@ class Family:
             return float(t.reshape(-1)[0].item()) if t.numel() else None
         return float(t)
 
+    def denoising_steps(self, pipe, record: dict) -> int | None:
+        """Denoising steps one pipeline call runs (the steps a run records), if known before it
+        runs: ``num_inference_steps``, times the passes of a pipeline that runs its schedule more
+        than once (AnimateDiff with FreeInit)."""
+        steps = record.get("num_inference_steps")
+        return steps if isinstance(steps, int) else None
+
     def cfg_branches(self, pipe, record: dict | None = None) -> int:
         """For pipelines with one denoiser call per branch: branches per step (2 with CFG).
         record: the pipeline call's arguments (for pipelines that decide CFG from them)."""
