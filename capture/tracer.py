@@ -619,7 +619,7 @@ class Tracer:
             kind = self._kind_for_call(layer, call)
             lay = make_layout(kind, B, Nq, Nk, self.geometry, self._n_videos, self.config.grid,
                               total_branches=total, branch_base=base,
-                              text_first=self._text_first_of.get(name, self._text_first()))
+                              text_first=self._text_first(name))
             if item is not None:
                 lay = replace(lay, item_video=item % max(1, self._n_videos))
             self._layout_cache[key] = lay
@@ -635,8 +635,11 @@ class Tracer:
         return self._meta.get(layer.name) or {"name": layer.name, "kind": self.kind_of(layer), "block": layer.block,
                                               "n_query": 0, "n_key": 0, "heads": layer.heads, "gy": 0, "gx": 0}
 
-    def _text_first(self) -> bool:
-        return self.family.text_first is not False
+    def _text_first(self, name: str) -> bool:
+        """Whether a joint layer's text tokens come before its video tokens: as a generic run
+        inferred for that layer, else as the family declares."""
+        got = self._text_first_of.get(name)
+        return got if got is not None else self.family.text_first is not False
 
     def kind_of(self, layer: LayerInfo) -> str:
         """The layer's kind: from the architecture, or as inferred at its first call."""
@@ -791,7 +794,7 @@ class Tracer:
             k, v = call.kv_for_heads()
             for spec in specs:
                 out = perturbed_output(spec, call.func, call.q, k, v, call.mask(), call.scale, out, text,
-                                       text_first=self._text_first_of.get(name, self._text_first()))
+                                       text_first=self._text_first(name))
         self._side_log[self.step].add(name)
         return out
 

@@ -197,9 +197,9 @@ class TraceRoot:
 
     def step_match(self, run_a: str, run_b: str) -> dict:
         """How two runs' steps pair up for a difference. By timestep where both runs recorded one
-        at every step, each at one step only: runs of different step counts, or captured every k-th step, reach the same
-        noise level at different step indices (and share only some timesteps, or none); else by
-        captured step index. Returns by (the column matched), steps_a, steps_b, common (how many
+        at every step, each at one step only: runs of different step counts, or captured every
+        k-th step, reach the same noise level at different step indices (and share only some
+        timesteps, or none); else by captured step index. Returns by (the column matched), steps_a, steps_b, common (how many
         steps of run a have a partner)."""
         sa, sb = self.steps(run_a), self.steps(run_b)
         # a timestep names a step only once per run (a chunked pipeline, Helios, starts its
